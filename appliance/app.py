@@ -1,0 +1,115 @@
+"""The composition root: builds source → encoder → stream → HTTP, and owns start-up and shut-down.
+
+Start-up order is device, stream, HTTP; shut-down is the reverse: stop accepting, close every
+viewer, stop the source. The source runs under a supervisor that restarts it with backoff, so a
+failing camera never takes the stream, the HTTP server or the viewers down with it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from typing import Any
+
+from aiohttp import web
+
+from appliance.capture.testsrc import TestSource
+from appliance.config import Config
+from appliance.encoders.software import X264Encoder
+from appliance.http import make_app
+from appliance.sessions import SessionRegistry
+from appliance.stream import Stream
+
+logger = logging.getLogger(__name__)
+
+SOURCE_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+
+
+def open_source(config: Config) -> TestSource:
+    """The configured video source with its encoder. Only the test source exists so far."""
+    video = config.video
+    return TestSource(video.width, video.height, video.fps, X264Encoder(video))
+
+
+async def supervise_source(config: Config, stream: Stream) -> None:
+    """Run the source; when it fails, log why and start it again after a backoff."""
+    failures = 0
+    while True:
+        source = open_source(config)
+        stream.attach_encoder(source.encoder.force_keyframe)
+        logger.info("source %s: started (%s)", source.name, source.encoder.name)
+        try:
+            await source.run(stream.publish)
+            reason = "ended"
+        except asyncio.CancelledError:
+            raise
+        except Exception as e:
+            reason = f"failed: {e!r}"
+        finally:
+            stream.attach_encoder(None)
+        delay = SOURCE_BACKOFF[min(failures, len(SOURCE_BACKOFF) - 1)]
+        failures += 1
+        logger.error("source %s: %s; restarting in %.0f s", source.name, reason, delay)
+        await asyncio.sleep(delay)
+
+
+@dataclass
+class Running:
+    """A started daemon: what tests and the CLI need to reach."""
+
+    config: Config
+    stream: Stream
+    sessions: SessionRegistry
+    url: str
+    port: int
+
+
+@contextlib.asynccontextmanager
+async def running(config: Config) -> AsyncIterator[Running]:
+    """Start the daemon; on exit, stop it in reverse order."""
+    stream = Stream(config.stream.name, keyframe_interval_min=config.stream.keyframe_interval_min)
+    sessions = SessionRegistry()
+    encoder_info: dict[str, Any] = {
+        "name": "libx264",
+        "preset": config.video.preset,
+        "profile": config.video.profile,
+        "bitrate_target": config.video.bitrate,
+        "gop": config.video.gop,
+    }
+    source_task = asyncio.create_task(supervise_source(config, stream), name="source")
+    runner = web.AppRunner(make_app(config, stream, sessions, encoder_info), access_log=None)
+    try:
+        await runner.setup()
+        site = web.TCPSite(runner, config.http.host, config.http.port)
+        await site.start()
+        server = site._server
+        sockets = getattr(server, "sockets", None) or []
+        port = sockets[0].getsockname()[1] if sockets else config.http.port
+        host = "127.0.0.1" if config.http.host in ("0.0.0.0", "") else config.http.host
+        url = f"http://{host}:{port}"
+        logger.info(
+            "serving stream %r at %s/ (WHEP: %s/%s/whep)", stream.name, url, url, stream.name
+        )
+        yield Running(config, stream, sessions, url, port)
+    finally:
+        logger.info("stopping")
+        await sessions.close_all("daemon stopping")
+        await runner.cleanup()
+        source_task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await source_task
+        stream.close()
+
+
+async def serve(config: Config) -> None:
+    """Run until SIGINT or SIGTERM."""
+    loop = asyncio.get_running_loop()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with running(config):
+        await stop.wait()

@@ -1,0 +1,69 @@
+"""Command line: `appliance serve` runs the daemon."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import sys
+from pathlib import Path
+from typing import Any
+
+from appliance import __version__, config
+from appliance.errors import ConfigError
+
+
+def setup_logging(level: str) -> None:
+    # Under systemd, journald stamps every line itself.
+    fmt = "%(levelname)s %(name)s: %(message)s"
+    if not os.environ.get("JOURNAL_STREAM"):
+        fmt = "%(asctime)s " + fmt
+    logging.basicConfig(level=level.upper(), format=fmt, stream=sys.stderr)
+    logging.getLogger("aioice").setLevel(logging.WARNING)
+    logging.getLogger("aiortc").setLevel(logging.WARNING)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="appliance", description="Camera streaming appliance (WHEP).")
+    p.add_argument("--version", action="version", version=f"appliance {__version__}")
+    sub = p.add_subparsers(dest="command", required=True)
+    serve = sub.add_parser("serve", help="run the daemon")
+    serve.add_argument(
+        "--config",
+        type=Path,
+        default=None,
+        help=f"TOML config file (default: {config.DEFAULT_PATH} when it exists)",
+    )
+    serve.add_argument("--host", help="listen address (http.host)")
+    serve.add_argument("--port", type=int, help="listen port (http.port)")
+    serve.add_argument("--log-level", choices=config.LOG_LEVELS, help="log_level")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    overrides: dict[str, Any] = {}
+    if args.host is not None:
+        overrides["http.host"] = args.host
+    if args.port is not None:
+        overrides["http.port"] = args.port
+    if args.log_level is not None:
+        overrides["log_level"] = args.log_level
+    path = args.config
+    if path is None and config.DEFAULT_PATH.exists():
+        path = config.DEFAULT_PATH
+    try:
+        cfg = config.load(path, overrides=overrides)
+    except ConfigError as e:
+        print(f"appliance: {e}", file=sys.stderr)  # noqa: T201
+        return 2
+    setup_logging(cfg.log_level)
+    from appliance.app import serve  # the daemon's heavy imports only when serving
+
+    try:
+        asyncio.run(serve(cfg))
+    except OSError as e:
+        logging.getLogger("appliance").error("cannot serve: %s", e)
+        return 1
+    return 0

@@ -1,0 +1,265 @@
+"""One typed configuration tree: defaults in code, then a TOML file, then `APPLIANCE_*` variables.
+
+Every refusal is a ConfigError that names the key (`video.width`) and what it accepts. The example
+file `appliance.example.toml` beside this module documents every key; a test keeps the two in step.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from appliance.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover - Python 3.10 (JetPack 6)
+    import tomli as tomllib
+
+ENV_PREFIX = "APPLIANCE_"
+DEFAULT_PATH = Path("/etc/appliance/appliance.toml")
+EXAMPLE_PATH = Path(__file__).with_name("appliance.example.toml")
+
+VIDEO_SOURCES = ("testsrc",)
+H264_PROFILES = ("constrained-baseline", "baseline")
+X264_PRESETS = (
+    "ultrafast",
+    "superfast",
+    "veryfast",
+    "faster",
+    "fast",
+    "medium",
+    "slow",
+    "slower",
+    "veryslow",
+)
+LOG_LEVELS = ("debug", "info", "warning", "error")
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConfig:
+    host: str = "0.0.0.0"
+    port: int = 8080
+    cors_origins: tuple[str, ...] = ("*",)
+    web_root: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class IceServer:
+    urls: tuple[str, ...]
+    username: str = ""
+    credential: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class WebRTCConfig:
+    ice_servers: tuple[IceServer, ...] = ()
+    connect_timeout: float = 15.0
+
+
+@dataclass(frozen=True, slots=True)
+class VideoConfig:
+    source: str = "testsrc"
+    width: int = 1280
+    height: int = 720
+    fps: int = 30
+    bitrate: int = 2_000_000
+    gop: int = 60
+    profile: str = "constrained-baseline"
+    preset: str = "veryfast"
+
+
+@dataclass(frozen=True, slots=True)
+class StreamConfig:
+    name: str = "cam"
+    max_viewers: int = 64
+    keyframe_interval_min: float = 0.25
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    http: HttpConfig = field(default_factory=HttpConfig)
+    webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
+    video: VideoConfig = field(default_factory=VideoConfig)
+    stream: StreamConfig = field(default_factory=StreamConfig)
+    log_level: str = "info"
+
+
+def load(
+    path: Path | None = None,
+    env: Mapping[str, str] | None = None,
+    overrides: Mapping[str, Any] | None = None,
+) -> Config:
+    """Build the config: defaults, then the file at `path` (if given), then `env`, then `overrides`.
+
+    `overrides` maps dotted keys (`"http.port"`) to values, as the command line gives them.
+    """
+    tree: dict[str, Any] = {}
+    if path is not None:
+        tree = _read_toml(path)
+    env = os.environ if env is None else env
+    for key, text in _env_items(env):
+        _set_dotted(tree, key, _EnvText(text))
+    for key, value in (overrides or {}).items():
+        _set_dotted(tree, key, value)
+    config: Config = _build(Config, tree, "")
+    _validate(config)
+    return config
+
+
+class _EnvText(str):
+    """A value from the environment: text to be parsed for the target type."""
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        with path.open("rb") as f:
+            tree: dict[str, Any] = tomllib.load(f)
+            return tree
+    except FileNotFoundError:
+        raise ConfigError(str(path), "file not found") from None
+    except tomllib.TOMLDecodeError as e:
+        raise ConfigError(str(path), f"not valid TOML: {e}") from None
+
+
+def _env_items(env: Mapping[str, str]) -> list[tuple[str, str]]:
+    items = []
+    for name, text in env.items():
+        if not name.startswith(ENV_PREFIX):
+            continue
+        rest = name[len(ENV_PREFIX) :].lower()
+        section, _, key = rest.partition("_")
+        if section in _SECTIONS and key:
+            items.append((f"{section}.{key}", text))
+        else:
+            items.append((rest, text))
+    return items
+
+
+_SECTIONS = ("http", "webrtc", "video", "stream")
+
+
+def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
+    parts = key.split(".")
+    node = tree
+    for part in parts[:-1]:
+        child = node.setdefault(part, {})
+        if not isinstance(child, dict):
+            raise ConfigError(key, f"{part} is not a section")
+        node = child
+    node[parts[-1]] = value
+
+
+def _build(cls: Any, values: Any, prefix: str) -> Any:
+    if not isinstance(values, Mapping):
+        raise ConfigError(prefix.rstrip("."), "must be a table")
+    hints = typing.get_type_hints(cls)
+    known = {f.name for f in dataclasses.fields(cls)}
+    for name in values:
+        if name not in known:
+            raise ConfigError(
+                f"{prefix}{name}", f"unknown key; known keys here: {', '.join(sorted(known))}"
+            )
+    kwargs = {
+        name: _coerce(hints[name], value, f"{prefix}{name}") for name, value in values.items()
+    }
+    return cls(**kwargs)
+
+
+def _coerce(tp: Any, value: Any, key: str) -> Any:
+    if dataclasses.is_dataclass(tp):
+        return _build(tp, value, f"{key}.")
+    origin = typing.get_origin(tp)
+    if origin is tuple:
+        (item_type, _) = typing.get_args(tp)
+        if isinstance(value, _EnvText):
+            value = [part.strip() for part in value.split(",") if part.strip()]
+        if not isinstance(value, list):
+            raise ConfigError(key, f"must be a list, got {value!r}")
+        if item_type is IceServer:
+            return tuple(_ice_server(item, f"{key}[{i}]") for i, item in enumerate(value))
+        return tuple(_coerce(item_type, item, f"{key}[{i}]") for i, item in enumerate(value))
+    return _scalar(tp, value, key)
+
+
+def _ice_server(value: Any, key: str) -> IceServer:
+    if isinstance(value, str):
+        return IceServer(urls=(value,))
+    if isinstance(value, Mapping) and isinstance(value.get("urls"), str):
+        value = {**value, "urls": [value["urls"]]}
+    return typing.cast(IceServer, _build(IceServer, value, f"{key}."))
+
+
+def _scalar(tp: Any, value: Any, key: str) -> Any:
+    if isinstance(value, _EnvText):
+        text = str(value)
+        try:
+            if tp is bool:
+                if text.lower() in ("1", "true", "yes", "on"):
+                    return True
+                if text.lower() in ("0", "false", "no", "off"):
+                    return False
+                raise ValueError(text)
+            return tp(text)
+        except ValueError:
+            raise ConfigError(key, f"must be {_type_name(tp)}, got {text!r}") from None
+    if tp is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if not isinstance(value, tp) or (tp is int and isinstance(value, bool)):
+        raise ConfigError(key, f"must be {_type_name(tp)}, got {value!r}")
+    return value
+
+
+def _type_name(tp: Any) -> str:
+    return {int: "an integer", float: "a number", str: "a string", bool: "true or false"}.get(
+        tp, str(tp)
+    )
+
+
+def _one_of(key: str, value: str, accepted: tuple[str, ...]) -> None:
+    if value not in accepted:
+        raise ConfigError(key, f"must be one of {', '.join(accepted)}; got {value!r}")
+
+
+def _in_range(key: str, value: float, low: float, high: float) -> None:
+    if not low <= value <= high:
+        raise ConfigError(key, f"must be between {low:g} and {high:g}; got {value!r}")
+
+
+def _validate(c: Config) -> None:
+    _in_range("http.port", c.http.port, 0, 65535)
+    if c.http.web_root and not Path(c.http.web_root).is_dir():
+        raise ConfigError("http.web_root", f"not a directory: {c.http.web_root}")
+    for i, server in enumerate(c.webrtc.ice_servers):
+        for url in server.urls:
+            if not url.startswith(("stun:", "stuns:", "turn:", "turns:")):
+                raise ConfigError(
+                    f"webrtc.ice_servers[{i}].urls",
+                    f"must start with stun:, stuns:, turn: or turns:; got {url!r}",
+                )
+    _in_range("webrtc.connect_timeout", c.webrtc.connect_timeout, 1, 600)
+    _one_of("video.source", c.video.source, VIDEO_SOURCES)
+    _in_range("video.width", c.video.width, 16, 4096)
+    _in_range("video.height", c.video.height, 16, 4096)
+    for key, value in (("video.width", c.video.width), ("video.height", c.video.height)):
+        if value % 2:
+            raise ConfigError(key, f"must be even (4:2:0 chroma); got {value}")
+    _in_range("video.fps", c.video.fps, 1, 120)
+    _in_range("video.bitrate", c.video.bitrate, 50_000, 50_000_000)
+    _in_range("video.gop", c.video.gop, 1, 100_000)
+    _one_of("video.profile", c.video.profile, H264_PROFILES)
+    _one_of("video.preset", c.video.preset, X264_PRESETS)
+    name = c.stream.name
+    if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
+        raise ConfigError("stream.name", f"must be letters, digits, '-' or '_'; got {name!r}")
+    if name in ("api", "whep", "healthz", "metrics"):
+        raise ConfigError("stream.name", f"{name!r} is reserved for the HTTP API")
+    _in_range("stream.max_viewers", c.stream.max_viewers, 1, 10_000)
+    _in_range("stream.keyframe_interval_min", c.stream.keyframe_interval_min, 0, 10)
+    _one_of("log_level", c.log_level, LOG_LEVELS)

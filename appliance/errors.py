@@ -1,0 +1,74 @@
+"""The errors the daemon raises on purpose, and nothing else.
+
+ApplianceError
+├── ConfigError          a config key has a value we refuse (names the key)
+├── DeviceError          a capture or encoder device is missing or failed
+└── RequestError         a client asked for something we cannot do (mapped to HTTP in whep.py)
+    ├── BadOffer             the SDP offer cannot be parsed or answered        -> 400
+    ├── NoCommonCodec        the offer has no codec we can send                -> 406
+    ├── UnsupportedMedia     wrong Content-Type                                -> 415
+    ├── SessionNotFound      no such WHEP session                              -> 404
+    ├── PreconditionFailed   If-Match does not match the session's ETag        -> 412
+    ├── Unprocessable        a PATCH we understand but do not support          -> 422
+    ├── SourceNotReady       the stream has produced no keyframe yet           -> 503
+    └── Overloaded           the viewer limit is reached                       -> 503
+"""
+
+from __future__ import annotations
+
+
+class ApplianceError(Exception):
+    """Base of every error raised on purpose by appliance."""
+
+
+class ConfigError(ApplianceError):
+    """A configuration value is refused. The message names the key and what it accepts."""
+
+    def __init__(self, key: str, message: str) -> None:
+        super().__init__(f"config: {key}: {message}")
+        self.key = key
+
+
+class DeviceError(ApplianceError):
+    """A device (camera, encoder, microphone) is missing or failed."""
+
+
+class RequestError(ApplianceError):
+    """A client request that cannot be served. `status` is the HTTP status it maps to."""
+
+    status = 400
+    retry_after: int | None = None
+
+
+class BadOffer(RequestError):
+    status = 400
+
+
+class NoCommonCodec(RequestError):
+    status = 406
+
+
+class UnsupportedMedia(RequestError):
+    status = 415
+
+
+class SessionNotFound(RequestError):
+    status = 404
+
+
+class PreconditionFailed(RequestError):
+    status = 412
+
+
+class Unprocessable(RequestError):
+    status = 422
+
+
+class SourceNotReady(RequestError):
+    status = 503
+    retry_after = 1
+
+
+class Overloaded(RequestError):
+    status = 503
+    retry_after = 5

@@ -1,0 +1,177 @@
+"""The HTTP surface: viewer page, WHEP, JSON status and health, with CORS and error mapping.
+
+This is the one place where RequestError subclasses become HTTP statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+from aiohttp import web
+
+from appliance import __version__
+from appliance.config import Config
+from appliance.errors import RequestError
+from appliance.sessions import SessionRegistry
+from appliance.stream import Stream
+from appliance.whep import WhepHandlers
+
+logger = logging.getLogger(__name__)
+
+Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+
+MAX_BODY = 256 * 1024
+EXPOSED_HEADERS = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After"
+
+
+def web_root(config: Config) -> Path:
+    """The viewer's files: configured, else bundled in the wheel, else the checkout's web/."""
+    if config.http.web_root:
+        return Path(config.http.web_root)
+    bundled = Path(__file__).with_name("web")
+    return bundled if bundled.is_dir() else Path(__file__).parent.parent / "web"
+
+
+class Status:
+    """What /api/status and /healthz report. Holds references, computes on request."""
+
+    def __init__(
+        self, config: Config, stream: Stream, sessions: SessionRegistry, encoder: dict[str, Any]
+    ) -> None:
+        self.config = config
+        self.stream = stream
+        self.sessions = sessions
+        self.encoder = encoder
+        self.started = time.monotonic()
+
+    def stalled_for(self) -> float | None:
+        """Seconds since the last frame when that is longer than two frame intervals plus 1 s."""
+        last = self.stream.last_frame_at
+        since = time.monotonic() - (last if last is not None else self.started)
+        limit = 1.0 + 2.0 / self.config.video.fps
+        return since if since > limit else None
+
+    def as_json(self) -> dict[str, Any]:
+        s = self.stream
+        fps, bps = s.rates()
+        video = self.config.video
+        return {
+            "version": __version__,
+            "uptime_s": round(time.monotonic() - self.started, 3),
+            "stream": {
+                "name": s.name,
+                "ready": s.ready,
+                "codec": "H264",
+                "profile_level_id": s.profile_level_id,
+                "width": video.width,
+                "height": video.height,
+                "fps": round(fps, 2),
+                "bitrate": round(bps),
+                "frames": s.frames,
+                "bytes": s.bytes,
+                "keyframes": s.keyframes,
+                "keyframes_forced": s.keyframes_forced,
+                "keyframe_requests": s.keyframe_requests,
+            },
+            "encoder": self.encoder,
+            "viewers": [session.describe() for session in self.sessions],
+        }
+
+
+STATUS_KEY = web.AppKey("status", Status)
+
+
+async def status_handler(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATUS_KEY].as_json())
+
+
+async def healthz_handler(request: web.Request) -> web.Response:
+    stalled = request.app[STATUS_KEY].stalled_for()
+    if stalled is not None:
+        return web.Response(status=503, text=f"source stalled: no frame for {stalled:.1f} s\n")
+    return web.Response(text="ok\n")
+
+
+def make_error_middleware() -> Any:
+    @web.middleware
+    async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        try:
+            return await handler(request)
+        except RequestError as e:
+            if e.status >= 500:
+                logger.warning("%s %s: %d %s", request.method, request.path, e.status, e)
+            response = web.Response(status=e.status, text=f"{e}\n")
+            if e.retry_after is not None:
+                response.headers["Retry-After"] = str(e.retry_after)
+            return response
+
+    return errors
+
+
+def make_cors_middleware(origins: tuple[str, ...]) -> Any:
+    allow_any = "*" in origins
+
+    @web.middleware
+    async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        origin = request.headers.get("Origin")
+        preflight = (
+            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
+        )
+        try:
+            response = await handler(request)
+        except web.HTTPException as e:
+            _add_cors(e, origin, allow_any, origins, preflight)
+            raise
+        _add_cors(response, origin, allow_any, origins, preflight)
+        return response
+
+    return cors
+
+
+def _add_cors(
+    response: web.StreamResponse,
+    origin: str | None,
+    allow_any: bool,
+    origins: tuple[str, ...],
+    preflight: bool,
+) -> None:
+    if not origin or not (allow_any or origin in origins):
+        return
+    response.headers["Access-Control-Allow-Origin"] = "*" if allow_any else origin
+    response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
+    if not allow_any:
+        response.headers["Vary"] = "Origin"
+    if preflight:
+        response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
+        response.headers["Access-Control-Allow-Headers"] = "Content-Type, If-Match, Authorization"
+        response.headers["Access-Control-Max-Age"] = "600"
+
+
+def make_app(
+    config: Config, stream: Stream, sessions: SessionRegistry, encoder: dict[str, Any]
+) -> web.Application:
+    app = web.Application(
+        client_max_size=MAX_BODY,
+        middlewares=[make_cors_middleware(config.http.cors_origins), make_error_middleware()],
+    )
+    app[STATUS_KEY] = Status(config, stream, sessions, encoder)
+    root = web_root(config)
+
+    async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(root / "index.html")
+
+    app.add_routes(
+        [
+            web.get("/", index),
+            web.get("/api/status", status_handler),
+            web.get("/healthz", healthz_handler),
+            *WhepHandlers(config, stream, sessions).routes(),
+            web.get(f"/{stream.name}/", index),
+            web.static("/web", root),
+        ]
+    )
+    return app

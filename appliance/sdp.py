@@ -1,0 +1,148 @@
+"""The few SDP edits and reads that aiortc does not do for us. Core module: text in, text out.
+
+- Chromium offers only mDNS (`<uuid>.local`) host candidates; resolving them stalls aiortc's
+  setRemoteDescription by about a second (see shared/research/feasibility-webrtc.md §5). ICE works
+  without them: the browser's checks reach our host candidates and it is learned peer-reflexive.
+- aiortc answers H.264 with a hard-coded profile-level-id; the answer must declare the stream we send.
+- WHEP PATCH bodies are `application/trickle-ice-sdpfrag` (RFC 8840).
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass, field
+
+_CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ ", re.IGNORECASE)
+
+
+def _lines(sdp: str) -> list[str]:
+    return [line for line in sdp.replace("\r\n", "\n").split("\n")]
+
+
+def _join(lines: list[str]) -> str:
+    text = "\r\n".join(lines)
+    return text if text.endswith("\r\n") else text + "\r\n"
+
+
+def is_mdns_candidate(line: str) -> bool:
+    """True for an `a=candidate` line whose address is an mDNS name (RFC 8445 + mDNS ICE draft)."""
+    m = _CANDIDATE.match(line)
+    return bool(m and m.group(1).lower().endswith(".local"))
+
+
+def strip_mdns_candidates(sdp: str) -> str:
+    """The offer without its `.local` host candidates."""
+    lines = [line for line in _lines(sdp) if line and not is_mdns_candidate(line)]
+    return _join(lines)
+
+
+def h264_payload_types(sdp: str) -> list[int]:
+    """Payload types mapped to H264/90000 by `a=rtpmap` lines, in order."""
+    pts = []
+    for line in _lines(sdp):
+        m = re.match(r"^a=rtpmap:(\d+) H264/90000", line, re.IGNORECASE)
+        if m:
+            pts.append(int(m.group(1)))
+    return pts
+
+
+def h264_formats(sdp: str) -> list[tuple[int, int, str]]:
+    """`(payload type, packetization-mode, profile-level-id)` of every H.264 format in an SDP.
+
+    A format without `profile-level-id` is Constrained Baseline 3.1 (`42e01f`), as WebRTC reads it.
+    """
+    formats = []
+    fmtp: dict[int, dict[str, str]] = {}
+    for line in _lines(sdp):
+        m = re.match(r"^a=fmtp:(\d+) (.*)$", line)
+        if m:
+            params = dict(p.strip().split("=", 1) for p in m.group(2).split(";") if "=" in p)
+            fmtp[int(m.group(1))] = {k.lower(): v.strip() for k, v in params.items()}
+    for pt in h264_payload_types(sdp):
+        params = fmtp.get(pt, {})
+        mode = params.get("packetization-mode", "0")
+        formats.append(
+            (pt, int(mode) if mode.isdigit() else -1, params.get("profile-level-id", "42e01f"))
+        )
+    return formats
+
+
+def set_h264_profile_level_id(sdp: str, profile_level_id: str) -> str:
+    """Rewrite `profile-level-id` on every H.264 `a=fmtp` line to the given value."""
+    pts = {str(pt) for pt in h264_payload_types(sdp)}
+    out = []
+    for line in _lines(sdp):
+        m = re.match(r"^a=fmtp:(\d+) (.*)$", line)
+        if m and m.group(1) in pts:
+            params = re.sub(
+                r"profile-level-id=[0-9a-fA-F]{6}",
+                f"profile-level-id={profile_level_id}",
+                m.group(2),
+            )
+            if "profile-level-id=" not in params:
+                params += f";profile-level-id={profile_level_id}"
+            line = f"a=fmtp:{m.group(1)} {params}"
+        if line:
+            out.append(line)
+    return _join(out)
+
+
+def ice_credentials(sdp: str) -> tuple[str | None, str | None]:
+    """The first `a=ice-ufrag` and `a=ice-pwd` values of an SDP (session or media level)."""
+    ufrag = pwd = None
+    for line in _lines(sdp):
+        if line.startswith("a=ice-ufrag:") and ufrag is None:
+            ufrag = line.split(":", 1)[1].strip()
+        elif line.startswith("a=ice-pwd:") and pwd is None:
+            pwd = line.split(":", 1)[1].strip()
+    return ufrag, pwd
+
+
+@dataclass
+class FragMedia:
+    mid: str | None
+    candidates: list[str] = field(default_factory=list)
+    end_of_candidates: bool = False
+
+
+@dataclass
+class SdpFrag:
+    """A parsed `application/trickle-ice-sdpfrag` body (RFC 8840 section 9)."""
+
+    ufrag: str | None
+    pwd: str | None
+    media: list[FragMedia]
+
+    @classmethod
+    def parse(cls, text: str) -> SdpFrag:
+        ufrag = pwd = None
+        media: list[FragMedia] = []
+        current: FragMedia | None = None
+        for raw in _lines(text):
+            line = raw.strip()
+            if not line:
+                continue
+            if len(line) < 2 or line[1] != "=":
+                raise ValueError(f"sdpfrag line is not <type>=<value>: {line[:60]!r}")
+            if line.startswith("m="):
+                current = FragMedia(mid=None)
+                media.append(current)
+            elif line.startswith("a=ice-ufrag:"):
+                ufrag = line.split(":", 1)[1]
+            elif line.startswith("a=ice-pwd:"):
+                pwd = line.split(":", 1)[1]
+            elif line.startswith("a=mid:"):
+                if current is None:
+                    raise ValueError("sdpfrag a=mid before any m= line")
+                current.mid = line.split(":", 1)[1]
+            elif line.startswith("a=candidate:"):
+                if current is None:
+                    current = FragMedia(mid=None)
+                    media.append(current)
+                current.candidates.append(line[2:])
+            elif line == "a=end-of-candidates":
+                if current is None:
+                    current = FragMedia(mid=None)
+                    media.append(current)
+                current.end_of_candidates = True
+        return cls(ufrag=ufrag, pwd=pwd, media=media)

@@ -1,0 +1,46 @@
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable
+from contextlib import AbstractAsyncContextManager
+from typing import Any
+
+import aiohttp
+import pytest
+
+from appliance import config
+from appliance.app import Running, running
+
+DaemonFactory = Callable[..., AbstractAsyncContextManager[Running]]
+
+
+@pytest.fixture
+def daemon() -> DaemonFactory:
+    """Start a real daemon on loopback with the test source: `async with daemon(**overrides)`."""
+
+    def start(**overrides: Any) -> AbstractAsyncContextManager[Running]:
+        values = {
+            "http.host": "127.0.0.1",
+            "http.port": 0,
+            "video.width": 640,
+            "video.height": 360,
+            **overrides,
+        }
+        return running(config.load(None, env={}, overrides=values))
+
+    return start
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession() as session:
+        yield session
+
+
+async def wait_ready(d: Running, timeout: float = 10.0) -> None:
+    import asyncio
+
+    loop = asyncio.get_running_loop()
+    deadline = loop.time() + timeout
+    while not d.stream.ready:
+        assert loop.time() < deadline, "the stream produced no keyframe"
+        await asyncio.sleep(0.02)

@@ -1,0 +1,145 @@
+"""WHEP against a real aiortc viewer, over the test's private network namespace."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import aiohttp
+import pytest
+
+from appliance.capture.testsrc import read_stamp
+from tests.e2e.conftest import DaemonFactory, wait_ready
+from tests.e2e.peers import AiortcViewer
+
+pytestmark = pytest.mark.e2e
+
+
+def stamp_latency_ms(frame: object) -> int | None:
+    luma = frame.to_ndarray(format="yuv420p")[: frame.height]  # type: ignore[attr-defined]
+    stamp = read_stamp(luma, frame.width)  # type: ignore[attr-defined]
+    if stamp is None:
+        return None
+    return (time.time_ns() // 1_000_000 - stamp) % 2**32
+
+
+async def status(http: aiohttp.ClientSession, url: str) -> dict:
+    async with http.get(f"{url}/api/status") as response:
+        assert response.status == 200
+        return await response.json()
+
+
+async def test_viewer_decodes_live_frames_and_deletes(daemon: DaemonFactory, http) -> None:
+    async with daemon() as d:
+        await wait_ready(d)
+        viewer = AiortcViewer(http, f"{d.url}/cam/whep")
+        try:
+            await viewer.connect()
+            # 640x360 at 30 fps is level 3.0: the answer declares the stream we send
+            assert "profile-level-id=42e01e" in viewer.answer, viewer.answer
+            frames = await viewer.frames(15)
+            assert {(f.width, f.height) for f in frames} == {(640, 360)}
+            latencies = [stamp_latency_ms(f) for f in frames]
+            readable = [ms for ms in latencies if ms is not None]
+            assert len(readable) >= 10, latencies
+            assert max(readable) < 2000, readable
+            # moving content: consecutive pictures differ
+            first, last = (f.to_ndarray(format="gray") for f in (frames[0], frames[-1]))
+            assert (first != last).mean() > 0.01
+
+            st = await status(http, d.url)
+            assert len(st["viewers"]) == 1
+            (v,) = st["viewers"]
+            assert viewer.location.endswith(v["id"])
+            assert v["bytes"] > 0 and v["state"] == "connected"
+
+            assert await viewer.delete() == 200
+            assert (await status(http, d.url))["viewers"] == []
+            assert await viewer.delete() == 404
+        finally:
+            await viewer.close()
+
+
+async def test_patch_trickle_and_its_errors(daemon: DaemonFactory, http) -> None:
+    async with daemon() as d:
+        await wait_ready(d)
+        viewer = AiortcViewer(http, f"{d.url}/whep")
+        try:
+            await viewer.connect()
+            assert viewer.location.startswith(f"{d.url}/cam/whep/")
+            ufrag = next(
+                line.split(":", 1)[1]
+                for line in viewer.pc.localDescription.sdp.splitlines()
+                if line.startswith("a=ice-ufrag:")
+            )
+            frag_type = {"Content-Type": "application/trickle-ice-sdpfrag"}
+            candidate = "a=candidate:1 1 udp 2130706431 10.99.0.2 40000 typ host"
+            body = f"a=ice-ufrag:{ufrag}\r\nm=video 9 UDP/TLS/RTP/SAVPF 0\r\na=mid:0\r\n{candidate}\r\n"
+
+            async with http.patch(viewer.location, data=body, headers=frag_type) as r:
+                assert r.status == 204
+            async with http.patch(
+                viewer.location, data=body, headers={**frag_type, "If-Match": viewer.etag}
+            ) as r:
+                assert r.status == 204
+            async with http.patch(
+                viewer.location, data=body, headers={**frag_type, "If-Match": '"stale"'}
+            ) as r:
+                assert r.status == 412
+            async with http.patch(
+                viewer.location, data=body, headers={"Content-Type": "application/sdp"}
+            ) as r:
+                assert r.status == 415
+            restart = body.replace(f"a=ice-ufrag:{ufrag}", "a=ice-ufrag:other")
+            async with http.patch(viewer.location, data=restart, headers=frag_type) as r:
+                assert r.status == 422
+                assert "ICE restart" in await r.text()
+            async with http.patch(
+                f"{d.url}/cam/whep/nosuchsession", data=body, headers=frag_type
+            ) as r:
+                assert r.status == 404
+            # after all that, the viewer still gets pictures
+            assert len(await viewer.frames(5)) == 5
+        finally:
+            await viewer.close()
+
+
+async def test_second_viewer_unaffected_when_first_leaves(daemon: DaemonFactory, http) -> None:
+    async with daemon() as d:
+        await wait_ready(d)
+        a = AiortcViewer(http, f"{d.url}/cam/whep")
+        b = AiortcViewer(http, f"{d.url}/cam/whep")
+        try:
+            await asyncio.gather(a.connect(), b.connect())
+            await asyncio.gather(a.frames(5), b.frames(5))
+            assert len((await status(http, d.url))["viewers"]) == 2
+
+            assert await a.delete() == 200
+            await a.close()
+            frames = await b.frames(30)  # a second of video after the other left
+            assert len(frames) == 30
+            st = await status(http, d.url)
+            assert [v["id"] for v in st["viewers"]] == [b.location.rsplit("/", 1)[1]]
+            assert st["viewers"][0]["dropped_frames"] == 0
+        finally:
+            await a.close()
+            await b.close()
+
+
+async def test_viewer_that_vanishes_without_delete_is_dropped(daemon: DaemonFactory, http) -> None:
+    async with daemon() as d:
+        await wait_ready(d)
+        gone = AiortcViewer(http, f"{d.url}/cam/whep")
+        stays = AiortcViewer(http, f"{d.url}/cam/whep")
+        try:
+            await asyncio.gather(gone.connect(), stays.connect())
+            await asyncio.gather(gone.frames(3), stays.frames(3))
+            await gone.close()  # no DELETE
+            deadline = asyncio.get_running_loop().time() + 15
+            while len((await status(http, d.url))["viewers"]) != 1:
+                assert asyncio.get_running_loop().time() < deadline, "session not dropped"
+                await asyncio.sleep(0.2)
+            assert len(await stays.frames(10)) == 10
+        finally:
+            await gone.close()
+            await stays.close()
