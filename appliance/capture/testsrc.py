@@ -70,8 +70,8 @@ class TestPattern:
         xs = np.linspace(40, 200, width, dtype=np.float32)
         ys = np.linspace(0, 40, height, dtype=np.float32)[:, None]
         self._bg_y = (xs[None, :] * 0.6 + ys).astype(np.uint8)
-        self._bg_u = np.full((height // 2, width // 2), 110, np.uint8)
-        self._bg_v = np.full((height // 2, width // 2), 150, np.uint8)
+        self._bg_u = np.full((height // 2, width // 2), 140, np.uint8)
+        self._bg_v = np.full((height // 2, width // 2), 118, np.uint8)
         self._buf = np.empty((height * 3 // 2, width), np.uint8)
         self._scale = max(2, height // 90)
         self._glyphs = {

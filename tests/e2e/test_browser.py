@@ -1,0 +1,112 @@
+"""The viewer page in headless Debian Chromium (Playwright), against a real daemon."""
+
+from __future__ import annotations
+
+import asyncio
+import socket
+import statistics
+
+import aiohttp
+import pytest
+from aiohttp import web
+
+from tests.e2e.conftest import DaemonFactory, wait_ready
+from tests.e2e.peers import chromium
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
+
+
+async def wait_for(page, expression: str, timeout: float = 20.0) -> None:
+    await page.wait_for_function(expression, timeout=timeout * 1000, polling=100)
+
+
+async def viewer_state(page) -> dict:
+    return await page.evaluate("() => JSON.parse(JSON.stringify(window.viewer))")
+
+
+async def viewers(http: aiohttp.ClientSession, url: str) -> list[dict]:
+    async with http.get(f"{url}/api/status") as response:
+        return (await response.json())["viewers"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+async def test_page_plays_live_video_with_stamp_latency(daemon: DaemonFactory, http) -> None:
+    async with daemon(**{"video.width": 1280, "video.height": 720}) as d, chromium() as browser:
+        await wait_ready(d)
+        page = await browser.new_page()
+        await page.goto(f"{d.url}/")
+        await wait_for(page, "window.viewer && window.viewer.framesPresented >= 60")
+        state = await viewer_state(page)
+        assert (state["width"], state["height"]) == (1280, 720)
+        assert state["state"] == "connected"
+        assert state["firstFrameMs"] is not None and state["firstFrameMs"] > 0
+        latencies = state["latencies"]
+        assert len(latencies) >= 30, state
+        assert 0 < statistics.median(latencies) < 1000, latencies
+        assert len(await viewers(http, d.url)) == 1
+        overlay = await page.inner_text("#overlay")
+        assert "1280×720" in overlay
+
+
+async def test_page_on_another_origin_plays_and_deletes_on_unload(
+    daemon: DaemonFactory, http
+) -> None:
+    async with daemon() as d, chromium() as browser:
+        await wait_ready(d)
+        # A page served from a different origin (another port) that uses the daemon's viewer
+        # module and WHEP endpoint: CORS must allow both.
+        html = f"""<!doctype html><video id=video muted autoplay playsinline></video>
+<div id=status></div><div id=overlay></div>
+<script type=module>
+import {{ startViewer }} from "{d.url}/web/viewer.js";
+startViewer({{video: document.getElementById("video"), overlay: document.getElementById("overlay"),
+              status: document.getElementById("status"), url: "{d.url}/cam/whep"}});
+</script>"""
+        async def page_handler(request: web.Request) -> web.Response:
+            return web.Response(text=html, content_type="text/html")
+
+        other = web.Application()
+        other.router.add_get("/", page_handler)
+        runner = web.AppRunner(other)
+        await runner.setup()
+        site = web.TCPSite(runner, "127.0.0.1", 0)
+        await site.start()
+        port = site._server.sockets[0].getsockname()[1]
+        try:
+            page = await browser.new_page()
+            await page.goto(f"http://127.0.0.1:{port}/")
+            await wait_for(page, "window.viewer && window.viewer.framesPresented >= 15")
+            state = await viewer_state(page)
+            assert (state["width"], state["height"]) == (640, 360)
+            assert len(await viewers(http, d.url)) == 1
+            await page.close(run_before_unload=True)
+            for _ in range(50):
+                if not await viewers(http, d.url):
+                    break
+                await asyncio.sleep(0.1)
+            assert await viewers(http, d.url) == []
+        finally:
+            await runner.cleanup()
+
+
+async def test_page_reconnects_after_daemon_restart(daemon: DaemonFactory) -> None:
+    port = free_port()
+    async with chromium() as browser:
+        page = await browser.new_page()
+        async with daemon(**{"http.port": port}) as d:
+            await wait_ready(d)
+            await page.goto(f"{d.url}/")
+            await wait_for(page, "window.viewer && window.viewer.framesPresented >= 10")
+        await wait_for(page, "window.viewer.state === 'retrying'")
+        before = (await viewer_state(page))["framesPresented"]
+        async with daemon(**{"http.port": port}) as d:
+            await wait_ready(d)
+            await wait_for(page, f"window.viewer.framesPresented >= {before + 10}", timeout=30)
+            state = await viewer_state(page)
+            assert state["state"] == "connected"
+            assert state["sessions"] >= 2
