@@ -93,7 +93,7 @@ def parse_profile_level_id(text: str) -> tuple[str, int]:
 
 def canonical_profile(profile_idc: int, constraints: int) -> str:
     """The profile as libwebrtc compares it: four hex digits (profile_idc, profile-iop)."""
-    cs0, cs1, cs3 = constraints & 0x80, constraints & 0x40, constraints & 0x10
+    cs0, cs1 = constraints & 0x80, constraints & 0x40
     if profile_idc == PROFILE_BASELINE:
         profile = "42e0" if cs1 else "4200"
     elif profile_idc == PROFILE_MAIN:
@@ -101,7 +101,8 @@ def canonical_profile(profile_idc: int, constraints: int) -> str:
     elif profile_idc == PROFILE_EXTENDED and cs0:
         profile = "42e0" if cs1 else "4200"
     elif profile_idc == PROFILE_HIGH:
-        profile = "640c" if cs3 and constraints & 0x08 else "6400"
+        # constraint_set4 and constraint_set5 together: Constrained High
+        profile = "640c" if constraints & 0x0C == 0x0C else "6400"
     else:
         raise ValueError(f"H.264 profile_idc {profile_idc} has no WebRTC profile-level-id")
     return profile

@@ -135,8 +135,9 @@ async def answer(
 
     Raises BadOffer (400) or NoCommonCodec (406). On error, nothing is left open.
     """
-    if not offer.startswith("v=0"):
-        raise BadOffer("the body is not an SDP offer (it must start with v=0)")
+    problem = sdp.webrtc_offer_problem(offer)
+    if problem is not None:
+        raise BadOffer(problem)
     if not has_video(offer):
         raise NoCommonCodec("the offer has no video section; this stream sends H.264 video")
     answer_plid = choose_h264_format(offer, stream_profile_level_id)
@@ -150,12 +151,11 @@ async def answer(
             await pc.setRemoteDescription(
                 RTCSessionDescription(sdp=sdp.strip_mdns_candidates(offer), type="offer")
             )
-        except ValueError as e:
-            raise BadOffer(f"the offer cannot be parsed: {e}") from None
-        except Exception as e:  # aiortc raises InvalidAccessError/OperationError and others
-            if "codec" in str(e).lower():
-                raise NoCommonCodec(f"no common codec: {e}") from None
-            raise BadOffer(f"the offer cannot be answered: {e}") from None
+        except Exception as e:  # aiortc raises ValueError, InvalidAccessError, OperationError...
+            detail = str(e) or type(e).__name__
+            if "codec" in detail.lower():
+                raise NoCommonCodec(f"no common codec: {detail}") from None
+            raise BadOffer(f"the offer cannot be answered: {detail}") from None
         await pc.setLocalDescription(await pc.createAnswer())
         text = sdp.set_h264_profile_level_id(pc.localDescription.sdp, answer_plid)
         return pc, text

@@ -24,6 +24,22 @@ def _join(lines: list[str]) -> str:
     return text if text.endswith("\r\n") else text + "\r\n"
 
 
+def webrtc_offer_problem(offer: str) -> str | None:
+    """Why this text cannot be a WebRTC offer we can answer, or None. aiortc alone accepts offers
+    without ICE credentials or a DTLS fingerprint, which would give a session that never connects."""
+    if not offer.startswith("v=0"):
+        return "the body is not an SDP offer (it must start with v=0)"
+    lines = _lines(offer)
+    if not any(line.startswith("m=") for line in lines):
+        return "the offer has no media section (m=)"
+    ufrag, pwd = ice_credentials(offer)
+    if not ufrag or not pwd:
+        return "the offer has no ICE credentials (a=ice-ufrag and a=ice-pwd)"
+    if not any(line.startswith("a=fingerprint:") for line in lines):
+        return "the offer has no DTLS fingerprint (a=fingerprint)"
+    return None
+
+
 def is_mdns_candidate(line: str) -> bool:
     """True for an `a=candidate` line whose address is an mDNS name (RFC 8445 + mDNS ICE draft)."""
     m = _CANDIDATE.match(line)

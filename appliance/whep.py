@@ -97,7 +97,7 @@ class WhepHandlers:
         session.watch(self._sessions, self._config.webrtc.connect_timeout)
         location = f"/{stream.name}/whep/{session.id}"
         logger.info("viewer %s: new session from %s", session.id[:8], session.peer)
-        response = web.Response(status=201, text=answer, content_type=SDP)
+        response = web.Response(status=201, body=answer.encode(), content_type=SDP)
         response.headers["Location"] = location
         response.headers["ETag"] = session.etag
         response.headers["Accept-Patch"] = SDPFRAG

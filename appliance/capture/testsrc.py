@@ -64,6 +64,8 @@ def read_stamp(luma: np.ndarray[Any, Any], width: int) -> int | None:
 class TestPattern:
     """Draws I420 pictures: gradient background, moving bar and box, clock, latency stamp."""
 
+    __test__ = False  # not a pytest test class
+
     def __init__(self, width: int, height: int) -> None:
         self.width, self.height = width, height
         self._b = stamp_block_size(width)
@@ -155,6 +157,8 @@ class Encoder(Protocol):
 
 class TestSource:
     """The test pattern at `fps`, encoded on the source's own thread."""
+
+    __test__ = False  # not a pytest test class
 
     def __init__(self, width: int, height: int, fps: int, encoder: Encoder) -> None:
         self.width, self.height, self.fps = width, height, fps

@@ -67,6 +67,7 @@ import {{ startViewer }} from "{d.url}/web/viewer.js";
 startViewer({{video: document.getElementById("video"), overlay: document.getElementById("overlay"),
               status: document.getElementById("status"), url: "{d.url}/cam/whep"}});
 </script>"""
+
         async def page_handler(request: web.Request) -> web.Response:
             return web.Response(text=html, content_type="text/html")
 

@@ -1,0 +1,139 @@
+from __future__ import annotations
+
+import dataclasses
+import sys
+from pathlib import Path
+
+import pytest
+
+from appliance import config
+from appliance.config import Config, IceServer
+from appliance.errors import ConfigError
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+
+def test_defaults_without_file_or_environment() -> None:
+    c = config.load(None, env={})
+    assert c == Config()
+    assert c.webrtc.ice_servers == ()  # never a public STUN server by default
+    assert (c.video.width, c.video.height, c.video.fps) == (1280, 720, 30)
+
+
+def test_file_then_environment_then_overrides(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text("[video]\nwidth = 640\nheight = 480\n[http]\nport = 9000\n")
+    env = {"APPLIANCE_VIDEO_WIDTH": "800", "APPLIANCE_LOG_LEVEL": "debug", "HOME": "/root"}
+    c = config.load(path, env=env, overrides={"http.port": 9100})
+    assert (c.video.width, c.video.height) == (800, 480)
+    assert c.http.port == 9100
+    assert c.log_level == "debug"
+
+
+def test_environment_lists_and_ice_servers() -> None:
+    env = {
+        "APPLIANCE_WEBRTC_ICE_SERVERS": "stun:stun.lan:3478, turn:turn.lan:3478",
+        "APPLIANCE_HTTP_CORS_ORIGINS": "https://a.example,https://b.example",
+    }
+    c = config.load(None, env=env)
+    assert c.webrtc.ice_servers == (
+        IceServer(urls=("stun:stun.lan:3478",)),
+        IceServer(urls=("turn:turn.lan:3478",)),
+    )
+    assert c.http.cors_origins == ("https://a.example", "https://b.example")
+
+
+def test_ice_server_tables_in_toml(tmp_path: Path) -> None:
+    path = tmp_path / "a.toml"
+    path.write_text(
+        '[webrtc]\nice_servers = ["stun:s.lan", '
+        '{ urls = "turn:t.lan", username = "u", credential = "p" }]\n'
+    )
+    c = config.load(path, env={})
+    assert c.webrtc.ice_servers[1] == IceServer(urls=("turn:t.lan",), username="u", credential="p")
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        (
+            "[video]\nwidht = 3\n",
+            "config: video.widht: unknown key; known keys here: bitrate, fps,",
+        ),
+        ("[video]\nwidth = 'big'\n", "config: video.width: must be an integer, got 'big'"),
+        ("[video]\nwidth = 641\n", "config: video.width: must be even (4:2:0 chroma); got 641"),
+        ("[video]\nfps = 0\n", "config: video.fps: must be between 1 and 120; got 0"),
+        (
+            "[video]\nprofile = 'high'\n",
+            "config: video.profile: must be one of constrained-baseline",
+        ),
+        ("[video]\nsource = 'v4l2'\n", "config: video.source: must be one of testsrc; got 'v4l2'"),
+        ("[http]\nport = 70000\n", "config: http.port: must be between 0 and 65535; got 70000"),
+        ("[http]\nport = true\n", "config: http.port: must be an integer, got True"),
+        ("[stream]\nname = 'a b'\n", "config: stream.name: must be letters, digits, '-' or '_'"),
+        ("[stream]\nname = 'api'\n", "config: stream.name: 'api' is reserved for the HTTP API"),
+        ("video = 3\n", "config: video: must be a table"),
+        (
+            "[webrtc]\nice_servers = ['stun.l.google.com:19302']\n",
+            "config: webrtc.ice_servers[0].urls: must start with stun:",
+        ),
+        ("log_level = 'loud'\n", "config: log_level: must be one of debug, info, warning, error"),
+    ],
+)
+def test_refusals_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path, env={})
+    assert str(e.value).startswith(message)
+
+
+def test_environment_refusal_names_the_key() -> None:
+    with pytest.raises(ConfigError, match=r"^config: video.fps: must be an integer, got 'fast'$"):
+        config.load(None, env={"APPLIANCE_VIDEO_FPS": "fast"})
+
+
+def test_missing_and_broken_files(tmp_path: Path) -> None:
+    with pytest.raises(ConfigError, match="file not found"):
+        config.load(tmp_path / "nope.toml", env={})
+    broken = tmp_path / "broken.toml"
+    broken.write_text("[video\n")
+    with pytest.raises(ConfigError, match="not valid TOML"):
+        config.load(broken, env={})
+
+
+def _keys(cls: type, prefix: str = "") -> set[str]:
+    keys = set()
+    for f in dataclasses.fields(cls):
+        default = f.default_factory() if f.default_factory is not dataclasses.MISSING else None
+        if dataclasses.is_dataclass(default):
+            keys |= _keys(type(default), f"{prefix}{f.name}.")
+        else:
+            keys.add(f"{prefix}{f.name}")
+    return keys
+
+
+def _flatten(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flatten(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def test_example_file_documents_every_key_with_its_default() -> None:
+    text = config.EXAMPLE_PATH.read_text()
+    example = _flatten(tomllib.loads(text))
+    assert set(example) == _keys(Config)
+    assert config.load(config.EXAMPLE_PATH, env={}) == Config()
+    # every key line has a comment line just above it (or above its group)
+    lines = text.splitlines()
+    for i, line in enumerate(lines):
+        if "=" in line and not line.startswith("#"):
+            above = [x for x in lines[max(0, i - 3) : i] if x.startswith("#")]
+            assert above, f"no comment above: {line}"

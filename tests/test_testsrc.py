@@ -1,0 +1,107 @@
+from __future__ import annotations
+
+import asyncio
+import threading
+
+import av
+import numpy as np
+import pytest
+
+from appliance import config, h264
+from appliance.capture.testsrc import TestPattern, TestSource, read_stamp, stamp_block_size
+from appliance.encoders.software import X264Encoder
+from appliance.media import EncodedFrame
+
+
+@pytest.mark.parametrize(("width", "b"), [(640, 8), (1280, 16), (1920, 24), (320, 8)])
+def test_block_size_follows_the_stamp_spec(width: int, b: int) -> None:
+    assert stamp_block_size(width) == b
+
+
+def test_stamp_layout_matches_latency_stamp_md() -> None:
+    pattern = TestPattern(1280, 720)
+    value = 0b1010_0000_1111_0000_1100_0011_0101_1001
+    luma = pattern.render(7, value)[:720]
+    b = 16
+    for i in range(32):
+        bit = (value >> (31 - i)) & 1
+        block1 = luma[0:b, i * b : (i + 1) * b]
+        block2 = luma[b : 2 * b, i * b : (i + 1) * b]
+        assert np.all(block1 == (235 if bit else 16)), i
+        assert np.all(block2 == (16 if bit else 235)), i
+    assert read_stamp(luma, 1280) == value
+
+
+def test_stamp_is_modulo_2_to_the_32() -> None:
+    ms = 1_795_000_000_123
+    luma = TestPattern(640, 480).render(0, ms)[:480]
+    assert read_stamp(luma, 640) == ms % 2**32
+
+
+def test_unreadable_stamp_is_none_not_a_guess() -> None:
+    luma = np.full((720, 1280), 128, np.uint8)
+    assert read_stamp(luma, 1280) is None
+
+
+def test_picture_moves_and_clock_is_drawn() -> None:
+    pattern = TestPattern(640, 360)
+    a = pattern.render(0, 1000).copy()
+    b = pattern.render(15, 1000).copy()
+    stamp_rows = 2 * stamp_block_size(640)
+    assert (a[stamp_rows:360] != b[stamp_rows:360]).mean() > 0.01  # moving content
+    c = pattern.render(0, 61_000).copy()  # same frame, a minute later: only the clock changes
+    changed = np.argwhere(a[stamp_rows:360] != c[stamp_rows:360])
+    assert changed.size and changed[:, 0].min() + stamp_rows > 360 // 2  # in the lower half
+
+
+def test_stamp_survives_encoding_and_decoding() -> None:
+    cfg = config.load(None, env={}, overrides={"video.width": 640, "video.height": 360})
+    encoder = X264Encoder(cfg.video)
+    decoder = av.CodecContext.create("h264", "r")
+    pattern = TestPattern(640, 360)
+    stamps = [1_000_000 + 33 * i for i in range(10)]
+    read = []
+    for i, stamp in enumerate(stamps):
+        for frame in encoder.encode(pattern.render(i, stamp), i * 3000, 0):
+            for picture in decoder.decode(av.Packet(frame.data)):
+                read.append(read_stamp(picture.to_ndarray(format="yuv420p")[:360], 640))
+    assert read == stamps
+
+
+def test_encoder_forces_an_idr_with_sps_and_pps() -> None:
+    cfg = config.load(None, env={}, overrides={"video.width": 320, "video.height": 240})
+    encoder = X264Encoder(cfg.video)
+    pattern = TestPattern(320, 240)
+    frames = [f for i in range(5) for f in encoder.encode(pattern.render(i, i), i * 3000, i)]
+    assert [f.keyframe for f in frames] == [True, False, False, False, False]
+    encoder.force_keyframe()
+    (forced,) = encoder.encode(pattern.render(5, 5), 15000, 5)
+    assert forced.keyframe
+    assert h264.nal_types(forced.data)[:3] == [h264.NAL_SPS, h264.NAL_PPS, h264.NAL_IDR] or (
+        h264.nal_types(forced.data)[:2] == [h264.NAL_SPS, h264.NAL_PPS]
+    )
+    assert forced.pts == 15000 and forced.capture_ns == 5
+    assert h264.profile_level_id(h264.find_nal(forced.data, h264.NAL_SPS) or b"") == "42e014"
+
+
+async def test_source_delivers_on_the_loop_and_stops_on_cancel() -> None:
+    cfg = config.load(None, env={}, overrides={"video.width": 320, "video.height": 240})
+    source = TestSource(320, 240, 30, X264Encoder(cfg.video))
+    got: list[EncodedFrame] = []
+    loop_thread = threading.get_ident()
+    threads: set[int] = set()
+
+    def publish(frame: EncodedFrame) -> None:
+        threads.add(threading.get_ident())
+        got.append(frame)
+
+    task = asyncio.create_task(source.run(publish))
+    while len(got) < 5:
+        await asyncio.sleep(0.01)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    assert threads == {loop_thread}  # never called from the capture thread
+    assert got[0].keyframe
+    assert all(b.pts > a.pts for a, b in zip(got, got[1:]))
+    assert not any(t.name == "testsrc" for t in threading.enumerate())

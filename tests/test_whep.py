@@ -1,0 +1,226 @@
+"""WHEP status codes and headers, in process: a real app, a real stream fed by the real encoder."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestClient, TestServer
+
+from appliance import config
+from appliance.capture.testsrc import TestPattern
+from appliance.config import IceServer
+from appliance.encoders.software import X264Encoder
+from appliance.http import make_app
+from appliance.sessions import SessionRegistry
+from appliance.stream import Stream
+from appliance.whep import ice_server_links
+
+OFFER = (Path(__file__).parent / "data" / "chromium-recvonly-offer.sdp").read_bytes().decode()
+SDP = {"Content-Type": "application/sdp"}
+
+
+def feed_one_keyframe(stream: Stream, cfg: config.Config) -> None:
+    encoder = X264Encoder(cfg.video)
+    encoder.force_keyframe()
+    picture = TestPattern(cfg.video.width, cfg.video.height).render(0, 0)
+    for frame in encoder.encode(picture, 0, time.time_ns()):
+        stream.publish(frame)
+
+
+async def client_for(stream: Stream, cfg: config.Config) -> TestClient:
+    client = TestClient(TestServer(make_app(cfg, stream, SessionRegistry(), {"name": "libx264"})))
+    await client.start_server()
+    return client
+
+
+@pytest.fixture
+def cfg() -> config.Config:
+    return config.load(None, env={}, overrides={"video.width": 320, "video.height": 240})
+
+
+@pytest.fixture
+async def client(cfg: config.Config) -> AsyncIterator[TestClient]:
+    stream = Stream("cam")
+    feed_one_keyframe(stream, cfg)
+    assert stream.ready
+    c = await client_for(stream, cfg)
+    yield c
+    await c.close()
+
+
+async def test_wrong_content_type_is_415(client: TestClient) -> None:
+    r = await client.post("/whep", data=OFFER, headers={"Content-Type": "text/plain"})
+    assert r.status == 415
+    assert await r.text() == "Content-Type must be application/sdp, got 'text/plain'\n"
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "reason"),
+    [
+        ("", 400, "empty body: expected an SDP offer\n"),
+        ("hello", 400, "the body is not an SDP offer (it must start with v=0)\n"),
+    ],
+)
+async def test_unparseable_offer_is_400(
+    client: TestClient, body: str, status: int, reason: str
+) -> None:
+    r = await client.post("/cam/whep", data=body, headers=SDP)
+    assert (r.status, await r.text()) == (status, reason)
+
+
+def without(prefix: str) -> str:
+    return "\r\n".join(line for line in OFFER.split("\r\n") if not line.startswith(prefix))
+
+
+@pytest.mark.parametrize(
+    ("offer", "reason"),
+    [
+        (without("a=fingerprint:"), "the offer has no DTLS fingerprint (a=fingerprint)\n"),
+        (without("a=ice-pwd:"), "the offer has no ICE credentials (a=ice-ufrag and a=ice-pwd)\n"),
+        (OFFER.split("m=")[0], "the offer has no media section (m=)\n"),
+        (OFFER.replace("m=video 9 UDP", "m=video nine UDP"), "the offer cannot be answered: "),
+        (
+            OFFER.replace("a=setup:actpass", "a=setup:bogus"),
+            "the offer cannot be answered: 'bogus'\n",
+        ),
+    ],
+)
+async def test_garbled_sdp_is_400_and_daemon_stays_up(
+    client: TestClient, offer: str, reason: str
+) -> None:
+    r = await client.post("/cam/whep", data=offer, headers=SDP)
+    assert r.status == 400
+    text = await r.text()
+    assert text.startswith(reason)
+    assert len(text.strip()) > len("the offer cannot be answered:")
+    assert (await client.get("/api/status")).status == 200
+
+
+async def test_offer_without_h264_is_406(client: TestClient) -> None:
+    vp8_only = without("a=rtpmap:102 H264").replace("H264/90000", "H265/90000")
+    r = await client.post("/cam/whep", data=vp8_only, headers=SDP)
+    assert r.status == 406
+    text = await r.text()
+    assert "this stream is H.264 profile-level-id 42e014" in text
+    assert "the offer's H.264 profiles (packetization-mode=1): none" in text
+
+
+async def test_offer_without_video_is_406(client: TestClient) -> None:
+    audio_only = OFFER.split("m=video")[0] + "m=audio" + OFFER.split("m=audio")[1]
+    r = await client.post("/cam/whep", data=audio_only, headers=SDP)
+    assert r.status == 406
+    assert "no video section" in await r.text()
+
+
+async def test_unknown_stream_and_session_are_404(client: TestClient) -> None:
+    assert (await client.post("/other/whep", data=OFFER, headers=SDP)).status == 404
+    assert (await client.delete("/cam/whep/nosuch")).status == 404
+    r = await client.patch(
+        "/cam/whep/nosuch",
+        data="a=end-of-candidates\r\n",
+        headers={"Content-Type": "application/trickle-ice-sdpfrag"},
+    )
+    assert r.status == 404
+    assert await r.text() == "no session 'nosuch'\n"
+
+
+async def test_source_not_ready_is_503_with_retry_after(cfg: config.Config) -> None:
+    client = await client_for(Stream("cam"), cfg)
+    try:
+        r = await client.post("/whep", data=OFFER, headers=SDP)
+        assert r.status == 503
+        assert r.headers["Retry-After"] == "1"
+        assert "first keyframe" in await r.text()
+        h = await client.get("/healthz")
+        assert h.status == 200  # not stalled yet: the daemon just started
+    finally:
+        await client.close()
+
+
+async def test_options_and_cors_preflight(client: TestClient) -> None:
+    r = await client.options(
+        "/cam/whep",
+        headers={
+            "Origin": "http://other.example",
+            "Access-Control-Request-Method": "POST",
+            "Access-Control-Request-Headers": "content-type",
+        },
+    )
+    assert r.status == 204
+    assert r.headers["Accept-Post"] == "application/sdp"
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+    assert "POST" in r.headers["Access-Control-Allow-Methods"]
+    assert "Content-Type" in r.headers["Access-Control-Allow-Headers"]
+    assert "Location" in r.headers["Access-Control-Expose-Headers"]
+
+
+async def test_errors_carry_cors_headers(client: TestClient) -> None:
+    r = await client.post(
+        "/whep", data="x", headers={"Content-Type": "text/plain", "Origin": "http://o.example"}
+    )
+    assert r.status == 415
+    assert r.headers["Access-Control-Allow-Origin"] == "*"
+
+
+async def test_cors_restricted_to_configured_origins() -> None:
+    cfg = config.load(None, env={}, overrides={"http.cors_origins": ["http://good.example"]})
+    client = await client_for(Stream("cam"), cfg)
+    try:
+        good = await client.get("/api/status", headers={"Origin": "http://good.example"})
+        assert good.headers["Access-Control-Allow-Origin"] == "http://good.example"
+        bad = await client.get("/api/status", headers={"Origin": "http://bad.example"})
+        assert "Access-Control-Allow-Origin" not in bad.headers
+    finally:
+        await client.close()
+
+
+async def test_status_describes_stream_and_encoder(client: TestClient) -> None:
+    st = await (await client.get("/api/status")).json()
+    assert st["stream"]["name"] == "cam"
+    assert st["stream"]["ready"] is True
+    assert st["stream"]["profile_level_id"] == "42e014"
+    assert st["stream"]["keyframes"] == 1
+    assert st["encoder"] == {"name": "libx264"}
+    assert st["viewers"] == []
+
+
+async def test_healthz_fails_when_source_stalls(cfg: config.Config) -> None:
+    stream = Stream("cam", clock=lambda: time.monotonic() - 10)
+    feed_one_keyframe(stream, cfg)  # its only frame, ten seconds ago
+    client = await client_for(stream, cfg)
+    try:
+        r = await client.get("/healthz")
+        assert r.status == 503
+        assert (await r.text()).startswith("source stalled: no frame for ")
+    finally:
+        await client.close()
+
+
+async def test_viewer_page_and_modules_are_served(client: TestClient) -> None:
+    page = await client.get("/")
+    assert page.status == 200 and "startViewer" in await page.text()
+    for module in ("whep.js", "viewer.js", "stamp.js"):
+        r = await client.get(f"/web/{module}")
+        assert r.status == 200 and "export" in await r.text()
+    assert (await client.get("/cam/")).status == 200
+
+
+def test_ice_server_link_headers() -> None:
+    cfg = config.load(
+        None,
+        env={},
+        overrides={
+            "webrtc.ice_servers": [
+                "stun:stun.lan:3478",
+                {"urls": ["turn:turn.lan:3478"], "username": "u", "credential": "p"},
+            ]
+        },
+    )
+    assert cfg.webrtc.ice_servers[0] == IceServer(urls=("stun:stun.lan:3478",))
+    assert ice_server_links(cfg) == [
+        '<stun:stun.lan:3478>; rel="ice-server"',
+        '<turn:turn.lan:3478>; rel="ice-server"; username="u"; credential="p"; credential-type="password"',
+    ]
