@@ -90,18 +90,20 @@ async def test_source_delivers_on_the_loop_and_stops_on_cancel() -> None:
     got: list[EncodedFrame] = []
     loop_thread = threading.get_ident()
     threads: set[int] = set()
+    five = asyncio.Event()
 
     def publish(frame: EncodedFrame) -> None:
         threads.add(threading.get_ident())
         got.append(frame)
+        if len(got) == 5:
+            five.set()
 
     task = asyncio.create_task(source.run(publish))
-    while len(got) < 5:
-        await asyncio.sleep(0.01)
+    await asyncio.wait_for(five.wait(), 10)
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await task
     assert threads == {loop_thread}  # never called from the capture thread
     assert got[0].keyframe
-    assert all(b.pts > a.pts for a, b in zip(got, got[1:]))
+    assert all(b.pts > a.pts for a, b in zip(got, got[1:], strict=False))
     assert not any(t.name == "testsrc" for t in threading.enumerate())
