@@ -6,24 +6,17 @@ import pytest
 
 from tests import netns
 
-_netns_problem: str | None = "not entered"
-
-
-def pytest_configure(config: pytest.Config) -> None:
-    # Before any test (and any thread) exists: the whole session runs in its own network namespace.
-    global _netns_problem
-    _netns_problem = netns.enter()
+# First thing, before any other conftest imports numpy (whose thread pool would make the process
+# multithreaded, which unshare refuses for a user namespace): the whole session runs in its own
+# network namespace.
+_netns_problem = netns.enter()
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "hardware" in item.keywords and os.environ.get("APPLIANCE_TEST_HARDWARE") != "1":
             item.add_marker(
-                pytest.mark.skip(
-                    reason="needs a real Pi or Jetson: set APPLIANCE_TEST_HARDWARE=1 there"
-                )
+                pytest.mark.skip(reason="needs a real Pi or Jetson: set APPLIANCE_TEST_HARDWARE=1")
             )
         if "e2e" in item.keywords and _netns_problem is not None:
-            item.add_marker(
-                pytest.mark.skip(reason=f"no private network namespace: {_netns_problem}")
-            )
+            item.add_marker(pytest.mark.skip(reason=f"no private network namespace: {_netns_problem}"))
