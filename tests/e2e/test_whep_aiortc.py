@@ -143,3 +143,28 @@ async def test_viewer_that_vanishes_without_delete_is_dropped(daemon: DaemonFact
         finally:
             await gone.close()
             await stays.close()
+
+
+async def test_picture_loss_report_forces_a_keyframe(daemon: DaemonFactory, http) -> None:
+    # GOP of 100 s: any keyframe after the first one is one a viewer asked for.
+    async with daemon(**{"video.gop": 3000}) as d:
+        await wait_ready(d)
+        viewer = AiortcViewer(http, f"{d.url}/cam/whep")
+        try:
+            await viewer.connect()
+            await viewer.frames(10)
+            before = (await status(http, d.url))["stream"]
+            # A real RTCP PLI on the wire, sent the way aiortc's receiver sends it on loss.
+            (transceiver,) = viewer.pc.getTransceivers()
+            ssrc = int(viewer.answer.split("a=ssrc:")[1].split()[0])
+            await transceiver.receiver._send_rtcp_pli(ssrc)
+            deadline = asyncio.get_running_loop().time() + 5
+            while (await status(http, d.url))["stream"]["keyframes"] == before["keyframes"]:
+                assert asyncio.get_running_loop().time() < deadline, "no keyframe after PLI"
+                await asyncio.sleep(0.05)
+            after = (await status(http, d.url))["stream"]
+            assert after["keyframes_forced"] == before["keyframes_forced"] + 1
+            assert after["keyframe_requests"] == before["keyframe_requests"] + 1
+            assert len(await viewer.frames(10)) == 10
+        finally:
+            await viewer.close()
