@@ -19,4 +19,6 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
                 pytest.mark.skip(reason="needs a real Pi or Jetson: set APPLIANCE_TEST_HARDWARE=1")
             )
         if "e2e" in item.keywords and _netns_problem is not None:
-            item.add_marker(pytest.mark.skip(reason=f"no private network namespace: {_netns_problem}"))
+            item.add_marker(
+                pytest.mark.skip(reason=f"no private network namespace: {_netns_problem}")
+            )

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import signal
+import sys
 import time
 
 import aiohttp
@@ -168,3 +170,40 @@ async def test_picture_loss_report_forces_a_keyframe(daemon: DaemonFactory, http
             assert len(await viewer.frames(10)) == 10
         finally:
             await viewer.close()
+
+
+@pytest.mark.timeout(120)
+async def test_killed_viewer_is_dropped_by_consent_expiry(daemon: DaemonFactory, http) -> None:
+    """A viewer process killed outright (no DELETE, no DTLS close) is dropped once ICE consent
+    expires (RFC 7675: 30 s), and the viewer next to it keeps playing all along."""
+    async with daemon(**{"video.width": 320, "video.height": 240}) as d:
+        await wait_ready(d)
+        proc = await asyncio.create_subprocess_exec(
+            sys.executable,
+            "-m",
+            "tests.e2e.viewer_process",
+            f"{d.url}/cam/whep",
+            stdout=asyncio.subprocess.PIPE,
+        )
+        stays = AiortcViewer(http, f"{d.url}/cam/whep")
+        try:
+            assert proc.stdout is not None
+            assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"playing\n"
+            await stays.connect()
+            await stays.frames(3)
+            assert len((await status(http, d.url))["viewers"]) == 2
+            proc.send_signal(signal.SIGKILL)
+            await proc.wait()
+            frames = 0
+            deadline = asyncio.get_running_loop().time() + 60
+            while len((await status(http, d.url))["viewers"]) != 1:
+                assert asyncio.get_running_loop().time() < deadline, "killed viewer never dropped"
+                frames += len(await stays.frames(15))
+            assert frames >= 30 * 25  # ~30 frames/s while the other one was being given up on
+            (left,) = (await status(http, d.url))["viewers"]
+            assert stays.location.endswith(left["id"]) and left["dropped_frames"] == 0
+        finally:
+            if proc.returncode is None:
+                proc.kill()
+                await proc.wait()
+            await stays.close()

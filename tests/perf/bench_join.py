@@ -101,7 +101,9 @@ async def latency(url: str, seconds: float) -> list[float]:
     async with chromium() as browser:
         page = await browser.new_page()
         await page.goto(f"{url}/")
-        await page.wait_for_function("window.viewer && window.viewer.framesPresented > 30", polling=100)
+        await page.wait_for_function(
+            "window.viewer && window.viewer.framesPresented > 30", polling=100
+        )
         await page.evaluate("window.viewer.latencies = []")
         await asyncio.sleep(seconds)
         return list(await page.evaluate("window.viewer.latencies"))
@@ -128,7 +130,9 @@ async def cpu_per_viewer(url: str, pid: int, counts: list[int], seconds: float) 
 
 
 async def main() -> None:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
     p.add_argument("--joins", type=int, default=20)
     p.add_argument("--gop", type=int, default=60, help="frames between periodic keyframes")
     p.add_argument("--seconds", type=float, default=10.0)
@@ -152,6 +156,8 @@ async def main() -> None:
         counts = [int(x) for x in args.viewers.split(",")]
         print(f"daemon CPU: 0 and {counts} aiortc viewers, {args.seconds:g} s each")
         cpu = await cpu_per_viewer(url, daemon.pid, counts, args.seconds)
+        async with aiohttp.ClientSession() as http, http.get(f"{url}/api/status") as r:
+            stream = (await r.json())["stream"]
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(20)
@@ -159,21 +165,38 @@ async def main() -> None:
     top = max(cpu)
     slope = (cpu[top] - cpu[0]) / top if top else 0.0
     report: dict[str, Any] = {
-        "ttff_ms": {"median": statistics.median(ttff), "p95": percentile(ttff, 95),
-                    "min": min(ttff), "max": max(ttff), "n": len(ttff)},
-        "glass_to_glass_ms": {"median": statistics.median(lat), "p95": percentile(lat, 95),
-                              "n": len(lat)},
+        "ttff_ms": {
+            "median": statistics.median(ttff),
+            "p95": percentile(ttff, 95),
+            "min": min(ttff),
+            "max": max(ttff),
+            "n": len(ttff),
+        },
+        "glass_to_glass_ms": {
+            "median": statistics.median(lat),
+            "p95": percentile(lat, 95),
+            "n": len(lat),
+        },
         "daemon_cpu_s_per_s": {str(k): round(v, 4) for k, v in cpu.items()},
         "daemon_cpu_per_viewer_s_per_s": round(slope, 4),
+        "stream": {k: stream[k] for k in ("width", "height", "fps", "bitrate", "profile_level_id")},
     }
     print()
-    print(f"time to first frame   median {report['ttff_ms']['median']:.0f} ms, "
-          f"p95 {report['ttff_ms']['p95']:.0f} ms (min {min(ttff):.0f}, max {max(ttff):.0f}, n={len(ttff)})")
-    print(f"glass-to-glass        median {report['glass_to_glass_ms']['median']:.0f} ms, "
-          f"p95 {report['glass_to_glass_ms']['p95']:.0f} ms (n={len(lat)} frames)")
+    print(
+        f"time to first frame   median {report['ttff_ms']['median']:.0f} ms, "
+        f"p95 {report['ttff_ms']['p95']:.0f} ms (min {min(ttff):.0f}, max {max(ttff):.0f}, n={len(ttff)})"
+    )
+    print(
+        f"glass-to-glass        median {report['glass_to_glass_ms']['median']:.0f} ms, "
+        f"p95 {report['glass_to_glass_ms']['p95']:.0f} ms (n={len(lat)} frames)"
+    )
     for n, v in cpu.items():
         print(f"daemon CPU, {n:2d} viewers  {v * 100:5.1f} % of a core")
     print(f"daemon CPU per viewer {slope * 100:5.2f} % of a core")
+    print(
+        f"stream                {stream['width']}x{stream['height']} {stream['fps']:.1f} fps, "
+        f"{stream['bitrate'] / 1e6:.2f} Mbit/s measured, H.264 {stream['profile_level_id']}"
+    )
     if args.json:
         print(json.dumps(report, indent=2))
 
