@@ -1,6 +1,7 @@
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Callable
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
 
@@ -36,11 +37,19 @@ async def http() -> AsyncIterator[aiohttp.ClientSession]:
         yield session
 
 
-async def wait_ready(d: Running, timeout: float = 10.0) -> None:
-    import asyncio
-
+async def wait_until(
+    done: Callable[[], Awaitable[bool]], timeout: float, what: str, poll: float = 0.05
+) -> None:
+    """Poll `done` until it is true; fail with `what` after `timeout` seconds."""
     loop = asyncio.get_running_loop()
     deadline = loop.time() + timeout
-    while not d.stream.ready:
-        assert loop.time() < deadline, "the stream produced no keyframe"
-        await asyncio.sleep(0.02)
+    while not await done():
+        assert loop.time() < deadline, f"{what} (after {timeout:g} s)"
+        await asyncio.sleep(poll)
+
+
+async def wait_ready(d: Running, timeout: float = 10.0) -> None:
+    async def ready() -> bool:
+        return d.stream.ready
+
+    await wait_until(ready, timeout, "the stream produced no keyframe", poll=0.02)

@@ -11,7 +11,7 @@ import aiohttp
 import pytest
 
 from appliance.capture.testsrc import read_stamp
-from tests.e2e.conftest import DaemonFactory, wait_ready
+from tests.e2e.conftest import DaemonFactory, wait_ready, wait_until
 from tests.e2e.peers import AiortcViewer
 
 pytestmark = pytest.mark.e2e
@@ -137,10 +137,11 @@ async def test_viewer_that_vanishes_without_delete_is_dropped(daemon: DaemonFact
             await asyncio.gather(gone.connect(), stays.connect())
             await asyncio.gather(gone.frames(3), stays.frames(3))
             await gone.close()  # no DELETE
-            deadline = asyncio.get_running_loop().time() + 15
-            while len((await status(http, d.url))["viewers"]) != 1:
-                assert asyncio.get_running_loop().time() < deadline, "session not dropped"
-                await asyncio.sleep(0.2)
+
+            async def one_left() -> bool:
+                return len((await status(http, d.url))["viewers"]) == 1
+
+            await wait_until(one_left, 15, "session not dropped")
             assert len(await stays.frames(10)) == 10
         finally:
             await gone.close()
@@ -160,10 +161,12 @@ async def test_picture_loss_report_forces_a_keyframe(daemon: DaemonFactory, http
             (transceiver,) = viewer.pc.getTransceivers()
             ssrc = int(viewer.answer.split("a=ssrc:")[1].split()[0])
             await transceiver.receiver._send_rtcp_pli(ssrc)
-            deadline = asyncio.get_running_loop().time() + 5
-            while (await status(http, d.url))["stream"]["keyframes"] == before["keyframes"]:
-                assert asyncio.get_running_loop().time() < deadline, "no keyframe after PLI"
-                await asyncio.sleep(0.05)
+
+            async def new_keyframe() -> bool:
+                stream = (await status(http, d.url))["stream"]
+                return bool(stream["keyframes"] > before["keyframes"])
+
+            await wait_until(new_keyframe, 5, "no keyframe after PLI")
             after = (await status(http, d.url))["stream"]
             assert after["keyframes_forced"] == before["keyframes_forced"] + 1
             assert after["keyframe_requests"] == before["keyframe_requests"] + 1
@@ -195,10 +198,13 @@ async def test_killed_viewer_is_dropped_by_consent_expiry(daemon: DaemonFactory,
             proc.send_signal(signal.SIGKILL)
             await proc.wait()
             frames = 0
-            deadline = asyncio.get_running_loop().time() + 60
-            while len((await status(http, d.url))["viewers"]) != 1:
-                assert asyncio.get_running_loop().time() < deadline, "killed viewer never dropped"
+
+            async def dropped_while_other_plays() -> bool:
+                nonlocal frames
                 frames += len(await stays.frames(15))
+                return len((await status(http, d.url))["viewers"]) == 1
+
+            await wait_until(dropped_while_other_plays, 60, "killed viewer never dropped", poll=0)
             assert frames >= 30 * 25  # ~30 frames/s while the other one was being given up on
             (left,) = (await status(http, d.url))["viewers"]
             assert stays.location.endswith(left["id"]) and left["dropped_frames"] == 0
@@ -207,3 +213,23 @@ async def test_killed_viewer_is_dropped_by_consent_expiry(daemon: DaemonFactory,
                 proc.kill()
                 await proc.wait()
             await stays.close()
+
+
+async def test_viewer_limit_is_503_with_retry_after(daemon: DaemonFactory, http) -> None:
+    async with daemon(**{"stream.max_viewers": 1}) as d:
+        await wait_ready(d)
+        first = AiortcViewer(http, f"{d.url}/cam/whep")
+        second = AiortcViewer(http, f"{d.url}/cam/whep")
+        try:
+            await first.connect()
+            offer = await second.offer()
+            async with http.post(
+                f"{d.url}/cam/whep", data=offer, headers={"Content-Type": "application/sdp"}
+            ) as r:
+                assert r.status == 503
+                assert r.headers["Retry-After"] == "5"
+                assert await r.text() == "viewer limit reached (1)\n"
+            assert len(await first.frames(5)) == 5
+        finally:
+            await first.close()
+            await second.close()
