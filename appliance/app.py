@@ -71,7 +71,12 @@ class Running:
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[Running]:
     """Start the daemon; on exit, stop it in reverse order."""
-    stream = Stream(config.stream.name, keyframe_interval_min=config.stream.keyframe_interval_min)
+    stream = Stream(
+        config.stream.name,
+        keyframe_interval_min=config.stream.keyframe_interval_min,
+        mtu=config.stream.mtu,
+        ring_packets=config.stream.ring_packets,
+    )
     sessions = SessionRegistry()
     encoder_info: dict[str, Any] = {
         "name": "libx264",

@@ -40,6 +40,7 @@ X264_PRESETS = (
     "veryslow",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
+SENDERS = ("fast", "aiortc")
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +62,7 @@ class IceServer:
 class WebRTCConfig:
     ice_servers: tuple[IceServer, ...] = ()
     connect_timeout: float = 15.0
+    sender: str = "fast"
 
 
 @dataclass(frozen=True, slots=True)
@@ -80,6 +82,8 @@ class StreamConfig:
     name: str = "cam"
     max_viewers: int = 64
     keyframe_interval_min: float = 0.25
+    mtu: int = 1400
+    ring_packets: int = 2048
 
 
 @dataclass(frozen=True, slots=True)
@@ -244,6 +248,7 @@ def _validate(c: Config) -> None:
                     f"must start with stun:, stuns:, turn: or turns:; got {url!r}",
                 )
     _in_range("webrtc.connect_timeout", c.webrtc.connect_timeout, 1, 600)
+    _one_of("webrtc.sender", c.webrtc.sender, SENDERS)
     _one_of("video.source", c.video.source, VIDEO_SOURCES)
     _in_range("video.width", c.video.width, 16, 4096)
     _in_range("video.height", c.video.height, 16, 4096)
@@ -262,4 +267,10 @@ def _validate(c: Config) -> None:
         raise ConfigError("stream.name", f"{name!r} is reserved for the HTTP API")
     _in_range("stream.max_viewers", c.stream.max_viewers, 1, 10_000)
     _in_range("stream.keyframe_interval_min", c.stream.keyframe_interval_min, 0, 10)
+    _in_range("stream.mtu", c.stream.mtu, 576, 9000)
+    ring = c.stream.ring_packets
+    if ring < 256 or ring > 65536 or ring & (ring - 1):
+        raise ConfigError(
+            "stream.ring_packets", f"must be a power of two from 256 to 65536; got {ring}"
+        )
     _one_of("log_level", c.log_level, LOG_LEVELS)

@@ -1,29 +1,46 @@
 """The aiortc seam: the only module that knows aiortc, and the only one that touches its internals.
 
-aiortc gives us SDP parsing, ICE (aioice), DTLS, SRTP keying and RTCP. For each viewer we build an
-`RTCPeerConnection` whose one sendonly video transceiver exists *before* the remote description is
+aiortc gives us SDP parsing, ICE (aioice), DTLS, SRTP keying and RTCP parsing. For each viewer we build
+an `RTCPeerConnection` whose one sendonly video transceiver exists *before* the remote description is
 set (aiortc applies codec preferences there), restrict it to the H.264 profile the stream really
-carries, strip Chromium's mDNS candidates (see sdp.py), and rewrite the answer's profile-level-id
-to the stream's own.
+carries, strip Chromium's mDNS candidates (see sdp.py), and rewrite the answer's profile-level-id to
+the stream's own.
 
-Media, for now, goes through aiortc's public path: a track whose `recv()` returns the stream's
-pre-encoded access units as `av.Packet`s, which aiortc packetizes per viewer. The fast path
-(packetize once, fan out) replaces this in sender.py.
+Media then takes one of two paths (config `webrtc.sender`):
+
+- "fast" (the product): aiortc's sender is kept for what it negotiates, but its send loop never runs.
+  When aiortc would start it (DTLS up), our `sender.RtpSender` takes the negotiated payload types,
+  SSRCs and extension ids, the SRTP session aiortc keyed, and the UDP path ICE nominated, and the
+  stream hands it every access unit's packets from the shared ring. RTCP for its SSRC (PLI, FIR,
+  NACK, receiver reports) is routed to it; it sends its own sender reports.
+- "aiortc" (a reference and a fallback): a track whose `recv()` returns the stream's access units as
+  `av.Packet`s, which aiortc packetizes, protects and sends per viewer.
 
 Private aiortc symbols used here (guarded by tests/test_rtc_contract.py; aiortc pinned in
 pyproject.toml):
-- `RTCRtpSender._send_keyframe()`: aiortc calls it on PLI and FIR. Its own version only flags its
-  own encoder, which pre-encoded media never uses; we point it at `Stream.request_keyframe`.
+- `RTCRtpSender._send_keyframe()`: aiortc calls it on PLI/FIR; on the aiortc path we aim it at the
+  stream (aiortc's own only flags its encoder, which pre-encoded media never uses).
+- `RTCRtpSender._run_rtp(codec)`, `._run_rtcp()`, `._handle_rtcp_packet(packet)`, and the events
+  `_RTCRtpSender__rtp_started/__rtp_exited/__rtcp_started/__rtcp_exited` that `stop()` waits on:
+  replaced per instance on the fast path.
+- `RTCRtpSender._ssrc`, `._rtx_ssrc`; `RTCDtlsTransport._tx_srtp` (the pylibsrtp Session) and
+  `._send_rtp()` (sends our RTCP through SRTCP); `RTCIceTransport._connection._nominated[1]` (the
+  aioice pair: its `protocol.transport` socket and `remote_addr`).
+- `aiortc.codecs.HEADER_EXTENSIONS`: playout-delay and abs-capture-time are added, so that aiortc
+  accepts them in the answer when a viewer offers them.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
-from collections.abc import Callable, Sequence
+import random
+from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
 
 import av
+from aioice.ice import StunProtocol
 from aiortc import (
     RTCConfiguration,
     RTCIceServer,
@@ -31,20 +48,33 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
+from aiortc.codecs import HEADER_EXTENSIONS
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
+from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+from aiortc.rtp import (
+    RTCP_PSFB_FIR,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSrPacket,
+)
 from aiortc.sdp import candidate_from_sdp
 
-from appliance import h264, sdp
+from appliance import h264, rtp, sdp
 from appliance.config import IceServer
 from appliance.errors import BadOffer, NoCommonCodec
 from appliance.media import VIDEO_CLOCK_RATE
-from appliance.stream import Reader, ReaderClosed
+from appliance.sender import Negotiated, Output, RtpSender, UdpOutput
+from appliance.stream import Reader, ReaderClosed, Stream
 
 logger = logging.getLogger(__name__)
 
 _TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 _BASELINE = "4200"
 _CONSTRAINED_BASELINE = "42e0"
+_EXTRA_VIDEO_EXTENSIONS = {rtp.URI_PLAYOUT_DELAY: 4, rtp.URI_ABS_CAPTURE_TIME: 5}
 
 
 class EncodedVideoTrack(MediaStreamTrack):
@@ -52,11 +82,13 @@ class EncodedVideoTrack(MediaStreamTrack):
 
     kind = "video"
 
-    def __init__(self, reader: Reader) -> None:
+    def __init__(self, reader: Reader | None) -> None:
         super().__init__()
         self._reader = reader
 
     async def recv(self) -> av.Packet:  # type: ignore[type-arg]
+        if self._reader is None:  # the fast path: aiortc's own send loop never runs
+            raise MediaStreamError
         try:
             frame = await self._reader.get()
         except ReaderClosed:
@@ -66,6 +98,63 @@ class EncodedVideoTrack(MediaStreamTrack):
         packet.pts = frame.pts
         packet.time_base = _TIME_BASE
         return packet
+
+
+class AiortcVideo:
+    """A viewer's video on aiortc's own path."""
+
+    def __init__(self, reader: Reader) -> None:
+        self.reader = reader
+
+    def describe(self) -> dict[str, Any]:
+        r = self.reader
+        return {
+            "path": "aiortc",
+            "frames": r.frames,
+            "bytes": r.bytes,
+            "backlog": r.backlog,
+            "dropped": r.drops.total,
+        }
+
+    def close(self) -> None:
+        self.reader.close()
+
+
+class FastVideo:
+    """A viewer's video on the fast path; its sender exists once DTLS is up."""
+
+    def __init__(self, stream: Stream, name: str) -> None:
+        self.stream = stream
+        self.name = name
+        self.sender: RtpSender | None = None
+
+    def start(self, sender: RtpSender) -> None:
+        self.sender = sender
+        self.stream.add_sink(sender)
+
+    def describe(self) -> dict[str, Any]:
+        s = self.sender.stats if self.sender else None
+        if s is None:
+            return {"path": "fast", "frames": 0, "bytes": 0, "packets": 0, "dropped": 0}
+        return {
+            "path": "fast",
+            "frames": s.frames,
+            "bytes": s.bytes,
+            "packets": s.packets,
+            "retransmits": s.retransmits,
+            "nacks": s.nacks,
+            "plis": s.plis,
+            "firs": s.firs,
+            "dropped": s.send_drops,
+            "fraction_lost": s.fraction_lost,
+            "packets_lost": s.packets_lost,
+            "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 2),
+        }
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self.stream.remove_sink(self.sender)
+            self.sender.close()
 
 
 def ice_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
@@ -81,7 +170,7 @@ def ice_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
 
 
 def choose_h264_format(offer: str, stream_profile_level_id: str) -> str:
-    """The profile-level-id to answer with, for a stream of the given profile; NoCommonCodec if none.
+    """The profile-level-id to answer with for a stream of the given profile; NoCommonCodec if none.
 
     A Constrained Baseline stream is also valid Baseline, so it may be answered as Baseline when
     the viewer offers only that.
@@ -120,18 +209,22 @@ def _codec_preferences(profile_level_id: str) -> list[Any]:
     return chosen
 
 
+def _accept_extra_extensions() -> None:
+    video = HEADER_EXTENSIONS["video"]
+    known = {e.uri for e in video}
+    for uri, ext_id in _EXTRA_VIDEO_EXTENSIONS.items():
+        if uri not in known:
+            video.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
 def has_video(offer: str) -> bool:
     return any(line.startswith("m=video ") for line in offer.replace("\r\n", "\n").split("\n"))
 
 
 async def answer(
-    offer: str,
-    reader: Reader,
-    stream_profile_level_id: str,
-    ice_servers: Sequence[IceServer],
-    request_keyframe: Callable[[], None],
-) -> tuple[RTCPeerConnection, str]:
-    """A peer connection that sends the reader's stream, and the SDP answer to return to the viewer.
+    offer: str, stream: Stream, ice_servers: Sequence[IceServer], path: str, name: str
+) -> tuple[RTCPeerConnection, str, AiortcVideo | FastVideo]:
+    """A peer connection that sends the stream, the SDP answer, and the viewer's media handle.
 
     Raises BadOffer (400) or NoCommonCodec (406). On error, nothing is left open.
     """
@@ -140,13 +233,23 @@ async def answer(
         raise BadOffer(problem)
     if not has_video(offer):
         raise NoCommonCodec("the offer has no video section; this stream sends H.264 video")
-    answer_plid = choose_h264_format(offer, stream_profile_level_id)
+    assert stream.profile_level_id is not None
+    answer_plid = choose_h264_format(offer, stream.profile_level_id)
     pc = RTCPeerConnection(ice_configuration(ice_servers))
-    try:
+    media: AiortcVideo | FastVideo
+    if path == "fast":
+        _accept_extra_extensions()
+        media = FastVideo(stream, name)
+        transceiver = pc.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        _take_over_sender(transceiver.sender, media)
+    else:
+        reader = stream.subscribe(name)
+        media = AiortcVideo(reader)
         transceiver = pc.addTransceiver(EncodedVideoTrack(reader), direction="sendonly")
-        transceiver.setCodecPreferences(_codec_preferences(answer_plid))
         # aiortc calls this on PLI/FIR; aim it at the encoder (see the module docstring).
-        transceiver.sender._send_keyframe = request_keyframe  # type: ignore[method-assign]
+        transceiver.sender._send_keyframe = stream.request_keyframe  # type: ignore[method-assign]
+    try:
+        transceiver.setCodecPreferences(_codec_preferences(answer_plid))
         try:
             await pc.setRemoteDescription(
                 RTCSessionDescription(sdp=sdp.strip_mdns_candidates(offer), type="offer")
@@ -158,11 +261,141 @@ async def answer(
             raise BadOffer(f"the offer cannot be answered: {detail}") from None
         await pc.setLocalDescription(await pc.createAnswer())
         text = sdp.set_h264_profile_level_id(pc.localDescription.sdp, answer_plid)
-        return pc, text
+        return pc, text, media
     except BaseException:
-        reader.close()
+        media.close()
         await pc.close()
         raise
+
+
+def _negotiated(sender: Any, parameters: Any) -> Negotiated:
+    codec = parameters.codecs[0]
+    rtx_pt = next(
+        (
+            c.payloadType
+            for c in parameters.codecs
+            if c.mimeType.lower() == "video/rtx" and c.parameters.get("apt") == codec.payloadType
+        ),
+        None,
+    )
+    return Negotiated(
+        payload_type=codec.payloadType,
+        ssrc=sender._ssrc,
+        extension_ids={e.uri: e.id for e in parameters.headerExtensions},
+        mid=parameters.muxId,
+        cname=parameters.rtcp.cname or "appliance",
+        rtx_payload_type=rtx_pt,
+        rtx_ssrc=sender._rtx_ssrc if rtx_pt is not None else None,
+    )
+
+
+class _IceOutput:
+    """Through aioice, one datagram at a time: for paths we cannot send on directly (TURN relays)."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, data: memoryview, segment: int) -> bool:
+        step = segment or len(data)
+        for at in range(0, len(data), step):
+            task = asyncio.ensure_future(self._connection.sendto(bytes(data[at : at + step]), 1))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return True
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+def _output(dtls: Any) -> Output:
+    connection = dtls.transport._connection
+    pair = connection._nominated.get(1)
+    if pair is None:
+        raise ConnectionError("ICE has no nominated candidate pair")
+    transport = getattr(pair.protocol, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if type(pair.protocol) is StunProtocol and sock is not None:
+        return UdpOutput(sock, pair.remote_addr)
+    return _IceOutput(connection)
+
+
+def _take_over_sender(sender: Any, media: FastVideo) -> None:
+    """Replace, on this one RTCRtpSender, aiortc's RTP and RTCP loops with ours."""
+    started_rtp = sender._RTCRtpSender__rtp_started
+    exited_rtp = sender._RTCRtpSender__rtp_exited
+    started_rtcp = sender._RTCRtpSender__rtcp_started
+    exited_rtcp = sender._RTCRtpSender__rtcp_exited
+    negotiated: dict[str, Any] = {}
+    aiortc_send = sender.send
+
+    async def send(parameters: Any) -> None:
+        negotiated["parameters"] = parameters
+        await aiortc_send(parameters)
+
+    async def run_rtp(codec: Any) -> None:
+        started_rtp.set()
+        stream = media.stream
+        try:
+            ours = RtpSender(
+                media.name,
+                stream.ring,
+                stream.max_payload,
+                _negotiated(sender, negotiated["parameters"]),
+                sender.transport._tx_srtp,
+                _output(sender.transport),
+                stream.request_keyframe,
+            )
+            media.start(ours)
+            await asyncio.Event().wait()  # until stop() cancels us
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+        finally:
+            media.close()
+            exited_rtp.set()
+
+    async def run_rtcp() -> None:
+        started_rtcp.set()
+        try:
+            while True:
+                await asyncio.sleep(0.5 + random.random())  # RFC 3550 6.2: randomized interval
+                report = media.sender.sender_report() if media.sender else None
+                if report is not None:
+                    await sender.transport._send_rtp(report)
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+        finally:
+            if media.sender is not None:
+                try:
+                    await sender.transport._send_rtp(media.sender.bye())
+                except (ConnectionError, asyncio.CancelledError):
+                    pass
+            exited_rtcp.set()
+
+    async def handle_rtcp(packet: Any) -> None:
+        ours = media.sender
+        if ours is None:
+            return
+        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+            for report in packet.reports:
+                if report.ssrc == ours.ssrc:
+                    ours.on_receiver_report(
+                        report.fraction_lost,
+                        report.packets_lost,
+                        report.jitter,
+                        report.lsr,
+                        report.dlsr,
+                    )
+        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+            ours.on_nack(packet.lost)
+        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+            ours.on_keyframe_request(fir=packet.fmt == RTCP_PSFB_FIR)
+
+    sender.send = send
+    sender._run_rtp = run_rtp
+    sender._run_rtcp = run_rtcp
+    sender._handle_rtcp_packet = handle_rtcp
 
 
 async def add_candidates(pc: RTCPeerConnection, frag: sdp.SdpFrag) -> int:

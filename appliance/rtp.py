@@ -106,7 +106,7 @@ class HeaderLayout:
         self,
         buf: bytearray,
         offset: int,
-        marker: bool,
+        marker: int,
         seq: int,
         timestamp: int,
         send_time: int = 0,

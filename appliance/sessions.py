@@ -12,12 +12,19 @@ import logging
 import secrets
 import time
 from collections.abc import Iterator
-from typing import Any
+from typing import Any, Protocol
 
 from appliance.errors import SessionNotFound
-from appliance.stream import Reader
 
 logger = logging.getLogger(__name__)
+
+
+class ViewerMedia(Protocol):
+    """What a session holds of its viewer's media path (rtc.FastVideo or rtc.AiortcVideo)."""
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def close(self) -> None: ...
 
 
 def new_session_id() -> str:
@@ -26,14 +33,14 @@ def new_session_id() -> str:
 
 
 class Session:
-    """One viewer: its peer connection and its reader on the stream."""
+    """One viewer: its peer connection and its media path."""
 
     def __init__(
-        self, session_id: str, pc: Any, reader: Reader, remote_ufrag: str | None, peer: str
+        self, session_id: str, pc: Any, media: ViewerMedia, remote_ufrag: str | None, peer: str
     ) -> None:
         self.id = session_id
         self.pc = pc
-        self.reader = reader
+        self.media = media
         self.remote_ufrag = remote_ufrag
         self.peer = peer
         self.etag = f'"{secrets.token_hex(8)}"'
@@ -77,18 +84,19 @@ class Session:
         if self._watchdog is not None and self._watchdog is not asyncio.current_task():
             self._watchdog.cancel()
         try:
-            self.reader.close()
+            self.media.close()
             await self.pc.close()
         finally:
             self._closed.set()
             seconds = time.monotonic() - self.created
+            m = self.media.describe()
             logger.info(
                 "viewer %s: closed: %s (after %.1f s, %d frames, %d bytes)",
                 self.id[:8],
                 reason,
                 seconds,
-                self.reader.frames,
-                self.reader.bytes,
+                m["frames"],
+                m["bytes"],
             )
 
     def describe(self) -> dict[str, Any]:
@@ -99,10 +107,7 @@ class Session:
             "peer": self.peer,
             "age_s": round(now - self.created, 3),
             "connected_s": round(now - self.connected_at, 3) if self.connected_at else None,
-            "frames": self.reader.frames,
-            "bytes": self.reader.bytes,
-            "backlog": self.reader.backlog,
-            "dropped_frames": self.reader.drops.total,
+            **self.media.describe(),
         }
 
 

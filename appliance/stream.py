@@ -1,7 +1,9 @@
 """The stream: one encoder's output, handed to every viewer without ever waiting for one.
 
 Core module: standard library only. The encoder (through the capture thread) calls `publish()` on
-the event loop once per access unit; each viewer reads through its own bounded `Reader`. A reader
+the event loop once per access unit. `publish()` packetizes the access unit once into the shared
+packet ring and hands its packets to every fast-path sender at once (`PacketSink.send_range`,
+which never waits). Viewers on aiortc's own path read through a bounded `Reader` instead. A reader
 that falls `capacity` frames behind is emptied and resumes at the next keyframe, which it asks for;
 the drop is counted and logged at most once a second. Keyframe requests (from joins and from
 viewers' picture-loss reports) are merged, and forced at most once per `keyframe_interval_min`.
@@ -14,15 +16,34 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
+from typing import Protocol
 
 from appliance import h264
 from appliance.media import EncodedFrame
+from appliance.packetizer import H264Packetizer
+from appliance.ring import PacketRing
 from appliance.stats import DropReporter, RateMeter
 
 logger = logging.getLogger(__name__)
 
 # A forced keyframe that has not arrived after this long is asked for again.
 KEYFRAME_REQUEST_TIMEOUT = 1.0
+
+
+# Bytes a payload leaves for the rest of a packet on the path: IPv6 + UDP (48), RTP (12), header
+# extensions (28: mid, abs-send-time, playout-delay, abs-capture-time), RTX's OSN (2), SRTP tag (16).
+PACKET_OVERHEAD = 48 + 12 + 28 + 2 + 16
+
+
+def max_payload(mtu: int) -> int:
+    """The largest RTP payload that fits an IP packet of `mtu` bytes with everything around it."""
+    return mtu - PACKET_OVERHEAD
+
+
+class PacketSink(Protocol):
+    """A fast-path viewer: takes the ring indices of each access unit's packets."""
+
+    def send_range(self, indices: range) -> None: ...
 
 
 class ReaderClosed(Exception):
@@ -102,8 +123,15 @@ class Stream:
         *,
         keyframe_interval_min: float = 0.25,
         clock: Callable[[], float] = time.monotonic,
+        mtu: int = 1400,
+        ring_packets: int = 2048,
     ) -> None:
         self.name = name
+        self.max_payload = max_payload(mtu)
+        self.ring = PacketRing(ring_packets, self.max_payload)
+        self._packetizer = H264Packetizer(self.ring, self.max_payload)
+        self._sinks: list[PacketSink] = []
+        self.fanout_ns: deque[int] = deque(maxlen=1024)  # publish → last packet to the last viewer
         self._keyframe_interval_min = keyframe_interval_min
         self._clock = clock
         self._readers: set[Reader] = set()
@@ -143,8 +171,29 @@ class Stream:
             sps = h264.find_nal(frame.data, h264.NAL_SPS)
             if sps is not None:
                 self.profile_level_id = h264.profile_level_id(sps)
+        started = time.perf_counter_ns()
+        indices = self._packetizer.packetize(
+            frame.data, frame.pts, frame.capture_ns, frame.keyframe
+        )
+        for sink in self._sinks:
+            sink.send_range(indices)
+        if self._sinks:
+            self.fanout_ns.append(time.perf_counter_ns() - started)
         for reader in list(self._readers):
             reader._offer(frame)
+
+    def add_sink(self, sink: PacketSink) -> None:
+        """A fast-path viewer; it starts at the next keyframe, which is asked for now."""
+        self._sinks.append(sink)
+        self.request_keyframe()
+
+    def remove_sink(self, sink: PacketSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    @property
+    def sinks(self) -> int:
+        return len(self._sinks)
 
     def subscribe(self, name: str, capacity: int = 8) -> Reader:
         """A new reader. It starts at its first `get()`, with a keyframe asked for then."""

@@ -83,16 +83,15 @@ class WhepHandlers:
         if not offer.strip():
             raise BadOffer("empty body: expected an SDP offer")
         session_id = new_session_id()
-        reader = stream.subscribe(session_id[:8])
-        pc, answer = await rtc.answer(
+        pc, answer, media = await rtc.answer(
             offer,
-            reader,
-            stream.profile_level_id,
+            stream,
             self._config.webrtc.ice_servers,
-            stream.request_keyframe,
+            self._config.webrtc.sender,
+            session_id[:8],
         )
         ufrag, _ = sdp.ice_credentials(offer)
-        session = Session(session_id, pc, reader, ufrag, request.remote or "?")
+        session = Session(session_id, pc, media, ufrag, request.remote or "?")
         self._sessions.add(session)
         session.watch(self._sessions, self._config.webrtc.connect_timeout)
         location = f"/{stream.name}/whep/{session.id}"

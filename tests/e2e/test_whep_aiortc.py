@@ -122,7 +122,7 @@ async def test_second_viewer_unaffected_when_first_leaves(daemon: DaemonFactory,
             assert len(frames) == 30
             st = await status(http, d.url)
             assert [v["id"] for v in st["viewers"]] == [b.location.rsplit("/", 1)[1]]
-            assert st["viewers"][0]["dropped_frames"] == 0
+            assert st["viewers"][0]["dropped"] == 0
         finally:
             await a.close()
             await b.close()
@@ -207,7 +207,7 @@ async def test_killed_viewer_is_dropped_by_consent_expiry(daemon: DaemonFactory,
             await wait_until(dropped_while_other_plays, 60, "killed viewer never dropped", poll=0)
             assert frames >= 30 * 25  # ~30 frames/s while the other one was being given up on
             (left,) = (await status(http, d.url))["viewers"]
-            assert stays.location.endswith(left["id"]) and left["dropped_frames"] == 0
+            assert stays.location.endswith(left["id"]) and left["dropped"] == 0
         finally:
             if proc.returncode is None:
                 proc.kill()

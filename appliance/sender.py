@@ -1,0 +1,347 @@
+"""One viewer's RTP sender on the fast path: the shared ring in, SRTP datagrams out.
+
+For every access unit the stream has packetized into the ring, `send_range()` writes this viewer's
+own RTP header (its SSRC, sequence numbers, timestamp offset, payload type and the extension ids it
+negotiated) into the viewer's send buffer, copies the payload after it (the one copy per packet per
+viewer), protects the packet in place with the viewer's SRTP session, and hands runs of equal-size
+packets to the kernel in one `sendmsg` with UDP GSO (`UDP_SEGMENT`). Nothing here awaits: a header
+is never written and protected across a suspension point, and the stream never waits for a viewer.
+A send the kernel refuses (socket buffer full) is dropped and counted; the viewer then resumes at
+the next keyframe, which it asks for. Retransmissions (NACK) come from the shared ring, as RTX when
+negotiated.
+"""
+
+from __future__ import annotations
+
+import errno
+import logging
+import os
+import random
+import socket
+import struct
+import time
+from array import array
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from appliance import rtp
+from appliance.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
+from appliance.srtp import TRAILER_ROOM, InPlaceProtector
+from appliance.stats import DropReporter
+
+logger = logging.getLogger(__name__)
+
+SOL_UDP = getattr(socket, "SOL_UDP", 17)
+UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
+MAX_SEGMENTS = 40  # and at most 64 KiB per call: the kernel refuses more (EMSGSIZE)
+MAX_DATAGRAMS_BYTES = 65_000
+
+
+class Output(Protocol):
+    """Where a sender's datagrams go."""
+
+    def send(self, data: memoryview, segment: int) -> bool:
+        """Send `data`, cut into datagrams of `segment` bytes (the last may be shorter; 0: one
+        datagram). False when the kernel had no room (nothing was sent)."""
+        ...
+
+    def close(self) -> None: ...
+
+
+class UdpOutput:
+    """A connected viewer's UDP path: GSO `sendmsg` where the kernel has it, `sendto` otherwise."""
+
+    def __init__(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
+        # Our own descriptor for the ICE socket aioice reads from: same socket, separately closed.
+        self._sock = socket.socket(sock.family, socket.SOCK_DGRAM, 0, os.dup(sock.fileno()))
+        self._sock.setblocking(False)
+        self._address = address
+        self._gso = True
+        self._cmsg: dict[int, list[tuple[int, int, bytes]]] = {}
+        self.calls = 0
+        self.datagrams = 0
+
+    def send(self, data: memoryview, segment: int) -> bool:
+        try:
+            if segment and len(data) > segment:
+                if self._gso:
+                    try:
+                        self._send_gso(data, segment)
+                        return True
+                    except OSError as e:
+                        if e.errno not in (
+                            errno.EINVAL,
+                            errno.EIO,
+                            errno.ENOPROTOOPT,
+                            errno.EOPNOTSUPP,
+                        ):
+                            raise
+                        logger.info(
+                            "UDP GSO unavailable here (%s): sending one datagram at a time", e
+                        )
+                        self._gso = False
+                for at in range(0, len(data), segment):
+                    self._sock.sendto(data[at : at + segment], self._address)
+                    self.calls += 1
+                    self.datagrams += 1
+                return True
+            self._sock.sendto(data, self._address)
+            self.calls += 1
+            self.datagrams += 1
+            return True
+        except BlockingIOError:
+            return False
+
+    def _send_gso(self, data: memoryview, segment: int) -> None:
+        cmsg = self._cmsg.get(segment)
+        if cmsg is None:
+            cmsg = self._cmsg[segment] = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
+        self._sock.sendmsg([data], cmsg, 0, self._address)
+        self.calls += 1
+        self.datagrams += -(-len(data) // segment)
+
+    def close(self) -> None:
+        self._sock.close()
+
+
+@dataclass
+class SenderStats:
+    packets: int = 0
+    octets: int = 0  # payload octets, as RTCP SR counts them
+    bytes: int = 0  # datagram bytes, SRTP included
+    frames: int = 0
+    retransmits: int = 0
+    nacks: int = 0
+    plis: int = 0
+    firs: int = 0
+    send_drops: int = 0
+    fraction_lost: float = 0.0
+    packets_lost: int = 0
+    jitter: int = 0
+    rtt: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Negotiated:
+    """What this viewer's SDP settled, as the sender needs it."""
+
+    payload_type: int
+    ssrc: int
+    extension_ids: dict[str, int]
+    mid: str | None
+    cname: str
+    rtx_payload_type: int | None = None
+    rtx_ssrc: int | None = None
+
+
+class RtpSender:
+    """Sends the ring's packets to one viewer. All methods run on the event loop and never await."""
+
+    def __init__(
+        self,
+        name: str,
+        ring: PacketRing,
+        max_payload: int,
+        negotiated: Negotiated,
+        session: Any,
+        output: Output,
+        request_keyframe: Callable[[], None],
+    ) -> None:
+        self.name = name
+        self._ring = ring
+        self._n = negotiated
+        self._layout = rtp.HeaderLayout.build(
+            negotiated.payload_type, negotiated.ssrc, negotiated.extension_ids, negotiated.mid
+        )
+        self._rtx_layout = (
+            rtp.HeaderLayout.build(
+                negotiated.rtx_payload_type,
+                negotiated.rtx_ssrc,
+                negotiated.extension_ids,
+                negotiated.mid,
+            )
+            if negotiated.rtx_payload_type is not None and negotiated.rtx_ssrc is not None
+            else None
+        )
+        header_room = max(self._layout.size, self._rtx_layout.size if self._rtx_layout else 0)
+        self._room = header_room + 2 + max_payload + TRAILER_ROOM  # room for any one packet
+        self._max_payload = max_payload
+        self._buffer = bytearray(self._room * MAX_SEGMENTS)
+        self._view = memoryview(self._buffer)
+        self._ring_view = memoryview(ring.buffer)
+        self._protector = InPlaceProtector(session, self._buffer, self._room, 1)
+        self._stride = 0  # size of a full packet on the wire, known after the first protect
+        self._batch = 1
+        self._output = output
+        self._request_keyframe = request_keyframe
+        self._seq = random.getrandbits(16)
+        self._rtx_seq = random.getrandbits(16)
+        self._ts_offset = random.getrandbits(32)
+        history = ring.capacity
+        self._mask = history - 1
+        self._sent_index = array("q", [-1]) * history
+        self._sent_seq = array("l", [-1]) * history
+        self._waiting_for_keyframe = True
+        self._last_sr_mid32 = 0
+        self._last_sr_time = 0.0
+        self._capture_ns = -1
+        self._capture_ntp = 0
+        self.stats = SenderStats()
+        self.drops = DropReporter(logger, f"viewer {name}: kernel send buffer full, packets")
+        self.closed = False
+
+    @property
+    def ssrc(self) -> int:
+        return self._n.ssrc
+
+    def send_range(self, indices: range) -> None:
+        """Send the packets of one access unit (absolute ring indices) to this viewer."""
+        if self.closed or not indices:
+            return
+        ring = self._ring
+        flags = ring.flags
+        mask = ring.capacity - 1
+        if self._waiting_for_keyframe:
+            if not flags[indices[0] & mask] & FLAG_KEYFRAME:
+                return
+            self._waiting_for_keyframe = False
+        send_time = rtp.abs_send_time(time.time_ns())
+        capture_ns = ring.capture_ns[indices[0] & mask]
+        if capture_ns != self._capture_ns:
+            self._capture_ns = capture_ns
+            self._capture_ntp = rtp.ntp_from_unix_ns(capture_ns)
+        buf = self._buffer
+        layout = self._layout
+        length, timestamp, slot_size = ring.length, ring.timestamp, ring.slot_size
+        ring_view = self._ring_view
+        stats = self.stats
+        k = 0  # packets in the current batch
+        for index in indices:
+            slot = index & mask
+            size = length[slot]
+            at = k * self._stride
+            seq = self._seq
+            header = layout.write(
+                buf,
+                at,
+                flags[slot] & FLAG_MARKER,
+                seq,
+                self._ts_offset + timestamp[slot],
+                send_time,
+                self._capture_ntp,
+            )
+            src = slot * slot_size
+            buf[at + header : at + header + size] = ring_view[src : src + size]
+            wire = self._protect(k, header + size, header)
+            self._sent_index[seq & self._mask] = index
+            self._sent_seq[seq & self._mask] = seq
+            self._seq = (seq + 1) & 0xFFFF
+            stats.packets += 1
+            stats.octets += size
+            k += 1
+            if wire != self._stride or k == self._batch:
+                self._flush(k, wire)
+                k = 0
+        if k:
+            self._flush(k, self._stride)
+        stats.frames += 1
+
+    def _protect(self, k: int, length: int, header: int) -> int:
+        wire = self._protector.protect(k, length)
+        if not self._stride:
+            # The first packet tells the tag length; full packets are then all this long.
+            self._stride = header + self._max_payload + (wire - length)
+            self._batch = max(1, min(MAX_SEGMENTS, MAX_DATAGRAMS_BYTES // self._stride))
+            self._protector.set_stride(self._stride, self._batch)
+        return wire
+
+    def _flush(self, count: int, last: int) -> None:
+        total = (count - 1) * self._stride + last
+        if self._output.send(self._view[:total], self._stride if count > 1 else 0):
+            self.stats.bytes += total
+            return
+        self.stats.send_drops += count
+        self.drops.add(count)
+        if not self._waiting_for_keyframe:
+            self._waiting_for_keyframe = True
+            self._request_keyframe()
+
+    # --- RTCP from the viewer ---------------------------------------------------------------
+
+    def on_nack(self, lost: list[int]) -> None:
+        """Retransmit what the ring still holds of the lost sequence numbers (RFC 4585 Generic NACK)."""
+        self.stats.nacks += 1
+        for seq in lost:
+            if self._sent_seq[seq & self._mask] != seq:
+                continue
+            index = self._sent_index[seq & self._mask]
+            if self._ring.valid(index):
+                self._retransmit(index, seq)
+
+    def _retransmit(self, index: int, seq: int) -> None:
+        ring, buf = self._ring, self._buffer
+        slot = ring.slot(index)
+        size = ring.length[slot]
+        marker = ring.flags[slot] & FLAG_MARKER
+        timestamp = self._ts_offset + ring.timestamp[slot]
+        send_time = rtp.abs_send_time(time.time_ns())
+        src = ring.offset(index)
+        if self._rtx_layout is not None:
+            header = self._rtx_layout.write(buf, 0, marker, self._rtx_seq, timestamp, send_time)
+            rtp.write_rtx_osn(buf, header, seq)
+            header += 2
+            self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
+        else:
+            header = self._layout.write(buf, 0, marker, seq, timestamp, send_time)
+        buf[header : header + size] = self._ring_view[src : src + size]
+        wire = self._protect(0, header + size, header)
+        if self._output.send(self._view[:wire], 0):
+            self.stats.retransmits += 1
+            self.stats.bytes += wire
+
+    def on_keyframe_request(self, fir: bool) -> None:
+        if fir:
+            self.stats.firs += 1
+        else:
+            self.stats.plis += 1
+        self._request_keyframe()
+
+    def on_receiver_report(
+        self, fraction_lost: int, packets_lost: int, jitter: int, lsr: int, dlsr: int
+    ) -> None:
+        """A report block about our SSRC (RFC 3550 6.4.1): loss, jitter, and the round trip."""
+        s = self.stats
+        s.fraction_lost = fraction_lost / 256
+        s.packets_lost = packets_lost
+        s.jitter = jitter
+        if lsr and lsr == self._last_sr_mid32:
+            now_mid32 = (rtp.ntp_from_unix_ns(time.time_ns()) >> 16) & 0xFFFFFFFF
+            s.rtt = max(0.0, ((now_mid32 - lsr - dlsr) & 0xFFFFFFFF) / 65536)
+
+    # --- RTCP to the viewer -----------------------------------------------------------------
+
+    def sender_report(self) -> bytes | None:
+        """SR + SDES for this viewer (None before the first packet). The RTP timestamp is the
+        stream's clock now, extrapolated from the newest access unit's timestamp and capture time."""
+        if not self.stats.packets:
+            return None
+        ring = self._ring
+        newest = ring.slot(ring.head - 1)
+        now_ns = time.time_ns()
+        elapsed_90k = (now_ns - ring.capture_ns[newest]) * 90_000 // 1_000_000_000
+        rtp_now = self._ts_offset + ring.timestamp[newest] + elapsed_90k
+        ntp = rtp.ntp_from_unix_ns(now_ns)
+        self._last_sr_mid32 = (ntp >> 16) & 0xFFFFFFFF
+        return rtp.sender_report(
+            self._n.ssrc, ntp, rtp_now, self.stats.packets, self.stats.octets
+        ) + rtp.sdes_cname(self._n.ssrc, self._n.cname)
+
+    def bye(self) -> bytes:
+        return rtp.bye(self._n.ssrc)
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self._output.close()
