@@ -30,3 +30,46 @@ def test_h264_capabilities_are_baseline_and_constrained_baseline() -> None:
         c.parameters["profile-level-id"] for c in CODECS["video"] if c.mimeType == "video/H264"
     }
     assert plids == {"42001f", "42e01f"}
+
+
+async def test_sender_internals_the_fast_path_replaces() -> None:
+    # rtc._take_over_sender replaces these per instance, and sets the events stop() waits on.
+    sender = RTCRtpSender("video", transport=_dtls_transport())
+    for name in ("_run_rtp", "_run_rtcp", "_handle_rtcp_packet", "send", "_ssrc", "_rtx_ssrc"):
+        assert hasattr(sender, name), name
+    for event in ("rtp_started", "rtp_exited", "rtcp_started", "rtcp_exited"):
+        assert hasattr(sender, f"_RTCRtpSender__{event}"), event
+    assert "self._run_rtp(" in inspect.getsource(RTCRtpSender.send)
+    assert "self._run_rtcp()" in inspect.getsource(RTCRtpSender.send)
+    stop = inspect.getsource(RTCRtpSender.stop)
+    assert "__rtp_started.wait()" in stop and "__rtp_exited.wait()" in stop
+
+
+def _dtls_transport() -> object:
+    from aiortc import RTCCertificate, RTCDtlsTransport, RTCIceGatherer, RTCIceTransport
+
+    return RTCDtlsTransport(
+        RTCIceTransport(RTCIceGatherer()), [RTCCertificate.generateCertificate()]
+    )
+
+
+async def test_transport_internals_the_fast_path_reads() -> None:
+    from aioice.ice import CandidatePair, Connection
+    from aiortc import RTCDtlsTransport
+
+    transport = _dtls_transport()
+    assert hasattr(transport, "_tx_srtp") and callable(RTCDtlsTransport._send_rtp)
+    assert hasattr(transport.transport, "_connection")
+    assert isinstance(transport.transport._connection, Connection)
+    assert hasattr(transport.transport._connection, "_nominated")
+    pair_source = inspect.getsource(CandidatePair)
+    assert "self.protocol = protocol" in pair_source and "def remote_addr" in pair_source
+
+
+def test_pylibsrtp_internals_srtp_py_uses() -> None:
+    from pylibsrtp import Session
+    from pylibsrtp._binding import ffi, lib
+
+    assert callable(lib.srtp_protect) and ffi.sizeof("int") == 4
+    assert hasattr(Session(), "_srtp")
+    assert "self._srtp = " in inspect.getsource(Session.__init__)

@@ -31,8 +31,11 @@ async def status(http: aiohttp.ClientSession, url: str) -> dict:
         return await response.json()
 
 
-async def test_viewer_decodes_live_frames_and_deletes(daemon: DaemonFactory, http) -> None:
-    async with daemon() as d:
+@pytest.mark.parametrize("path", ["fast", "aiortc"])
+async def test_viewer_decodes_live_frames_and_deletes(
+    daemon: DaemonFactory, http, path: str
+) -> None:
+    async with daemon(**{"webrtc.sender": path}) as d:
         await wait_ready(d)
         viewer = AiortcViewer(http, f"{d.url}/cam/whep")
         try:
@@ -53,7 +56,7 @@ async def test_viewer_decodes_live_frames_and_deletes(daemon: DaemonFactory, htt
             assert len(st["viewers"]) == 1
             (v,) = st["viewers"]
             assert viewer.location.endswith(v["id"])
-            assert v["bytes"] > 0 and v["state"] == "connected"
+            assert v["bytes"] > 0 and v["state"] == "connected" and v["path"] == path
 
             assert await viewer.delete() == 200
             assert (await status(http, d.url))["viewers"] == []
@@ -106,8 +109,11 @@ async def test_patch_trickle_and_its_errors(daemon: DaemonFactory, http) -> None
             await viewer.close()
 
 
-async def test_second_viewer_unaffected_when_first_leaves(daemon: DaemonFactory, http) -> None:
-    async with daemon() as d:
+@pytest.mark.parametrize("path", ["fast", "aiortc"])
+async def test_second_viewer_unaffected_when_first_leaves(
+    daemon: DaemonFactory, http, path: str
+) -> None:
+    async with daemon(**{"webrtc.sender": path}) as d:
         await wait_ready(d)
         a = AiortcViewer(http, f"{d.url}/cam/whep")
         b = AiortcViewer(http, f"{d.url}/cam/whep")
@@ -148,9 +154,12 @@ async def test_viewer_that_vanishes_without_delete_is_dropped(daemon: DaemonFact
             await stays.close()
 
 
-async def test_picture_loss_report_forces_a_keyframe(daemon: DaemonFactory, http) -> None:
+@pytest.mark.parametrize("path", ["fast", "aiortc"])
+async def test_picture_loss_report_forces_a_keyframe(
+    daemon: DaemonFactory, http, path: str
+) -> None:
     # GOP of 100 s: any keyframe after the first one is one a viewer asked for.
-    async with daemon(**{"video.gop": 3000}) as d:
+    async with daemon(**{"video.gop": 3000, "webrtc.sender": path}) as d:
         await wait_ready(d)
         viewer = AiortcViewer(http, f"{d.url}/cam/whep")
         try:
