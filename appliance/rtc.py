@@ -146,6 +146,7 @@ class FastVideo:
             "plis": s.plis,
             "firs": s.firs,
             "dropped": s.send_drops,
+            "send_error": s.send_error,
             "fraction_lost": s.fraction_lost,
             "packets_lost": s.packets_lost,
             "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 2),
@@ -296,13 +297,13 @@ class _IceOutput:
         self._connection = connection
         self._tasks: set[asyncio.Task[None]] = set()
 
-    def send(self, data: memoryview, segment: int) -> bool:
+    def send(self, data: memoryview, segment: int) -> int:
         step = segment or len(data)
         for at in range(0, len(data), step):
             task = asyncio.ensure_future(self._connection.sendto(bytes(data[at : at + step]), 1))
             self._tasks.add(task)
             task.add_done_callback(self._tasks.discard)
-        return True
+        return 0
 
     def close(self) -> None:
         for task in self._tasks:

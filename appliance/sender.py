@@ -36,14 +36,15 @@ SOL_UDP = getattr(socket, "SOL_UDP", 17)
 UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 MAX_SEGMENTS = 40  # and at most 64 KiB per call: the kernel refuses more (EMSGSIZE)
 MAX_DATAGRAMS_BYTES = 65_000
+_NO_GSO = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 
 
 class Output(Protocol):
     """Where a sender's datagrams go."""
 
-    def send(self, data: memoryview, segment: int) -> bool:
+    def send(self, data: memoryview, segment: int) -> int:
         """Send `data`, cut into datagrams of `segment` bytes (the last may be shorter; 0: one
-        datagram). False when the kernel had no room (nothing was sent)."""
+        datagram). Returns 0, or the errno of why the kernel did not take it (EAGAIN: no room)."""
         ...
 
     def close(self) -> None: ...
@@ -62,36 +63,29 @@ class UdpOutput:
         self.calls = 0
         self.datagrams = 0
 
-    def send(self, data: memoryview, segment: int) -> bool:
+    def send(self, data: memoryview, segment: int) -> int:
         try:
             if segment and len(data) > segment:
                 if self._gso:
                     try:
                         self._send_gso(data, segment)
-                        return True
+                        return 0
                     except OSError as e:
-                        if e.errno not in (
-                            errno.EINVAL,
-                            errno.EIO,
-                            errno.ENOPROTOOPT,
-                            errno.EOPNOTSUPP,
-                        ):
+                        if e.errno not in _NO_GSO:
                             raise
-                        logger.info(
-                            "UDP GSO unavailable here (%s): sending one datagram at a time", e
-                        )
+                        logger.info("UDP GSO unavailable here (%s): one datagram at a time", e)
                         self._gso = False
                 for at in range(0, len(data), segment):
                     self._sock.sendto(data[at : at + segment], self._address)
                     self.calls += 1
                     self.datagrams += 1
-                return True
+                return 0
             self._sock.sendto(data, self._address)
             self.calls += 1
             self.datagrams += 1
-            return True
-        except BlockingIOError:
-            return False
+            return 0
+        except OSError as e:  # EAGAIN: socket buffer full; EPERM: a firewall; ENETUNREACH...
+            return e.errno or errno.EIO
 
     def _send_gso(self, data: memoryview, segment: int) -> None:
         cmsg = self._cmsg.get(segment)
@@ -116,6 +110,7 @@ class SenderStats:
     plis: int = 0
     firs: int = 0
     send_drops: int = 0
+    send_error: str | None = None  # why the kernel last refused a send
     fraction_lost: float = 0.0
     packets_lost: int = 0
     jitter: int = 0
@@ -189,7 +184,7 @@ class RtpSender:
         self._capture_ns = -1
         self._capture_ntp = 0
         self.stats = SenderStats()
-        self.drops = DropReporter(logger, f"viewer {name}: kernel send buffer full, packets")
+        self.drops = DropReporter(logger, f"viewer {name}: packets the kernel refused")
         self.closed = False
 
     @property
@@ -259,9 +254,11 @@ class RtpSender:
 
     def _flush(self, count: int, last: int) -> None:
         total = (count - 1) * self._stride + last
-        if self._output.send(self._view[:total], self._stride if count > 1 else 0):
+        error = self._output.send(self._view[:total], self._stride if count > 1 else 0)
+        if not error:
             self.stats.bytes += total
             return
+        self.stats.send_error = os.strerror(error)
         self.stats.send_drops += count
         self.drops.add(count)
         if not self._waiting_for_keyframe:
@@ -297,7 +294,7 @@ class RtpSender:
             header = self._layout.write(buf, 0, marker, seq, timestamp, send_time)
         buf[header : header + size] = self._ring_view[src : src + size]
         wire = self._protect(0, header + size, header)
-        if self._output.send(self._view[:wire], 0):
+        if not self._output.send(self._view[:wire], 0):
             self.stats.retransmits += 1
             self.stats.bytes += wire
 

@@ -7,7 +7,7 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=""
-for pkg in python3-venv python3-dev gcc chromium iproute2; do
+for pkg in python3-venv python3-dev gcc chromium iproute2 nftables ethtool; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

@@ -209,6 +209,7 @@ def test_full_kernel_buffer_drops_counts_and_asks_for_a_keyframe() -> None:
             if sender.stats.send_drops:
                 break
         assert sender.stats.send_drops >= 1
+        assert sender.stats.send_error == "Resource temporarily unavailable"
         assert keyframes == [1]  # asked once, then waits for the keyframe
         sent = sender.stats.packets
         sender.send_range(packetizer.packetize(annexb(nal(1, 500)), 9999, 0, False))

@@ -103,6 +103,7 @@ export function startViewer({ video, overlay, status, url }) {
     ].join("  ·  ");
   }
 
+  window.viewerClient = client;
   client.start();
   return client;
 }
