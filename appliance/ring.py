@@ -24,6 +24,8 @@ class PacketRing:
         self._mask = capacity - 1
         self.buffer = bytearray(capacity * slot_size)
         self._view = memoryview(self.buffer)
+        # One view per slot, made once: readers copy from these without making a view per packet.
+        self.slot_views = [self._view[i * slot_size : (i + 1) * slot_size] for i in range(capacity)]
         self.length = array("I", bytes(4 * capacity))
         self.timestamp = array("q", bytes(8 * capacity))
         self.capture_ns = array("q", bytes(8 * capacity))

@@ -161,11 +161,13 @@ class RtpSender:
             else None
         )
         header_room = max(self._layout.size, self._rtx_layout.size if self._rtx_layout else 0)
-        self._room = header_room + 2 + max_payload + TRAILER_ROOM  # room for any one packet
+        # room for any one packet, and for a whole slot copied after the longest header
+        self._room = header_room + 2 + max(max_payload, ring.slot_size) + TRAILER_ROOM
         self._max_payload = max_payload
         self._buffer = bytearray(self._room * MAX_SEGMENTS)
         self._view = memoryview(self._buffer)
         self._ring_view = memoryview(ring.buffer)
+        self._slot_size = ring.slot_size
         self._protector = InPlaceProtector(session, self._buffer, self._room, 1)
         self._stride = 0  # size of a full packet on the wire, known after the first protect
         self._batch = 1
@@ -209,8 +211,7 @@ class RtpSender:
             self._capture_ntp = rtp.ntp_from_unix_ns(capture_ns)
         buf = self._buffer
         layout = self._layout
-        length, timestamp, slot_size = ring.length, ring.timestamp, ring.slot_size
-        ring_view = self._ring_view
+        length, timestamp, slot_views = ring.length, ring.timestamp, ring.slot_views
         stats = self.stats
         k = 0  # packets in the current batch
         for index in indices:
@@ -227,8 +228,10 @@ class RtpSender:
                 send_time,
                 self._capture_ntp,
             )
-            src = slot * slot_size
-            buf[at + header : at + header + size] = ring_view[src : src + size]
+            # The payload's one copy. The whole slot is copied (no view made per packet): what
+            # lies past the payload is overwritten by the tag and the next packet.
+            payload_at = at + header
+            buf[payload_at : payload_at + self._slot_size] = slot_views[slot]
             wire = self._protect(k, header + size, header)
             self._sent_index[seq & self._mask] = index
             self._sent_seq[seq & self._mask] = seq
