@@ -350,8 +350,10 @@ def _take_over_sender(sender: Any, media: FastVideo) -> None:
             )
             media.start(ours)
             await asyncio.Event().wait()  # until stop() cancels us
-        except (asyncio.CancelledError, ConnectionError):
+        except asyncio.CancelledError:
             pass
+        except Exception as e:  # no sender, no video for this viewer: say why, once
+            logger.error("viewer %s: cannot send video: %s", media.name, e)
         finally:
             media.close()
             exited_rtp.set()

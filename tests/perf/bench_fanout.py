@@ -1,0 +1,267 @@
+"""Fan-out to many real WebRTC viewers: ours against aiortc's path, the same stream, one process.
+
+    .venv/bin/python -m tests.perf.bench_fanout [--fast 10,50,100,200] [--aiortc 10,25,50] [--seconds 10]
+
+Inside a private network namespace (tests/netns.py). This process is the daemon: the real Stream,
+sessions, WHEP over aiohttp, and `webrtc.sender` set to "fast" or "aiortc"; its camera is the
+workload of tests/perf/workload.py (1080p30, ~4 Mbit/s, GOP 2 s) replayed at 30 fps (pre-encoded,
+so it cannot honour keyframe requests: viewers start at the next IDR). The viewers are
+tests/perf/light_viewers.py in another process: real ICE, DTLS and RTCP, RTP only counted.
+
+Per case, over `--seconds` once every viewer receives video:
+- daemon CPU (getrusage of this process) and, after subtracting the same replay with no viewers,
+  µs of CPU per packet per viewer;
+- fan-out skew: access unit published → its last packet handed to the kernel for the last viewer
+  (fast: measured around Stream.publish; aiortc: publish → the last viewer's marker packet in
+  RTCDtlsTransport._send_rtp), p50 and p99;
+- the slowest viewer's received frame rate;
+- RSS, and its slope per viewer against the no-viewer run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import subprocess
+import sys
+import time
+from typing import Any
+
+from aiohttp import web
+
+from appliance import config
+from appliance.http import make_app
+from appliance.media import EncodedFrame
+from appliance.sessions import SessionRegistry
+from appliance.stream import Stream
+from tests import netns
+from tests.perf.workload import access_units
+
+
+def rss_mb() -> float:
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+def cpu_s() -> float:
+    r = resource.getrusage(resource.RUSAGE_SELF)
+    return r.ru_utime + r.ru_stime
+
+
+def pct(values: list[float], p: float) -> float:
+    if not values:
+        return float("nan")
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round((len(ordered) - 1) * p / 100)))]
+
+
+class Replay:
+    """The camera: the workload's access units at 30 fps, with capture times."""
+
+    def __init__(self, stream: Stream, aus: list[tuple[bytes, bool]]) -> None:
+        self.stream, self.aus = stream, aus
+        self.published: list[float] = []
+        self.markers: list[float] = []  # aiortc path: marker-packet send times
+        self.skews: list[float] = []
+        self.expected = 0
+
+    async def run(self) -> None:
+        t0 = time.monotonic()
+        i = 0
+        while True:
+            await asyncio.sleep(max(0.0, t0 + i / 30 - time.monotonic()))
+            self._close_frame()
+            au, key = self.aus[i % len(self.aus)]
+            now = time.perf_counter()
+            self.published.append(now)
+            self.markers = []
+            self.stream.publish(EncodedFrame(au, i * 3000, key, time.time_ns()))
+            i += 1
+
+    def _close_frame(self) -> None:
+        # aiortc path: a frame's skew is known when the next one is due
+        if self.expected and self.published:
+            if len(self.markers) >= self.expected:
+                self.skews.append(max(self.markers[: self.expected]) - self.published[-1])
+            else:
+                self.skews.append(float("inf"))  # some viewer had not finished this frame
+
+
+def hook_aiortc_sends(replay: Replay) -> Any:
+    from aiortc.rtcdtlstransport import RTCDtlsTransport
+
+    original = RTCDtlsTransport._send_rtp
+
+    async def send_rtp(self: Any, data: bytes) -> None:
+        await original(self, data)
+        if data[1] & 0x80 and not 192 <= data[1] <= 223:  # an RTP marker, not RTCP
+            replay.markers.append(time.perf_counter())
+
+    RTCDtlsTransport._send_rtp = send_rtp  # type: ignore[method-assign]
+    return lambda: setattr(RTCDtlsTransport, "_send_rtp", original)
+
+
+async def case(
+    path: str, viewers: int, seconds: float, aus: list[tuple[bytes, bool]]
+) -> dict[str, Any]:
+    cfg = config.load(
+        None,
+        env={},
+        overrides={
+            "http.host": "127.0.0.1",
+            "http.port": 0,
+            "webrtc.sender": path,
+            "stream.max_viewers": 1000,
+            "stream.ring_packets": 4096,
+            "webrtc.connect_timeout": 120.0,
+        },
+    )
+    stream = Stream("cam", mtu=cfg.stream.mtu, ring_packets=cfg.stream.ring_packets)
+    sessions = SessionRegistry()
+    runner = web.AppRunner(make_app(cfg, stream, sessions, {"name": "replay"}), access_log=None)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    replay = Replay(stream, aus)
+    unhook = hook_aiortc_sends(replay) if path == "aiortc" else (lambda: None)
+    task = asyncio.create_task(replay.run())
+    load = None
+    try:
+        await asyncio.sleep(0.5)
+        frames0: list[int] = []
+        if viewers:
+            load = await asyncio.create_subprocess_exec(
+                sys.executable,
+                "-m",
+                "tests.perf.light_viewers",
+                f"http://127.0.0.1:{port}/cam/whep",
+                str(viewers),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+            )
+            assert load.stdout is not None
+            deadline = time.monotonic() + 120
+            while True:
+                line = await asyncio.wait_for(load.stdout.readline(), 60)
+                report = json.loads(line)
+                if report["connected"] == viewers and min(report["frames"]) > 0:
+                    break
+                if time.monotonic() > deadline:
+                    raise RuntimeError(
+                        f"viewers did not all start: {report['connected']} connected"
+                    )
+            while True:  # skip what queued up while the viewers were joining
+                line = await asyncio.wait_for(load.stdout.readline(), 10)
+                if (
+                    json.loads(line)["connected"] == viewers
+                    and time.monotonic() - deadline > -119.5
+                ):
+                    break
+            frames0 = json.loads(line)["frames"]
+            replay.expected = viewers if path == "aiortc" else 0
+        replay.skews.clear()
+        stream.fanout_ns.clear()
+        sent0 = sum(s.media.describe().get("packets", 0) for s in sessions)
+        c0, t0 = cpu_s(), time.monotonic()
+        await asyncio.sleep(seconds)
+        cpu = (cpu_s() - c0) / (time.monotonic() - t0)
+        elapsed = time.monotonic() - t0
+        rss = rss_mb()
+        sent = sum(s.media.describe().get("packets", 0) for s in sessions) - sent0
+        min_fps = 0.0
+        if load is not None:
+            assert load.stdout is not None
+            # the load process reports every second: take its newest line, stamped by arrival
+            before = time.monotonic()
+            while True:
+                line = await asyncio.wait_for(load.stdout.readline(), 10)
+                if time.monotonic() - before > 0.5:
+                    break
+            report = json.loads(line)
+            span = time.monotonic() - t0
+            min_fps = min(b - a for a, b in zip(frames0, report["frames"], strict=True)) / span
+        skews = (
+            [ns / 1e6 for ns in stream.fanout_ns]
+            if path == "fast"
+            else [s * 1e3 for s in replay.skews]
+        )
+        return {
+            "path": path,
+            "viewers": viewers,
+            "cpu": cpu,
+            "rss_mb": rss,
+            "packets_sent": sent,
+            "skew_p50_ms": pct(skews, 50),
+            "skew_p99_ms": pct(skews, 99),
+            "min_fps": min_fps,
+            "seconds": elapsed,
+        }
+    finally:
+        if load is not None:
+            assert load.stdin is not None
+            load.stdin.close()
+            try:
+                await asyncio.wait_for(load.wait(), 30)
+            except asyncio.TimeoutError:
+                load.kill()
+        task.cancel()
+        await sessions.close_all("benchmark done")
+        await runner.cleanup()
+        stream.close()
+        unhook()
+
+
+async def main() -> None:
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    p.add_argument("--fast", default="10,50,100,200")
+    p.add_argument("--aiortc", default="10,25,50")
+    p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--json", action="store_true")
+    args = p.parse_args()
+    problem = netns.enter()
+    if problem:
+        raise SystemExit(f"cannot make a private network namespace: {problem}")
+    aus = access_units()
+    pkts_per_s = sum(-(-len(au) // 1290) for au, _ in aus) * 30 / len(aus)
+    results = []
+    for path, counts in (("fast", args.fast), ("aiortc", args.aiortc)):
+        base = await case(path, 0, args.seconds, aus)
+        results.append(base)
+        print(
+            f"{path:6}    0 viewers: daemon CPU {base['cpu'] * 100:5.1f} % (replay and packetizing), "
+            f"RSS {base['rss_mb']:6.1f} MB",
+            flush=True,
+        )
+        ramp = []
+        for n in (int(x) for x in counts.split(",") if x):
+            r = await case(path, n, args.seconds, aus)
+            r["us_per_packet_viewer"] = (r["cpu"] - base["cpu"]) / (pkts_per_s * n) * 1e6
+            results.append(r)
+            ramp.append(r)
+            print(
+                f"{path:6} {n:4d} viewers: daemon CPU {r['cpu'] * 100:5.1f} % "
+                f"({r['us_per_packet_viewer']:5.2f} µs/pkt/viewer), skew p50 {r['skew_p50_ms']:6.2f} "
+                f"p99 {r['skew_p99_ms']:6.2f} ms, slowest viewer {r['min_fps']:4.1f} fps, "
+                f"RSS {r['rss_mb']:6.1f} MB",
+                flush=True,
+            )
+        if len(ramp) >= 2:
+            first, last = ramp[0], ramp[-1]
+            slope = (last["rss_mb"] - first["rss_mb"]) * 1024 / (last["viewers"] - first["viewers"])
+            print(
+                f"{path:6} memory per viewer (RSS slope {first['viewers']}→{last['viewers']} viewers): "
+                f"{slope:.0f} KB",
+                flush=True,
+            )
+    if args.json:
+        print(json.dumps(results, indent=2))
+
+
+if __name__ == "__main__":
+    asyncio.run(main())

@@ -1,0 +1,74 @@
+"""N real WHEP viewers (aiortc: ICE, DTLS, SRTP keys, RTCP) that only count what they receive.
+
+    python -m tests.perf.light_viewers URL N
+
+Each viewer negotiates like any other, then its DTLS transport's RTP handler is replaced by a
+counter that reads the marker bit from the clear RTP header (no SRTP unprotect, no depacketizing,
+no decoding), so that one load process can hold a hundred viewers on a 2-core machine. Prints one
+JSON line per second: viewers connected, and per-viewer frames (marker bits) so far. Stops on EOF
+of standard input.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import sys
+from typing import Any
+
+import aiohttp
+from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+
+
+class LightViewer:
+    def __init__(self) -> None:
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.frames = 0
+        self.packets = 0
+        self.location: str | None = None
+
+    async def connect(self, http: aiohttp.ClientSession, url: str) -> None:
+        transceiver = self.pc.addTransceiver("video", direction="recvonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        async with http.post(
+            url, data=self.pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
+        ) as r:
+            answer = await r.text()
+            if r.status != 201:
+                raise RuntimeError(f"WHEP POST {r.status}: {answer}")
+            self.location = r.headers["Location"]
+        dtls: Any = transceiver.receiver.transport
+
+        async def count(data: bytes, arrival_time_ms: int) -> None:
+            self.packets += 1
+            if data[1] & 0x80:
+                self.frames += 1
+
+        dtls._handle_rtp_data = count
+        await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+
+
+async def main(url: str, count: int) -> None:
+    viewers = [LightViewer() for _ in range(count)]
+    async with aiohttp.ClientSession() as http:
+        for i in range(0, count, 10):  # join in groups of ten
+            await asyncio.gather(*(v.connect(http, url) for v in viewers[i : i + 10]))
+        stdin_closed = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
+        while not stdin_closed.done():
+            connected = sum(v.pc.connectionState == "connected" for v in viewers)
+            print(
+                json.dumps(
+                    {
+                        "connected": connected,
+                        "frames": [v.frames for v in viewers],
+                        "packets": sum(v.packets for v in viewers),
+                    }
+                ),
+                flush=True,
+            )
+            await asyncio.wait([stdin_closed], timeout=1.0)
+        await asyncio.gather(*(v.pc.close() for v in viewers))
+
+
+if __name__ == "__main__":
+    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
