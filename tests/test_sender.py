@@ -68,6 +68,21 @@ class Viewer:
         return [RtpPacket.parse(self.srtp.unprotect(d), self.ext) for d in self.datagrams()]
 
 
+def make_sender(
+    ring: PacketRing, key: bytes, sock: socket.socket, address: object, keyframes: list[int]
+) -> RtpSender:
+    """A sender with a real SRTP session keyed with `key`, sending from `sock` to `address`."""
+    return RtpSender(
+        "t",
+        ring,
+        MAX,
+        NEGOTIATED,
+        Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)),
+        UdpOutput(sock, address),  # type: ignore[arg-type]
+        lambda: keyframes.append(1),
+    )
+
+
 @pytest.fixture
 def setup() -> Iterator[tuple[RtpSender, H264Packetizer, Viewer, list[int]]]:
     key = os.urandom(30)
@@ -76,15 +91,7 @@ def setup() -> Iterator[tuple[RtpSender, H264Packetizer, Viewer, list[int]]]:
     sender_sock.bind(("127.0.0.1", 0))
     ring = PacketRing(256, MAX)
     keyframes: list[int] = []
-    sender = RtpSender(
-        "t",
-        ring,
-        MAX,
-        NEGOTIATED,
-        Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)),
-        UdpOutput(sender_sock, viewer.sock.getsockname()),
-        lambda: keyframes.append(1),
-    )
+    sender = make_sender(ring, key, sender_sock, viewer.sock.getsockname(), keyframes)
     yield sender, H264Packetizer(ring, MAX), viewer, keyframes
     sender.close()
     sender_sock.close()
@@ -194,15 +201,7 @@ def test_full_kernel_buffer_drops_counts_and_asks_for_a_keyframe() -> None:
         ring = PacketRing(1024, MAX)
         packetizer = H264Packetizer(ring, MAX)
         keyframes: list[int] = []
-        sender = RtpSender(
-            "slow",
-            ring,
-            MAX,
-            NEGOTIATED,
-            Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)),
-            UdpOutput(sock, f"{tmp}/viewer"),
-            lambda: keyframes.append(1),  # type: ignore[arg-type]
-        )
+        sender = make_sender(ring, key, sock, f"{tmp}/viewer", keyframes)
         sender.send_range(packetizer.packetize(annexb(nal(5, 1000)), 0, 0, True))
         for i in range(1, 2000):
             sender.send_range(packetizer.packetize(annexb(nal(1, 1000)), i, 0, False))

@@ -21,6 +21,15 @@ class Clock:
         return self.now
 
 
+def stream_forcing(interval: float) -> tuple[Stream, Clock, list[float]]:
+    """A stream on a manual clock whose encoder records when it was asked for a keyframe."""
+    clock = Clock()
+    stream = Stream("cam", keyframe_interval_min=interval, clock=clock)
+    forced: list[float] = []
+    stream.attach_encoder(lambda: forced.append(clock.now))
+    return stream, clock, forced
+
+
 def frame(n: int, key: bool = False) -> EncodedFrame:
     return EncodedFrame(data=IDR if key else P, pts=n * 3000, keyframe=key, capture_ns=n)
 
@@ -45,10 +54,7 @@ async def test_reader_starts_at_a_keyframe_it_asks_for() -> None:
 
 
 async def test_keyframe_requests_merge_and_are_rate_limited() -> None:
-    clock = Clock()
-    stream = Stream("cam", keyframe_interval_min=0.25, clock=clock)
-    forced: list[float] = []
-    stream.attach_encoder(lambda: forced.append(clock.now))
+    stream, clock, forced = stream_forcing(0.25)
     stream.request_keyframe()
     stream.request_keyframe()  # merged with the one in flight
     assert forced == [100.0]
@@ -63,10 +69,7 @@ async def test_keyframe_requests_merge_and_are_rate_limited() -> None:
 
 
 async def test_unanswered_request_is_repeated_after_timeout() -> None:
-    clock = Clock()
-    stream = Stream("cam", keyframe_interval_min=0.0, clock=clock)
-    forced: list[float] = []
-    stream.attach_encoder(lambda: forced.append(clock.now))
+    stream, clock, forced = stream_forcing(0.0)
     stream.request_keyframe()
     clock.now += 0.5
     stream.request_keyframe()
@@ -79,10 +82,7 @@ async def test_unanswered_request_is_repeated_after_timeout() -> None:
 async def test_slow_reader_is_resynced_at_next_keyframe_and_counted(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
-    clock = Clock()
-    stream = Stream("cam", keyframe_interval_min=0.0, clock=clock)
-    forced: list[float] = []
-    stream.attach_encoder(lambda: forced.append(clock.now))
+    stream, clock, forced = stream_forcing(0.0)
     fast, slow = stream.subscribe("fast", capacity=4), stream.subscribe("slow", capacity=4)
     first = [asyncio.ensure_future(reader.get()) for reader in (fast, slow)]
     await asyncio.sleep(0)
