@@ -224,3 +224,31 @@ def test_ice_server_link_headers() -> None:
         '<stun:stun.lan:3478>; rel="ice-server"',
         '<turn:turn.lan:3478>; rel="ice-server"; username="u"; credential="p"; credential-type="password"',
     ]
+
+
+async def test_answer_to_chromium_picks_constrained_baseline_and_playout_delay(
+    cfg: config.Config,
+) -> None:
+    stream = Stream("cam")
+    feed_one_keyframe(stream, cfg)
+    sessions = SessionRegistry()
+    client = TestClient(TestServer(make_app(cfg, stream, sessions, {"name": "libx264"})))
+    await client.start_server()
+    try:
+        r = await client.post("/cam/whep", data=OFFER, headers=SDP)
+        assert r.status == 201
+        assert r.headers["Content-Type"] == "application/sdp"
+        answer = await r.text()
+        video = answer.split("m=video ")[1].split("m=audio")[0]
+        # Chromium offers 42001f as 102 and 42e01f as 108: the stream is Constrained Baseline
+        assert video.split("\r\n")[0].split()[2:] == ["108", "109"]
+        assert (
+            "a=fmtp:108 level-asymmetry-allowed=1;packetization-mode=1;profile-level-id=42e014"
+            in video
+        )
+        assert "a=extmap:5 http://www.webrtc.org/experiments/rtp-hdrext/playout-delay" in video
+        assert "a=sendonly" in video
+        assert ".local" not in answer
+    finally:
+        await sessions.close_all("test over")
+        await client.close()
