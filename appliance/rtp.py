@@ -127,6 +127,15 @@ class HeaderLayout:
         return size
 
 
+def fill_access_unit_header(
+    layout: HeaderLayout, header: bytearray, timestamp: int, send_time: int, capture_ntp: int
+) -> None:
+    """Fill `header` (a copy of the layout's template, marker clear, sequence number 0) with what
+    every packet of one access unit shares: timestamp, abs-send-time, abs-capture-time. A sender
+    then only stamps each packet's sequence number (and the last one's marker)."""
+    layout.write(header, 0, 0, 0, timestamp, send_time, capture_ntp)
+
+
 def write_rtx_osn(buf: bytearray, offset: int, original_seq: int) -> None:
     """The RTX payload's 2-byte original sequence number (RFC 4588 section 4)."""
     _U16.pack_into(buf, offset, original_seq & 0xFFFF)

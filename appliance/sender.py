@@ -37,6 +37,8 @@ UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 MAX_SEGMENTS = 40  # and at most 64 KiB per call: the kernel refuses more (EMSGSIZE)
 MAX_DATAGRAMS_BYTES = 65_000
 _NO_GSO = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
+SPANS = 256  # access units remembered for NACK: over 8 s at 30 fps, longer than the ring holds
+_U16 = struct.Struct("!H")
 
 
 class Output(Protocol):
@@ -176,10 +178,13 @@ class RtpSender:
         self._seq = random.getrandbits(16)
         self._rtx_seq = random.getrandbits(16)
         self._ts_offset = random.getrandbits(32)
-        history = ring.capacity
-        self._mask = history - 1
-        self._sent_index = array("q", [-1]) * history
-        self._sent_seq = array("l", [-1]) * history
+        self._au_header = bytearray(self._layout.template)
+        self._positions = self._batch_positions(0, 1)
+        self._span_seq = array("l", [0]) * SPANS
+        self._span_index = array("q", [0]) * SPANS
+        self._span_count = array("l", [0]) * SPANS
+        self._span_next = 0
+        self._spans = 0
         self._waiting_for_keyframe = True
         self._last_sr_mid32 = 0
         self._last_sr_time = 0.0
@@ -198,62 +203,101 @@ class RtpSender:
         if self.closed or not indices:
             return
         ring = self._ring
-        flags = ring.flags
         mask = ring.capacity - 1
+        first = indices[0] & mask
         if self._waiting_for_keyframe:
-            if not flags[indices[0] & mask] & FLAG_KEYFRAME:
+            if not ring.flags[first] & FLAG_KEYFRAME:
                 return
             self._waiting_for_keyframe = False
-        send_time = rtp.abs_send_time(time.time_ns())
-        capture_ns = ring.capture_ns[indices[0] & mask]
+        capture_ns = ring.capture_ns[first]
         if capture_ns != self._capture_ns:
             self._capture_ns = capture_ns
             self._capture_ntp = rtp.ntp_from_unix_ns(capture_ns)
-        buf = self._buffer
-        layout = self._layout
-        length, timestamp, slot_views = ring.length, ring.timestamp, ring.slot_views
-        stats = self.stats
+        # One header for the whole access unit; per packet only the sequence number changes.
+        au_header = self._au_header
+        rtp.fill_access_unit_header(
+            self._layout,
+            au_header,
+            self._ts_offset + ring.timestamp[first],
+            rtp.abs_send_time(time.time_ns()),
+            self._capture_ntp,
+        )
+        header = len(au_header)
+        buf, length, slot_views = self._buffer, ring.length, ring.slot_views
+        protect, pack_seq = self._protector.protect, _U16.pack_into
+        last = indices[-1]
+        seq = first_seq = self._seq
+        stride = self._stride
+        positions = self._positions
+        octets = 0
         k = 0  # packets in the current batch
         for index in indices:
             slot = index & mask
-            size = length[slot]
-            at = k * self._stride
-            seq = self._seq
-            header = layout.write(
-                buf,
-                at,
-                flags[slot] & FLAG_MARKER,
-                seq,
-                self._ts_offset + timestamp[slot],
-                send_time,
-                self._capture_ntp,
-            )
+            at, at_seq, at_payload, at_end = positions[k]
+            buf[at:at_payload] = au_header
+            pack_seq(buf, at_seq, seq)
+            if index == last:
+                buf[at + 1] |= 0x80  # marker: the access unit's last packet
             # The payload's one copy. The whole slot is copied (no view made per packet): what
             # lies past the payload is overwritten by the tag and the next packet.
-            payload_at = at + header
-            buf[payload_at : payload_at + self._slot_size] = slot_views[slot]
-            wire = self._protect(k, header + size, header)
-            self._sent_index[seq & self._mask] = index
-            self._sent_seq[seq & self._mask] = seq
-            self._seq = (seq + 1) & 0xFFFF
-            stats.packets += 1
-            stats.octets += size
+            buf[at_payload:at_end] = slot_views[slot]
+            size = length[slot]
+            if stride:
+                wire = protect(k, header + size)
+            else:
+                wire = self._protect_first(header + size, header)
+                stride, positions = self._stride, self._positions
+            seq = (seq + 1) & 0xFFFF
+            octets += size
             k += 1
-            if wire != self._stride or k == self._batch:
+            if wire != stride or k == self._batch:
                 self._flush(k, wire)
                 k = 0
         if k:
-            self._flush(k, self._stride)
+            self._flush(k, stride)
+        self._seq = seq
+        self._record_span(first_seq, indices[0], len(indices))
+        stats = self.stats
+        stats.packets += len(indices)
+        stats.octets += octets
         stats.frames += 1
 
-    def _protect(self, k: int, length: int, header: int) -> int:
-        wire = self._protector.protect(k, length)
-        if not self._stride:
-            # The first packet tells the tag length; full packets are then all this long.
-            self._stride = header + self._max_payload + (wire - length)
-            self._batch = max(1, min(MAX_SEGMENTS, MAX_DATAGRAMS_BYTES // self._stride))
-            self._protector.set_stride(self._stride, self._batch)
+    def _protect_first(self, length: int, header: int) -> int:
+        """Protect the first packet ever, at position 0; its tag length fixes the full packet size."""
+        wire = self._protector.protect(0, length)
+        self._stride = header + self._max_payload + (wire - length)
+        self._batch = max(1, min(MAX_SEGMENTS, MAX_DATAGRAMS_BYTES // self._stride))
+        self._protector.set_stride(self._stride, self._batch)
+        self._positions = self._batch_positions(self._stride, self._batch)
         return wire
+
+    def _batch_positions(self, stride: int, count: int) -> list[tuple[int, int, int, int]]:
+        """Per place in a batch: where the packet, its sequence number, its payload and the copied
+        slot's end are in the send buffer (computed once, not per packet)."""
+        header, slot = self._layout.size, self._slot_size
+        return [
+            (k * stride, k * stride + 2, k * stride + header, k * stride + header + slot)
+            for k in range(count)
+        ]
+
+    def _record_span(self, first_seq: int, first_index: int, count: int) -> None:
+        # Within an access unit, sequence numbers and ring indices advance together: one span
+        # per access unit is enough to map a NACKed sequence number back to its ring slot.
+        at = self._span_next
+        self._span_seq[at] = first_seq
+        self._span_index[at] = first_index
+        self._span_count[at] = count
+        self._span_next = (at + 1) % SPANS
+        self._spans = min(self._spans + 1, SPANS)
+
+    def _ring_index(self, seq: int) -> int | None:
+        """The ring index sent with sequence number `seq`, newest first; None if not remembered."""
+        for back in range(1, self._spans + 1):
+            at = (self._span_next - back) % SPANS
+            offset = (seq - self._span_seq[at]) & 0xFFFF
+            if offset < self._span_count[at]:
+                return self._span_index[at] + offset
+        return None
 
     def _flush(self, count: int, last: int) -> None:
         total = (count - 1) * self._stride + last
@@ -274,10 +318,8 @@ class RtpSender:
         """Retransmit what the ring still holds of the lost sequence numbers (RFC 4585 Generic NACK)."""
         self.stats.nacks += 1
         for seq in lost:
-            if self._sent_seq[seq & self._mask] != seq:
-                continue
-            index = self._sent_index[seq & self._mask]
-            if self._ring.valid(index):
+            index = self._ring_index(seq)
+            if index is not None and self._ring.valid(index):
                 self._retransmit(index, seq)
 
     def _retransmit(self, index: int, seq: int) -> None:
@@ -296,7 +338,7 @@ class RtpSender:
         else:
             header = self._layout.write(buf, 0, marker, seq, timestamp, send_time)
         buf[header : header + size] = self._ring_view[src : src + size]
-        wire = self._protect(0, header + size, header)
+        wire = self._protector.protect(0, header + size)
         if not self._output.send(self._view[:wire], 0):
             self.stats.retransmits += 1
             self.stats.bytes += wire
