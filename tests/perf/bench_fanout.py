@@ -13,7 +13,7 @@ Per case, over `--seconds` once every viewer receives video:
   µs of CPU per packet per viewer;
 - fan-out skew: access unit published → its last packet handed to the kernel for the last viewer
   (fast: measured around Stream.publish; aiortc: publish → the last viewer's marker packet in
-  RTCDtlsTransport._send_rtp), p50 and p99;
+  RTCDtlsTransport._send_rtp), p50 and p99; on the fast path also P-frames' p99 and keyframes' max;
 - the slowest viewer's received frame rate;
 - RSS, and its slope per viewer against the no-viewer run.
 """
@@ -66,6 +66,8 @@ class Replay:
         self.published: list[float] = []
         self.markers: list[float] = []  # aiortc path: marker-packet send times
         self.skews: list[float] = []
+        self.key_skews_ms: list[float] = []  # fast path: fan-out time of keyframes, P-frames
+        self.p_skews_ms: list[float] = []
         self.expected = 0
 
     async def run(self) -> None:
@@ -78,7 +80,12 @@ class Replay:
             now = time.perf_counter()
             self.published.append(now)
             self.markers = []
+            done = len(self.stream.fanout_ns)
             self.stream.publish(EncodedFrame(au, i * 3000, key, time.time_ns()))
+            if len(self.stream.fanout_ns) > done or done == self.stream.fanout_ns.maxlen:
+                (self.key_skews_ms if key else self.p_skews_ms).append(
+                    self.stream.fanout_ns[-1] / 1e6
+                )
             i += 1
 
     def _close_frame(self) -> None:
@@ -164,6 +171,8 @@ async def case(
             frames0 = json.loads(line)["frames"]
             replay.expected = viewers if path == "aiortc" else 0
         replay.skews.clear()
+        replay.key_skews_ms.clear()
+        replay.p_skews_ms.clear()
         stream.fanout_ns.clear()
         sent0 = sum(s.media.describe().get("packets", 0) for s in sessions)
         c0, t0 = cpu_s(), time.monotonic()
@@ -198,6 +207,8 @@ async def case(
             "skew_p50_ms": pct(skews, 50),
             "skew_p99_ms": pct(skews, 99),
             "min_fps": min_fps,
+            "p_frame_skew_p99_ms": pct(replay.p_skews_ms, 99),
+            "keyframe_skew_max_ms": max(replay.key_skews_ms, default=float("nan")),
             "seconds": elapsed,
         }
     finally:
@@ -251,6 +262,12 @@ async def main() -> None:
                 f"RSS {r['rss_mb']:6.1f} MB",
                 flush=True,
             )
+            if path == "fast":
+                print(
+                    f"{'':6} {'':4}          fan-out of P-frames p99 {r['p_frame_skew_p99_ms']:6.2f} ms, "
+                    f"of keyframes max {r['keyframe_skew_max_ms']:6.2f} ms",
+                    flush=True,
+                )
         if len(ramp) >= 2:
             first, last = ramp[0], ramp[-1]
             slope = (last["rss_mb"] - first["rss_mb"]) * 1024 / (last["viewers"] - first["viewers"])
