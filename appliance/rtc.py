@@ -342,7 +342,6 @@ def _take_over_sender(sender: Any, media: FastVideo) -> None:
             ours = RtpSender(
                 media.name,
                 stream.ring,
-                stream.max_payload,
                 _negotiated(sender, negotiated["parameters"]),
                 sender.transport._tx_srtp,
                 _output(sender.transport),

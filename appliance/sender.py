@@ -22,7 +22,7 @@ import struct
 import time
 from array import array
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 from appliance import rtp
@@ -117,7 +117,6 @@ class SenderStats:
     packets_lost: int = 0
     jitter: int = 0
     rtt: float | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -140,7 +139,6 @@ class RtpSender:
         self,
         name: str,
         ring: PacketRing,
-        max_payload: int,
         negotiated: Negotiated,
         session: Any,
         output: Output,
@@ -163,12 +161,12 @@ class RtpSender:
             else None
         )
         header_room = max(self._layout.size, self._rtx_layout.size if self._rtx_layout else 0)
-        # room for any one packet, and for a whole slot copied after the longest header
-        self._room = header_room + 2 + max(max_payload, ring.slot_size) + TRAILER_ROOM
-        self._max_payload = max_payload
+        # A ring slot holds the largest payload: room for any one packet after the longest header
+        # (an RTX header is 2 bytes longer), with its SRTP tag.
+        self._max_payload = ring.slot_size
+        self._room = header_room + 2 + ring.slot_size + TRAILER_ROOM
         self._buffer = bytearray(self._room * MAX_SEGMENTS)
         self._view = memoryview(self._buffer)
-        self._ring_view = memoryview(ring.buffer)
         self._slot_size = ring.slot_size
         self._protector = InPlaceProtector(session, self._buffer, self._room, 1)
         self._stride = 0  # size of a full packet on the wire, known after the first protect
@@ -187,7 +185,6 @@ class RtpSender:
         self._spans = 0
         self._waiting_for_keyframe = True
         self._last_sr_mid32 = 0
-        self._last_sr_time = 0.0
         self._capture_ns = -1
         self._capture_ntp = 0
         self.stats = SenderStats()
@@ -329,7 +326,6 @@ class RtpSender:
         marker = ring.flags[slot] & FLAG_MARKER
         timestamp = self._ts_offset + ring.timestamp[slot]
         send_time = rtp.abs_send_time(time.time_ns())
-        src = ring.offset(index)
         if self._rtx_layout is not None:
             header = self._rtx_layout.write(buf, 0, marker, self._rtx_seq, timestamp, send_time)
             rtp.write_rtx_osn(buf, header, seq)
@@ -337,7 +333,7 @@ class RtpSender:
             self._rtx_seq = (self._rtx_seq + 1) & 0xFFFF
         else:
             header = self._layout.write(buf, 0, marker, seq, timestamp, send_time)
-        buf[header : header + size] = self._ring_view[src : src + size]
+        buf[header : header + size] = ring.slot_views[slot][:size]
         wire = self._protector.protect(0, header + size)
         if not self._output.send(self._view[:wire], 0):
             self.stats.retransmits += 1

@@ -75,7 +75,6 @@ def make_sender(
     return RtpSender(
         "t",
         ring,
-        MAX,
         NEGOTIATED,
         Session(Policy(key=key, ssrc_type=Policy.SSRC_ANY_OUTBOUND)),
         UdpOutput(sock, address),  # type: ignore[arg-type]

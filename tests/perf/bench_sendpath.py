@@ -96,7 +96,6 @@ class Fast:
             RtpSender(
                 f"v{i}",
                 self.ring,
-                mp,
                 Negotiated(102, 1000 + i, IDS, "0", "bench", 103, 2000 + i),
                 session(),
                 UdpOutput(sock, address),
