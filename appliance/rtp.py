@@ -173,11 +173,3 @@ def sdes_cname(ssrc: int, cname: str) -> bytes:
 def bye(ssrc: int) -> bytes:
     """An RTCP BYE for one source (RFC 3550 section 6.6)."""
     return struct.pack("!BBHI", 0x81, RTCP_BYE, 1, ssrc)
-
-
-def uint16_add(a: int, b: int) -> int:
-    return (a + b) & 0xFFFF
-
-
-def uint32_add(a: int, b: int) -> int:
-    return (a + b) & 0xFFFFFFFF

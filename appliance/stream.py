@@ -191,10 +191,6 @@ class Stream:
         if sink in self._sinks:
             self._sinks.remove(sink)
 
-    @property
-    def sinks(self) -> int:
-        return len(self._sinks)
-
     def subscribe(self, name: str, capacity: int = 8) -> Reader:
         """A new reader. It starts at its first `get()`, with a keyframe asked for then."""
         reader = Reader(self, name, capacity)
