@@ -175,8 +175,14 @@ class Stream:
         indices = self._packetizer.packetize(
             frame.data, frame.pts, frame.capture_ns, frame.keyframe
         )
-        for sink in self._sinks:
-            sink.send_range(indices)
+        for sink in list(self._sinks):
+            try:
+                sink.send_range(indices)
+            except Exception:  # a bug in one viewer's path must not cost the others their video
+                logger.exception(
+                    "stream %s: a viewer's sender failed; it gets no more video", self.name
+                )
+                self.remove_sink(sink)
         if self._sinks:
             self.fanout_ns.append(time.perf_counter_ns() - started)
         for reader in list(self._readers):

@@ -112,3 +112,34 @@ async def test_close_wakes_readers() -> None:
     with pytest.raises(ReaderClosed):
         await getter
     assert stream.readers == 0
+
+
+class Recording:
+    """A fast-path viewer that records the ranges it is handed."""
+
+    def __init__(self) -> None:
+        self.ranges: list[range] = []
+
+    def send_range(self, indices: range) -> None:
+        self.ranges.append(indices)
+
+
+class Failing:
+    """A fast-path viewer whose sender has a bug."""
+
+    def send_range(self, indices: range) -> None:
+        raise RuntimeError("bug in one viewer's sender")
+
+
+async def test_a_failing_sender_is_removed_and_the_others_keep_their_video(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    stream = Stream("cam")
+    before, after = Recording(), Recording()
+    for sink in (before, Failing(), after):
+        stream.add_sink(sink)
+    with caplog.at_level(logging.ERROR):
+        stream.publish(frame(0, key=True))
+        stream.publish(frame(1))
+    assert [len(r) for r in before.ranges] == [len(r) for r in after.ranges] == [1, 1]
+    assert caplog.text.count("a viewer's sender failed") == 1  # removed after its first failure
