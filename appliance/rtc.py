@@ -218,10 +218,6 @@ def _accept_extra_extensions() -> None:
             video.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
 
 
-def has_video(offer: str) -> bool:
-    return any(line.startswith("m=video ") for line in offer.replace("\r\n", "\n").split("\n"))
-
-
 async def answer(
     offer: str, stream: Stream, ice_servers: Sequence[IceServer], path: str, name: str
 ) -> tuple[RTCPeerConnection, str, AiortcVideo | FastVideo]:
@@ -232,7 +228,7 @@ async def answer(
     problem = sdp.webrtc_offer_problem(offer)
     if problem is not None:
         raise BadOffer(problem)
-    if not has_video(offer):
+    if not sdp.has_video(offer):
         raise NoCommonCodec("the offer has no video section; this stream sends H.264 video")
     assert stream.profile_level_id is not None
     answer_plid = choose_h264_format(offer, stream.profile_level_id)

@@ -16,7 +16,7 @@ _CANDIDATE = re.compile(r"^a=candidate:\S+ \d+ \S+ \d+ (\S+) \d+ typ ", re.IGNOR
 
 
 def _lines(sdp: str) -> list[str]:
-    return [line for line in sdp.replace("\r\n", "\n").split("\n")]
+    return sdp.replace("\r\n", "\n").split("\n")
 
 
 def _join(lines: list[str]) -> str:
@@ -38,6 +38,11 @@ def webrtc_offer_problem(offer: str) -> str | None:
     if not any(line.startswith("a=fingerprint:") for line in lines):
         return "the offer has no DTLS fingerprint (a=fingerprint)"
     return None
+
+
+def has_video(sdp: str) -> bool:
+    """True when the SDP has a video media section."""
+    return any(line.startswith("m=video ") for line in _lines(sdp))
 
 
 def is_mdns_candidate(line: str) -> bool:
