@@ -1,8 +1,8 @@
 """The composition root: builds source → encoder → stream → HTTP, and owns start-up and shut-down.
 
 Start-up order is device, stream, HTTP; shut-down is the reverse: stop accepting, close every
-viewer, stop the source. The source runs under a supervisor that restarts it with backoff, so a
-failing camera never takes the stream, the HTTP server or the viewers down with it.
+viewer, stop the source. The source runs under a supervisor (`source.py`) that restarts it with
+backoff, so a failing camera never takes the stream, the HTTP server or the viewers down with it.
 """
 
 from __future__ import annotations
@@ -13,48 +13,16 @@ import logging
 import signal
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
-from typing import Any
 
 from aiohttp import web
 
-from appliance.capture.testsrc import TestSource
 from appliance.config import Config
-from appliance.encoders.software import X264Encoder
 from appliance.http import make_app
 from appliance.sessions import SessionRegistry
+from appliance.source import SourceSlot, supervise
 from appliance.stream import Stream
 
 logger = logging.getLogger(__name__)
-
-SOURCE_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
-
-
-def open_source(config: Config) -> TestSource:
-    """The configured video source with its encoder. Only the test source exists so far."""
-    video = config.video
-    return TestSource(video.width, video.height, video.fps, X264Encoder(video))
-
-
-async def supervise_source(config: Config, stream: Stream) -> None:
-    """Run the source; when it fails, log why and start it again after a backoff."""
-    failures = 0
-    while True:
-        source = open_source(config)
-        stream.attach_encoder(source.encoder.force_keyframe)
-        logger.info("source %s: started (%s)", source.name, source.encoder.name)
-        try:
-            await source.run(stream.publish)
-            reason = "ended"
-        except asyncio.CancelledError:
-            raise
-        except Exception as e:
-            reason = f"failed: {e!r}"
-        finally:
-            stream.attach_encoder(None)
-        delay = SOURCE_BACKOFF[min(failures, len(SOURCE_BACKOFF) - 1)]
-        failures += 1
-        logger.error("source %s: %s; restarting in %.0f s", source.name, reason, delay)
-        await asyncio.sleep(delay)
 
 
 @dataclass
@@ -64,6 +32,7 @@ class Running:
     config: Config
     stream: Stream
     sessions: SessionRegistry
+    source: SourceSlot
     url: str
     port: int
 
@@ -78,15 +47,9 @@ async def running(config: Config) -> AsyncIterator[Running]:
         ring_packets=config.stream.ring_packets,
     )
     sessions = SessionRegistry()
-    encoder_info: dict[str, Any] = {
-        "name": "libx264",
-        "preset": config.video.preset,
-        "profile": config.video.profile,
-        "bitrate_target": config.video.bitrate,
-        "gop": config.video.gop,
-    }
-    source_task = asyncio.create_task(supervise_source(config, stream), name="source")
-    runner = web.AppRunner(make_app(config, stream, sessions, encoder_info), access_log=None)
+    slot = SourceSlot()
+    source_task = asyncio.create_task(supervise(config, stream, slot), name="source")
+    runner = web.AppRunner(make_app(config, stream, sessions, slot), access_log=None)
     try:
         await runner.setup()
         site = web.TCPSite(runner, config.http.host, config.http.port)
@@ -99,7 +62,7 @@ async def running(config: Config) -> AsyncIterator[Running]:
         logger.info(
             "serving stream %r at %s/ (WHEP: %s/%s/whep)", stream.name, url, url, stream.name
         )
-        yield Running(config, stream, sessions, url, port)
+        yield Running(config, stream, sessions, slot, url, port)
     finally:
         logger.info("stopping")
         await sessions.close_all("daemon stopping")

@@ -1,9 +1,10 @@
-"""Command line: `appliance serve` runs the daemon."""
+"""Command line: `appliance serve` runs the daemon; `appliance probe` tells what this machine has."""
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import json
 import logging
 import os
 import sys
@@ -38,18 +39,29 @@ def parser() -> argparse.ArgumentParser:
     serve.add_argument("--host", help="listen address (http.host)")
     serve.add_argument("--port", type=int, help="listen port (http.port)")
     serve.add_argument("--log-level", choices=config.LOG_LEVELS, help="log_level")
+    serve.add_argument("--source", choices=config.VIDEO_SOURCES, help="video.source")
+    serve.add_argument("--device", help="video.device: a V4L2 camera, e.g. /dev/video0")
+    probe = sub.add_parser(
+        "probe", help="list cameras, encoders and sound cards, and what serve would pick"
+    )
+    probe.add_argument("--config", type=Path, default=None, help="TOML config file")
+    probe.add_argument("--json", action="store_true", help="machine-readable output")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     overrides: dict[str, Any] = {}
-    if args.host is not None:
+    if getattr(args, "host", None) is not None:
         overrides["http.host"] = args.host
-    if args.port is not None:
+    if getattr(args, "port", None) is not None:
         overrides["http.port"] = args.port
-    if args.log_level is not None:
+    if getattr(args, "log_level", None) is not None:
         overrides["log_level"] = args.log_level
+    if getattr(args, "source", None) is not None:
+        overrides["video.source"] = args.source
+    if getattr(args, "device", None) is not None:
+        overrides["video.device"] = args.device
     path = args.config
     if path is None and config.DEFAULT_PATH.exists():
         path = config.DEFAULT_PATH
@@ -58,6 +70,12 @@ def main(argv: list[str] | None = None) -> int:
     except ConfigError as e:
         print(f"appliance: {e}", file=sys.stderr)  # noqa: T201
         return 2
+    if args.command == "probe":
+        from appliance.probe import probe, render
+
+        report = probe(cfg)
+        print(json.dumps(report, indent=2) if args.json else render(report))  # noqa: T201
+        return 0
     setup_logging(cfg.log_level)
     from appliance.app import serve  # the daemon's heavy imports only when serving
 

@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError
+from appliance.videomode import COMPRESSED_FORMATS, PASSTHROUGH_FORMATS, RAW_FORMATS
 
 if sys.version_info >= (3, 11):
     import tomllib
@@ -26,7 +27,9 @@ ENV_PREFIX = "APPLIANCE_"
 DEFAULT_PATH = Path("/etc/appliance/appliance.toml")
 EXAMPLE_PATH = Path(__file__).with_name("appliance.example.toml")
 
-VIDEO_SOURCES = ("testsrc",)
+VIDEO_SOURCES = ("auto", "testsrc", "v4l2", "picamera2")
+VIDEO_ENCODERS = ("auto", "libx264", "v4l2m2m")
+PIXEL_FORMATS = ("auto", *PASSTHROUGH_FORMATS, *COMPRESSED_FORMATS, *RAW_FORMATS)
 H264_PROFILES = ("constrained-baseline", "baseline")
 X264_PRESETS = (
     "ultrafast",
@@ -67,7 +70,11 @@ class WebRTCConfig:
 
 @dataclass(frozen=True, slots=True)
 class VideoConfig:
-    source: str = "testsrc"
+    source: str = "auto"
+    device: str = "auto"
+    pixel_format: str = "auto"
+    encoder: str = "auto"
+    m2m_device: str = "/dev/video11"
     width: int = 1280
     height: int = 720
     fps: int = 30
@@ -250,6 +257,12 @@ def _validate(c: Config) -> None:
     _in_range("webrtc.connect_timeout", c.webrtc.connect_timeout, 1, 600)
     _one_of("webrtc.sender", c.webrtc.sender, SENDERS)
     _one_of("video.source", c.video.source, VIDEO_SOURCES)
+    if c.video.device != "auto" and not c.video.device.startswith("/dev/"):
+        raise ConfigError("video.device", f'must be "auto" or a /dev path; got {c.video.device!r}')
+    _one_of("video.pixel_format", c.video.pixel_format, PIXEL_FORMATS)
+    _one_of("video.encoder", c.video.encoder, VIDEO_ENCODERS)
+    if not c.video.m2m_device.startswith("/dev/"):
+        raise ConfigError("video.m2m_device", f"must be a /dev path; got {c.video.m2m_device!r}")
     _in_range("video.width", c.video.width, 16, 4096)
     _in_range("video.height", c.video.height, 16, 4096)
     for key, value in (("video.width", c.video.width), ("video.height", c.video.height)):

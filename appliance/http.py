@@ -1,4 +1,5 @@
-"""The HTTP surface: viewer page, WHEP, JSON status and health, with CORS and error mapping.
+"""The HTTP surface: viewer page, WHEP, JSON status, camera controls and health, with CORS and
+error mapping.
 
 This is the one place where RequestError subclasses become HTTP statuses.
 """
@@ -15,8 +16,10 @@ from aiohttp import web
 
 from appliance import __version__
 from appliance.config import Config
+from appliance.controls import ControlError
 from appliance.errors import RequestError
 from appliance.sessions import SessionRegistry
+from appliance.source import SourceSlot
 from appliance.stream import Stream
 from appliance.whep import WhepHandlers
 
@@ -40,12 +43,12 @@ class Status:
     """What /api/status and /healthz report. Holds references, computes on request."""
 
     def __init__(
-        self, config: Config, stream: Stream, sessions: SessionRegistry, encoder: dict[str, Any]
+        self, config: Config, stream: Stream, sessions: SessionRegistry, source: SourceSlot
     ) -> None:
         self.config = config
         self.stream = stream
         self.sessions = sessions
-        self.encoder = encoder
+        self.source = source
         self.started = time.monotonic()
 
     def stalled_for(self) -> float | None:
@@ -59,6 +62,8 @@ class Status:
         s = self.stream
         fps, bps = s.rates()
         video = self.config.video
+        source = self.source.describe()
+        mode = source.get("mode") or {"width": video.width, "height": video.height}
         return {
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3),
@@ -67,8 +72,8 @@ class Status:
                 "ready": s.ready,
                 "codec": "H264",
                 "profile_level_id": s.profile_level_id,
-                "width": video.width,
-                "height": video.height,
+                "width": mode["width"],
+                "height": mode["height"],
                 "fps": round(fps, 2),
                 "bitrate": round(bps),
                 "frames": s.frames,
@@ -77,7 +82,7 @@ class Status:
                 "keyframes_forced": s.keyframes_forced,
                 "keyframe_requests": s.keyframe_requests,
             },
-            "encoder": self.encoder,
+            "source": source,
             "viewers": [session.describe() for session in self.sessions],
         }
 
@@ -94,6 +99,37 @@ async def healthz_handler(request: web.Request) -> web.Response:
     if stalled is not None:
         return web.Response(status=503, text=f"source stalled: no frame for {stalled:.1f} s\n")
     return web.Response(text="ok\n")
+
+
+async def controls_handler(request: web.Request) -> web.Response:
+    """GET: the camera's controls. PATCH: set some ({"name": value, ...}), all or none."""
+    slot = request.app[STATUS_KEY].source
+    try:
+        if request.method == "PATCH":
+            if request.content_type != "application/json":
+                return _json_error(415, "send the controls as application/json")
+            try:
+                values = await request.json()
+            except ValueError as e:
+                return _json_error(400, f"not JSON: {e}")
+            if not isinstance(values, dict) or not values:
+                return _json_error(400, 'send an object of control values: {"brightness": 128}')
+            controls = slot.set_controls(values)
+            logger.info("controls set: %s", values)
+        else:
+            controls = slot.controls()
+    except ControlError as e:
+        if slot.current is None:
+            return _json_error(503, str(e), retry_after=2)
+        return _json_error(400, str(e))
+    return web.json_response({"controls": [c.as_json() for c in controls]})
+
+
+def _json_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
+    response = web.json_response({"error": message}, status=status)
+    if retry_after is not None:
+        response.headers["Retry-After"] = str(retry_after)
+    return response
 
 
 def make_error_middleware() -> Any:
@@ -152,13 +188,13 @@ def _add_cors(
 
 
 def make_app(
-    config: Config, stream: Stream, sessions: SessionRegistry, encoder: dict[str, Any]
+    config: Config, stream: Stream, sessions: SessionRegistry, source: SourceSlot
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
         middlewares=[make_cors_middleware(config.http.cors_origins), make_error_middleware()],
     )
-    app[STATUS_KEY] = Status(config, stream, sessions, encoder)
+    app[STATUS_KEY] = Status(config, stream, sessions, source)
     root = web_root(config)
 
     async def index(request: web.Request) -> web.FileResponse:
@@ -168,6 +204,8 @@ def make_app(
         [
             web.get("/", index),
             web.get("/api/status", status_handler),
+            web.get("/api/controls", controls_handler),
+            web.patch("/api/controls", controls_handler),
             web.get("/healthz", healthz_handler),
             *WhepHandlers(config, stream, sessions).routes(),
             web.get(f"/{stream.name}/", index),

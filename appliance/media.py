@@ -19,3 +19,8 @@ class EncodedFrame:
     pts: int
     keyframe: bool
     capture_ns: int
+
+
+def pts_from_ns(monotonic_ns: int) -> int:
+    """90 kHz pts of a CLOCK_MONOTONIC time: one clock for every source, continuous across restarts."""
+    return monotonic_ns * 9 // 100_000

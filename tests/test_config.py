@@ -61,7 +61,7 @@ def test_ice_server_tables_in_toml(tmp_path: Path) -> None:
     [
         (
             "[video]\nwidht = 3\n",
-            "config: video.widht: unknown key; known keys here: bitrate, fps,",
+            "config: video.widht: unknown key; known keys here: bitrate, device, encoder, fps,",
         ),
         ("[video]\nwidth = 'big'\n", "config: video.width: must be an integer, got 'big'"),
         ("[video]\nwidth = 641\n", "config: video.width: must be even (4:2:0 chroma); got 641"),
@@ -70,7 +70,18 @@ def test_ice_server_tables_in_toml(tmp_path: Path) -> None:
             "[video]\nprofile = 'high'\n",
             "config: video.profile: must be one of constrained-baseline",
         ),
-        ("[video]\nsource = 'v4l2'\n", "config: video.source: must be one of testsrc; got 'v4l2'"),
+        (
+            "[video]\nsource = 'webcam'\n",
+            "config: video.source: must be one of auto, testsrc, v4l2, picamera2; got 'webcam'",
+        ),
+        (
+            "[video]\ndevice = 'video0'\n",
+            "config: video.device: must be \"auto\" or a /dev path; got 'video0'",
+        ),
+        (
+            "[video]\npixel_format = 'yuyv'\n",
+            "config: video.pixel_format: must be one of auto, H264, MJPG",
+        ),
         ("[http]\nport = 70000\n", "config: http.port: must be between 0 and 65535; got 70000"),
         ("[http]\nport = true\n", "config: http.port: must be an integer, got True"),
         ("[stream]\nname = 'a b'\n", "config: stream.name: must be letters, digits, '-' or '_'"),

@@ -15,6 +15,7 @@ from appliance.config import IceServer
 from appliance.encoders.software import X264Encoder
 from appliance.http import make_app
 from appliance.sessions import SessionRegistry
+from appliance.source import SourceSlot
 from appliance.stream import Stream
 from appliance.whep import ice_server_links
 
@@ -31,7 +32,7 @@ def feed_one_keyframe(stream: Stream, cfg: config.Config) -> None:
 
 
 async def client_for(stream: Stream, cfg: config.Config) -> TestClient:
-    client = TestClient(TestServer(make_app(cfg, stream, SessionRegistry(), {"name": "libx264"})))
+    client = TestClient(TestServer(make_app(cfg, stream, SessionRegistry(), SourceSlot())))
     await client.start_server()
     return client
 
@@ -177,13 +178,13 @@ async def test_cors_restricted_to_configured_origins() -> None:
         await client.close()
 
 
-async def test_status_describes_stream_and_encoder(client: TestClient) -> None:
+async def test_status_describes_stream_and_source(client: TestClient) -> None:
     st = await (await client.get("/api/status")).json()
     assert st["stream"]["name"] == "cam"
     assert st["stream"]["ready"] is True
     assert st["stream"]["profile_level_id"] == "42e014"
     assert st["stream"]["keyframes"] == 1
-    assert st["encoder"] == {"name": "libx264"}
+    assert st["source"] == {"kind": "", "restarts": 0, "running": False}  # no source in this test
     assert st["viewers"] == []
 
 
@@ -232,7 +233,7 @@ async def test_answer_to_chromium_picks_constrained_baseline_and_playout_delay(
     stream = Stream("cam")
     feed_one_keyframe(stream, cfg)
     sessions = SessionRegistry()
-    client = TestClient(TestServer(make_app(cfg, stream, sessions, {"name": "libx264"})))
+    client = TestClient(TestServer(make_app(cfg, stream, sessions, SourceSlot())))
     await client.start_server()
     try:
         r = await client.post("/cam/whep", data=OFFER, headers=SDP)

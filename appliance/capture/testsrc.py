@@ -17,6 +17,7 @@ from typing import Any, Protocol
 
 import numpy as np
 
+from appliance.controls import Control, ControlError
 from appliance.media import VIDEO_CLOCK_RATE, EncodedFrame
 
 logger = logging.getLogger(__name__)
@@ -165,6 +166,25 @@ class TestSource:
         self.encoder = encoder
         self.name = f"testsrc {width}x{height}@{fps}"
         self.late_frames = 0
+        self.frames = 0
+
+    def force_keyframe(self) -> None:
+        self.encoder.force_keyframe()
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": "testsrc",
+            "mode": {"width": self.width, "height": self.height, "fps": self.fps},
+            "encoder": self.encoder.name,
+            "frames": self.frames,
+            "late_frames": self.late_frames,
+        }
+
+    def controls(self) -> list[Control]:
+        return []
+
+    def set_controls(self, values: dict[str, Any]) -> list[Control]:
+        raise ControlError(f"the test source has no controls; got {', '.join(values)}")
 
     async def run(self, publish: Callable[[EncodedFrame], None]) -> None:
         """Capture until cancelled. Raises if the capture thread fails."""
@@ -220,7 +240,8 @@ class TestSource:
             capture_ns = time.time_ns()
             now = time.monotonic()
             picture = pattern.render(index, capture_ns // 1_000_000)
-            pts = round((now - t0) * VIDEO_CLOCK_RATE)
+            pts = round(now * VIDEO_CLOCK_RATE)  # the monotonic clock, as every source
             for frame in self.encoder.encode(picture, pts, capture_ns):
                 hand_off(frame)
             index += 1
+            self.frames += 1

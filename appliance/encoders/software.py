@@ -56,8 +56,15 @@ class X264Encoder:
 
     def encode(self, yuv420p: Any, pts: int, capture_ns: int) -> list[EncodedFrame]:
         """Encode one picture (a `(h*3/2, w)` uint8 array in I420 layout)."""
+        frame = self._av.VideoFrame.from_ndarray(yuv420p, format="yuv420p")
+        return self.encode_frame(frame, pts, capture_ns)
+
+    def encode_frame(self, frame: Any, pts: int, capture_ns: int) -> list[EncodedFrame]:
+        """Encode one `av.VideoFrame` in any pixel format (converted to I420 first if need be)."""
         av = self._av
-        frame = av.VideoFrame.from_ndarray(yuv420p, format="yuv420p")
+        ctx = self._ctx
+        if frame.format.name != "yuv420p" or (frame.width, frame.height) != (ctx.width, ctx.height):
+            frame = frame.reformat(width=ctx.width, height=ctx.height, format="yuv420p")
         frame.pts = pts
         frame.time_base = self._ctx.time_base
         if self._force:

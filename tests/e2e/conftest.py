@@ -22,6 +22,7 @@ def daemon() -> DaemonFactory:
         values = {
             "http.host": "127.0.0.1",
             "http.port": 0,
+            "video.source": "testsrc",
             "video.width": 640,
             "video.height": 360,
             **overrides,

@@ -59,7 +59,18 @@ async def measure_cpu(pid: int, seconds: float) -> float:
 def start_daemon(port: int, gop: int) -> subprocess.Popen[bytes]:
     env = {**os.environ, "APPLIANCE_VIDEO_GOP": str(gop), "APPLIANCE_LOG_LEVEL": "warning"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "appliance", "serve", "--host", "127.0.0.1", "--port", str(port)],
+        [
+            sys.executable,
+            "-m",
+            "appliance",
+            "serve",
+            "--source",
+            "testsrc",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+        ],
         env=env,
     )
     for _ in range(200):

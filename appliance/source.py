@@ -1,0 +1,188 @@
+"""Which video source and encoder run, and the supervisor that keeps them running.
+
+Edge module (it knows every backend, and imports each one only when it is chosen). `video.source =
+"auto"` is resolved once at start-up: a Pi camera module through picamera2 where libcamera finds
+one, else the first V4L2 camera, else the test pattern. The choice is logged, and `appliance probe`
+prints it without starting anything.
+
+The supervisor restarts a failing source with backoff; the stream, the HTTP server and every
+viewer stay up meanwhile, and camera controls set through the API are applied again to the new
+instance, so an unplugged and replugged camera comes back as the user left it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable
+from typing import Any, Protocol
+
+from appliance.config import Config, VideoConfig
+from appliance.controls import Control, ControlError
+from appliance.errors import DeviceError
+from appliance.media import EncodedFrame
+from appliance.stream import Stream
+
+logger = logging.getLogger(__name__)
+
+SOURCE_BACKOFF = (1.0, 2.0, 5.0, 10.0, 30.0)
+STABLE_AFTER = 30.0  # seconds of running after which a failure restarts the backoff
+
+
+class Source(Protocol):
+    name: str
+
+    async def run(self, publish: Callable[[EncodedFrame], None]) -> None: ...
+
+    def force_keyframe(self) -> None: ...
+
+    def describe(self) -> dict[str, Any]: ...
+
+    def controls(self) -> list[Control]: ...
+
+    def set_controls(self, values: dict[str, Any]) -> list[Control]: ...
+
+
+def make_encoder(video: VideoConfig) -> Any:
+    """The H.264 encoder for raw pictures: the V4L2 M2M hardware encoder or libx264."""
+    choice = video.encoder
+    if choice == "auto":
+        from appliance.encoders.v4l2m2m import is_h264_encoder
+
+        choice = "v4l2m2m" if is_h264_encoder(video.m2m_device) else "libx264"
+    if choice == "v4l2m2m":
+        from appliance.encoders.v4l2m2m import M2MEncoder
+
+        return M2MEncoder(video)
+    from appliance.encoders.software import X264Encoder
+
+    return X264Encoder(video)
+
+
+def resolve(video: VideoConfig) -> tuple[str, str]:
+    """("testsrc" | "v4l2" | "picamera2", device) for the configured source; "auto" decided here."""
+    if video.source == "testsrc":
+        return "testsrc", ""
+    if video.source == "picamera2":
+        return "picamera2", ""
+    if video.source == "v4l2":
+        if video.device != "auto":
+            return "v4l2", video.device
+        from appliance.capture.camera import find_camera
+
+        found = find_camera()
+        if found is None:
+            raise DeviceError("video.source is v4l2 but no V4L2 camera that can stream was found")
+        return "v4l2", found
+    from appliance.capture import picamera
+
+    if picamera.cameras():
+        return "picamera2", ""
+    if video.device != "auto":
+        return "v4l2", video.device
+    from appliance.capture.camera import find_camera
+
+    found = find_camera()
+    return ("v4l2", found) if found is not None else ("testsrc", "")
+
+
+def open_source(
+    video: VideoConfig, kind: str, device: str, lenient: bool, controls: dict[str, Any]
+) -> Source:
+    """A source of `kind`; `controls` are set as soon as the camera is open."""
+    if kind == "v4l2":
+        from dataclasses import replace
+
+        from appliance.capture.camera import CameraSource
+
+        return CameraSource(replace(video, device=device), make_encoder, lenient, controls)
+    if kind == "picamera2":
+        from appliance.capture.picamera import PicameraSource
+
+        return PicameraSource(video, controls)
+    from appliance.capture.testsrc import TestSource
+    from appliance.encoders.software import X264Encoder
+
+    return TestSource(video.width, video.height, video.fps, X264Encoder(video))
+
+
+class SourceSlot:
+    """The source that runs now (None between restarts), and the control values users set."""
+
+    def __init__(self) -> None:
+        self.current: Source | None = None
+        self.kind = ""
+        self.device = ""
+        self.wanted_controls: dict[str, Any] = {}
+        self.restarts = 0
+        self.last_error = ""
+
+    def describe(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind, "restarts": self.restarts}
+        if self.current is not None:
+            out.update(self.current.describe())
+            out["running"] = True
+        else:
+            out["running"] = False
+        if self.last_error:
+            out["last_error"] = self.last_error
+        return out
+
+    def controls(self) -> list[Control]:
+        if self.current is None:
+            raise ControlError("the camera is not running (restarting?)")
+        return self.current.controls()
+
+    def set_controls(self, values: dict[str, Any]) -> list[Control]:
+        if self.current is None:
+            raise ControlError("the camera is not running (restarting?)")
+        result = self.current.set_controls(values)
+        self.wanted_controls.update(values)
+        return result
+
+
+async def supervise(config: Config, stream: Stream, slot: SourceSlot) -> None:
+    """Run the source; when it fails, log why and start it again after a backoff."""
+    video = config.video
+    loop = asyncio.get_running_loop()
+    failures = 0
+    while True:
+        try:
+            if not slot.kind:
+                slot.kind, slot.device = resolve(video)
+                logger.info("video source: %s %s", slot.kind, slot.device)
+            source = open_source(
+                video, slot.kind, slot.device, video.source == "auto", slot.wanted_controls
+            )
+        except DeviceError as e:
+            source, reason = None, str(e)
+        started = loop.time()
+        if source is not None:
+            reason = await _run_once(source, stream, slot)
+        if loop.time() - started > STABLE_AFTER:
+            failures = 0  # it ran for a while: this failure starts the backoff from the beginning
+        slot.last_error = reason
+        delay = SOURCE_BACKOFF[min(failures, len(SOURCE_BACKOFF) - 1)]
+        failures += 1
+        slot.restarts += 1
+        logger.error("video source %s: %s; trying again in %.0f s", slot.kind, reason, delay)
+        await asyncio.sleep(delay)
+
+
+async def _run_once(source: Source, stream: Stream, slot: SourceSlot) -> str:
+    stream.attach_encoder(source.force_keyframe)
+    slot.current = source
+    logger.info("source %s: starting", source.name)
+    try:
+        await source.run(stream.publish)
+        return "ended"
+    except asyncio.CancelledError:
+        raise
+    except DeviceError as e:
+        return str(e)
+    except Exception as e:
+        logger.exception("source %s crashed", source.name)
+        return f"failed: {e!r}"
+    finally:
+        slot.current = None
+        stream.attach_encoder(None)

@@ -1,0 +1,53 @@
+#!/bin/sh
+# Builds the amd64 test machine the hardware-path tests boot under QEMU (TCG): a stock Debian 12
+# kernel with its real V4L2 and ALSA test drivers (vivid, snd-aloop), v4l2loopback built by DKMS,
+# and the daemon's Python dependencies in /opt/appliance/venv. The checkout itself is not in the
+# image: tests share it over 9p, so the code under test is always the working tree.
+#
+#   sh image/vm/build.sh OUTDIR      -> OUTDIR/vmlinuz, OUTDIR/initrd.img, OUTDIR/root.ext4
+#
+# Needs root and: mmdebstrap e2fsprogs (tests/vm/machine.py installs them). About 2-3 minutes here.
+set -eu
+OUT=$(realpath -m "$1")
+HERE=$(cd "$(dirname "$0")" && pwd)
+SRC=$(cd "$HERE/../.." && pwd)
+mkdir -p "$OUT"
+WORK=$(mktemp -d "$OUT/.build.XXXXXX")
+trap 'rm -rf "$WORK"' EXIT
+
+# The daemon's dependencies, fetched by the host's pip (its index, proxy and certificates) as wheels
+# for the guest's Python 3.11, and installed inside without a network.
+python3 -c "import tomllib; print('\n'.join(tomllib.load(open('$SRC/pyproject.toml', 'rb'))['project']['dependencies']))" \
+  > "$WORK/requirements.txt"
+platforms="--platform linux_x86_64 --platform manylinux2014_x86_64"
+for v in 5 12 17 24 26 27 28 31 34 35 36; do platforms="$platforms --platform manylinux_2_${v}_x86_64"; done
+# shellcheck disable=SC2086
+python3 -m pip download -q -d "$WORK/wheels" --only-binary=:all: --python-version 3.11 \
+  --implementation cp $platforms -r "$WORK/requirements.txt"
+cp "$WORK/requirements.txt" "$WORK/wheels/"
+
+mmdebstrap --variant=minbase --mode=root --arch=amd64 \
+  --include="systemd-sysv,udev,kmod,busybox,linux-image-amd64,linux-headers-amd64,initramfs-tools,\
+dkms,v4l2loopback-dkms,gcc,make,v4l-utils,alsa-utils,python3,python3-venv,iproute2,procps,netbase,\
+e2fsprogs,ca-certificates" \
+  --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d"
+printf "MODULES=list\nCOMPRESS=gzip\n" > "$1/etc/initramfs-tools/conf.d/vm.conf"
+printf "virtio_pci\nvirtio_blk\next4\n" > "$1/etc/initramfs-tools/modules"' \
+  --customize-hook="copy-in $HERE/overlay/etc /" \
+  --customize-hook="copy-in $WORK/wheels /tmp" \
+  --customize-hook='set -e
+chroot "$1" python3 -m venv /opt/appliance/venv
+chroot "$1" /opt/appliance/venv/bin/pip install -q --no-index --find-links /tmp/wheels \
+  -r /tmp/wheels/requirements.txt
+rm -rf "$1/tmp/wheels"' \
+  --customize-hook='set -e
+chroot "$1" systemctl enable systemd-networkd vm-harness.service
+chroot "$1" passwd -d root
+echo appliance-vm > "$1/etc/hostname"
+printf "/dev/vda / ext4 defaults 0 1\n" > "$1/etc/fstab"
+ls "$1"/lib/modules/*/updates/dkms/v4l2loopback.ko*' \
+  --customize-hook="cp \"\$1\"/boot/vmlinuz-* $WORK/vmlinuz; cp \"\$1\"/boot/initrd.img-* $WORK/initrd.img" \
+  bookworm "$WORK/rootfs"
+
+mkfs.ext4 -q -F -L rootfs -d "$WORK/rootfs" "$WORK/root.ext4" 2G
+mv "$WORK/vmlinuz" "$WORK/initrd.img" "$WORK/root.ext4" "$OUT/"
