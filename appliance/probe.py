@@ -16,7 +16,7 @@ from appliance.capture import picamera
 from appliance.capture import v4l2 as dev
 from appliance.config import Config
 from appliance.errors import DeviceError
-from appliance.videomode import choose_mode, usable
+from appliance.videomode import pick_mode, usable
 
 
 def board() -> str:
@@ -121,9 +121,17 @@ def selection(config: Config) -> dict[str, Any]:
         out["device"] = device
         try:
             with dev.Device(device) as d:
-                mode = choose_mode(
-                    d.formats(), video.width, video.height, video.fps, video.pixel_format, device
+                mode, note = pick_mode(
+                    d.formats(),
+                    video.width,
+                    video.height,
+                    video.fps,
+                    video.pixel_format,
+                    device,
+                    video.source == "auto",
                 )
+            if note:
+                out["note"] = note
             out["mode"] = f"{mode.pixel_format} {mode.width}x{mode.height}@{float(mode.fps):g}"
             out["encoder"] = (
                 "none (camera H.264 passed through)" if mode.kind == "passthrough" else ""
@@ -168,9 +176,16 @@ def render(report: dict[str, Any]) -> str:
         lines.append(head + (f"  ({v['stable_path']})" if "stable_path" in v else ""))
         if "error" in v:
             lines.append(f"      error: {v['error']}")
-        for f in v.get("formats", []):
-            mark = "" if f["usable"] else "  (not usable)"
-            lines.append(f"      {f['pixel_format']:<5} {', '.join(f['sizes'])}{mark}")
+        formats = v.get("formats", [])
+        groups: dict[str, list[str]] = {}
+        for f in formats:
+            if f["usable"]:
+                groups.setdefault(", ".join(f["sizes"]), []).append(f["pixel_format"])
+        for sizes, names in groups.items():
+            lines.append(f"      {'/'.join(names)}: {sizes}")
+        others = sum(1 for f in formats if not f["usable"])
+        if others:
+            lines.append(f"      (and {others} formats that cannot be streamed)")
         if v.get("controls"):
             lines.append(f"      controls: {', '.join(v['controls'])}")
         if v.get("kind") == "m2m":

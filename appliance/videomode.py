@@ -147,8 +147,64 @@ def choose_mode(
             if rate is not None:
                 return Mode(offer.pixel_format, width, height, rate)
     wanted = f"{pixel_format} {width}x{height}@{_fps_text(target)}"
-    listing = "; ".join(o.describe() for o in offers) or "nothing"
-    raise DeviceError(f"{device} cannot capture {wanted}; it offers: {listing}")
+    raise DeviceError(f"{device} cannot capture {wanted}; it offers {describe_offers(offers)}")
+
+
+def describe_offers(offers: list[FormatOffer]) -> str:
+    """The usable offers, formats with the same sizes on one line: short enough for a log line."""
+    groups: dict[str, list[str]] = {}
+    for offer in offers:
+        if usable(offer.pixel_format):
+            sizes = ", ".join(s.describe() for s in offer.sizes) or "no sizes listed"
+            groups.setdefault(sizes, []).append(offer.pixel_format)
+    text = "; ".join(f"{'/'.join(formats)} at {sizes}" for sizes, formats in groups.items())
+    others = sum(1 for o in offers if not usable(o.pixel_format))
+    if others:
+        text += f" (and {others} format{'s' if others > 1 else ''} that cannot be streamed)"
+    return text or "nothing"
+
+
+def nearest_mode(
+    offers: list[FormatOffer], width: int, height: int, fps: float, where: str
+) -> Mode:
+    """The usable mode nearest to the one asked for (the "auto" source takes it rather than
+    refuse)."""
+    best: tuple[float, int, Mode] | None = None
+    for offer in offers:
+        if offer.pixel_format not in AUTO_PREFERENCE:
+            continue
+        rank = AUTO_PREFERENCE.index(offer.pixel_format)
+        for size in offer.sizes:
+            w = min(max(width, size.width), size.max_width or size.width)
+            h = min(max(height, size.height), size.max_height or size.height)
+            rates = size.fps or (Fraction(fps),)
+            rate = min(rates, key=lambda r: abs(float(r) - fps))
+            score = abs(w * h - width * height) / (width * height) + abs(float(rate) - fps) / fps
+            if best is None or (score, rank) < best[:2]:
+                best = (score, rank, Mode(offer.pixel_format, w & ~1, h & ~1, rate))
+    if best is None:
+        raise DeviceError(f"{where} offers no format this daemon can stream")
+    return best[2]
+
+
+def pick_mode(
+    offers: list[FormatOffer],
+    width: int,
+    height: int,
+    fps: float,
+    pixel_format: str,
+    device: str,
+    lenient: bool,
+) -> tuple[Mode, str]:
+    """`choose_mode`, or when `lenient` and nothing fits, `nearest_mode` with a note saying so."""
+    try:
+        return choose_mode(offers, width, height, fps, pixel_format, device), ""
+    except DeviceError as e:
+        if not lenient:
+            raise
+        mode = nearest_mode(offers, width, height, fps, device)
+        note = f"{e}; using {mode.pixel_format} {mode.width}x{mode.height}@{_fps_text(mode.fps)}"
+        return mode, note
 
 
 def _pick_rate(rates: tuple[Fraction, ...], target: Fraction) -> Fraction | None:

@@ -25,7 +25,6 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from fractions import Fraction
 from typing import Any, Protocol
 
 from appliance import h264
@@ -34,14 +33,7 @@ from appliance.config import VideoConfig
 from appliance.controls import Control, ControlError, validate_all
 from appliance.errors import DeviceError
 from appliance.media import EncodedFrame, pts_from_ns
-from appliance.videomode import (
-    AUTO_PREFERENCE,
-    RAW_FORMATS,
-    FormatOffer,
-    Mode,
-    choose_mode,
-    usable,
-)
+from appliance.videomode import RAW_FORMATS, Mode, pick_mode, usable
 
 logger = logging.getLogger(__name__)
 
@@ -191,23 +183,19 @@ class CameraSource:
 
     def _negotiate(self, device: dev.Device) -> Mode:
         cfg = self.cfg
-        offers = device.formats()
         where = f"{self.device_path} ({device.caps.card})"
-        try:
-            return choose_mode(offers, cfg.width, cfg.height, cfg.fps, cfg.pixel_format, where)
-        except DeviceError as e:
-            if not self._lenient:
-                raise
-            mode = _nearest(offers, cfg.width, cfg.height, cfg.fps, where)
-            logger.warning(
-                "%s; using %s %dx%d@%g instead",
-                e,
-                mode.pixel_format,
-                mode.width,
-                mode.height,
-                float(mode.fps),
-            )
-            return mode
+        mode, note = pick_mode(
+            device.formats(),
+            cfg.width,
+            cfg.height,
+            cfg.fps,
+            cfg.pixel_format,
+            where,
+            self._lenient,
+        )
+        if note:
+            logger.warning("%s", note)
+        return mode
 
     async def run(self, publish: Callable[[EncodedFrame], None]) -> None:
         """Capture until cancelled; raises DeviceError when the camera fails or goes away."""
@@ -258,6 +246,13 @@ class CameraSource:
                 except DeviceError as e:
                     loop.remove_reader(device.fd)
                     fail(e)
+                    return
+                # Drained to EAGAIN: re-arm. v4l2loopback 0.12 (Debian 12) joins the wait queue
+                # in poll() only when no frame is ready, so epoll, which polls once when the
+                # descriptor is added, would never hear of another frame. Two epoll_ctl calls
+                # per wake-up make every driver work.
+                loop.remove_reader(device.fd)
+                loop.add_reader(device.fd, readable)
 
             loop.add_reader(device.fd, readable)
             await self._watch(done, last, worker)
@@ -306,8 +301,8 @@ class CameraSource:
             return
         data = bytes(memoryview(device.plane(buf.index))[: buf.bytesused])
         device.queue(buf.index)
-        if buf.flags & dev.BUF_FLAG_ERROR or not data:
-            self.corrupt += 1
+        if buf.flags & dev.BUF_FLAG_ERROR or not data.startswith((b"\0\0\1", b"\0\0\0\1")):
+            self.corrupt += 1  # an error flag, or not Annex-B (v4l2loopback's first buffer)
             return
         publish(EncodedFrame(data, pts, h264.is_keyframe(data), capture_ns))
 
@@ -319,26 +314,6 @@ def _times(buf: dev.Dequeued) -> tuple[int, int]:
     if not buf.monotonic or not 0 <= now_mono - mono < 2_000_000_000:
         mono = now_mono  # a driver without usable timestamps: the time we saw it
     return time.time_ns() - (now_mono - mono), pts_from_ns(mono)
-
-
-def _nearest(offers: list[FormatOffer], width: int, height: int, fps: float, where: str) -> Mode:
-    """For the "auto" source: the usable mode nearest to the configured one."""
-    best: tuple[float, int, Mode] | None = None
-    for offer in offers:
-        if offer.pixel_format not in AUTO_PREFERENCE:
-            continue
-        rank = AUTO_PREFERENCE.index(offer.pixel_format)
-        for size in offer.sizes:
-            w = min(max(width, size.width), size.max_width or size.width)
-            h = min(max(height, size.height), size.max_height or size.height)
-            rates = size.fps or (Fraction(fps),)
-            rate = min(rates, key=lambda r: abs(float(r) - fps))
-            score = abs(w * h - width * height) / (width * height) + abs(float(rate) - fps) / fps
-            if best is None or (score, rank) < best[:2]:
-                best = (score, rank, Mode(offer.pixel_format, w & ~1, h & ~1, rate))
-    if best is None:
-        raise DeviceError(f"{where} offers no format this daemon can stream")
-    return best[2]
 
 
 def _converter(mode: Mode, stride: int) -> Callable[[memoryview], list[Any]]:

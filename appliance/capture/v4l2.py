@@ -6,7 +6,8 @@ and the memory-to-memory encoder (`encoders/v4l2m2m.py`) alike, for single-plana
 multi-planar queues.
 
 v4l2-python3 (the binding picamera2 uses) gets `v4l2_frmsize_stepwise` wrong (its `max_width` is
-missing and `min_height` appears twice), so stepwise sizes are read from the raw union here.
+missing and `min_height` appears twice), and predates `v4l2_capability.device_caps`; both are read
+from the raw structure here.
 """
 
 from __future__ import annotations
@@ -174,7 +175,9 @@ class Device:
     def _querycap(self) -> Capabilities:
         cap = v4l2.v4l2_capability()
         self.ioctl(v4l2.VIDIOC_QUERYCAP, cap, "VIDIOC_QUERYCAP (is it a V4L2 device?)")
-        caps = cap.device_caps if cap.capabilities & v4l2.V4L2_CAP_DEVICE_CAPS else cap.capabilities
+        caps = cap.capabilities
+        if caps & v4l2.V4L2_CAP_DEVICE_CAPS:  # device_caps: the binding calls it reserved[0]
+            caps = struct.unpack_from("I", bytes(cap), 88)[0]
         return Capabilities(
             driver=cap.driver.decode(errors="replace"),
             card=cap.card.decode(errors="replace"),

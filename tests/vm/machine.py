@@ -1,0 +1,193 @@
+"""A real Linux machine for the hardware-path tests: Debian's kernel under QEMU (TCG), with its own
+V4L2 and ALSA test drivers (vivid, v4l2loopback, snd-aloop).
+
+`python -m tests.vm.machine` builds the machine (image/vm/build.sh, about a minute) and caches it
+under /var/cache/appliance-vm/<hash of the recipe and the dependencies>; tests/run.sh runs it before
+the tests, because the build needs the package registries and the tests run in a network namespace
+that has none. `Machine` boots it with
+`-snapshot` (the image stays clean), shares the checkout read-only over 9p (the code under test is
+the working tree) and a run folder read-write, and puts its network on a tap device in the test's
+own network namespace: the guest is 10.99.3.2, the host side 10.99.3.1, so WebRTC between a viewer
+here and the daemon there is real ICE over a real (virtual) link.
+
+The host drives the guest through the run folder: `run()` drops a numbered shell script there,
+which tests/vm/agent.sh (started by the guest's vm-harness.service) executes, writing back its
+output and exit code.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+if sys.version_info >= (3, 11):
+    import tomllib
+else:  # pragma: no cover
+    import tomli as tomllib
+
+ROOT = Path(__file__).resolve().parents[2]
+CACHE = Path(os.environ.get("APPLIANCE_VM_CACHE", "/var/cache/appliance-vm"))
+GUEST = "10.99.3.2"
+HOST = "10.99.3.1"
+TAP = "tvm0"
+RECIPE = [ROOT / "image/vm/build.sh", *sorted((ROOT / "image/vm/overlay").rglob("*"))]
+BOOT_TIMEOUT = 180.0
+
+
+def missing_tools() -> list[str]:
+    need = ("qemu-system-x86_64", "mmdebstrap", "mkfs.ext4", "ip")
+    return [tool for tool in need if shutil.which(tool) is None]
+
+
+def unavailable() -> str | None:
+    """Why the machine cannot run here, or None."""
+    if os.geteuid() != 0:
+        return "building and booting the test machine needs root (mmdebstrap, tap device)"
+    if missing_tools():
+        return f"missing: {', '.join(missing_tools())} (tests/run.sh installs them)"
+    if not Path("/dev/net/tun").exists():
+        return "no /dev/net/tun for the machine's network"
+    return None
+
+
+def _recipe_hash() -> str:
+    """Of what goes into the image: the recipe, and the daemon's dependencies (not its code)."""
+    h = hashlib.sha256()
+    for path in RECIPE:
+        if path.is_file():
+            h.update(path.relative_to(ROOT).as_posix().encode())
+            h.update(path.read_bytes())
+    with (ROOT / "pyproject.toml").open("rb") as f:
+        h.update(repr(tomllib.load(f)["project"]["dependencies"]).encode())
+    return h.hexdigest()[:16]
+
+
+def cached_image() -> Path:
+    return CACHE / f"amd64-{_recipe_hash()}"
+
+
+def image() -> Path:
+    """The built machine (vmlinuz, initrd.img, root.ext4), built now if not cached."""
+    out = cached_image()
+    if not (out / "root.ext4").exists():
+        log = CACHE / "build.log"
+        CACHE.mkdir(parents=True, exist_ok=True)
+        with log.open("w") as f:
+            result = subprocess.run(
+                ["sh", str(ROOT / "image/vm/build.sh"), str(out)],
+                stdout=f,
+                stderr=subprocess.STDOUT,
+            )
+        if result.returncode != 0:
+            raise RuntimeError(
+                f"building the test machine failed; see {log}:\n{log.read_text()[-3000:]}"
+            )
+    return out
+
+
+class Machine:
+    """One boot of the test machine. Use as a context manager."""
+
+    def __init__(self, memory_mb: int = 1536, cpus: int = 2) -> None:
+        self.image = cached_image()
+        self.run_dir = Path(tempfile.mkdtemp(prefix="appliance-vm-"))
+        self.memory_mb, self.cpus = memory_mb, cpus
+        self._proc: subprocess.Popen[bytes] | None = None
+        self._n = 0
+
+    def __enter__(self) -> Machine:
+        shutil.copy(ROOT / "tests/vm/agent.sh", self.run_dir / "guest.sh")
+        subprocess.run(["ip", "tuntap", "add", "dev", TAP, "mode", "tap"], check=True)
+        subprocess.run(["ip", "addr", "add", f"{HOST}/24", "dev", TAP], check=True)
+        subprocess.run(["ip", "link", "set", TAP, "up"], check=True)
+        img = self.image
+        self._proc = subprocess.Popen(
+            [
+                "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", str(self.cpus),
+                "-m", str(self.memory_mb), "-nographic", "-no-reboot", "-snapshot",
+                "-kernel", str(img / "vmlinuz"), "-initrd", str(img / "initrd.img"),
+                "-append", "root=/dev/vda rw console=ttyS0 panic=-1 quiet",
+                "-drive", f"file={img / 'root.ext4'},if=virtio,format=raw",
+                "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
+                "-device", "virtio-net-pci,netdev=n0,romfile=",
+                "-virtfs", f"local,path={ROOT},mount_tag=src,security_model=none,readonly=on,id=src",
+                "-virtfs", f"local,path={self.run_dir},mount_tag=run,security_model=none,id=run",
+                "-serial", f"file:{self.run_dir / 'console.log'}",
+                "-monitor", "none", "-display", "none",
+            ],
+            stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )  # fmt: skip
+        try:
+            self._wait_boot()
+        except BaseException:
+            self.__exit__()
+            raise
+        return self
+
+    def _wait_boot(self) -> None:
+        deadline = time.monotonic() + BOOT_TIMEOUT
+        while not (self.run_dir / "agent.ready").exists():
+            assert self._proc is not None
+            if self._proc.poll() is not None:
+                raise RuntimeError(f"qemu exited ({self._proc.returncode}):\n{self.console()}")
+            if time.monotonic() > deadline:
+                raise RuntimeError(
+                    f"the machine did not boot in {BOOT_TIMEOUT:g} s:\n{self.console()}"
+                )
+            time.sleep(0.2)
+
+    def __exit__(self, *exc: object) -> None:
+        if self._proc is not None and self._proc.poll() is None:
+            self._proc.kill()
+            self._proc.wait()
+        subprocess.run(["ip", "link", "del", TAP], capture_output=True)
+
+    def console(self) -> str:
+        path = self.run_dir / "console.log"
+        return path.read_text(errors="replace")[-4000:] if path.exists() else ""
+
+    def run(self, script: str, timeout: float = 120.0) -> str:
+        """Run a shell script in the guest; its output. Fails on a non-zero exit."""
+        rc, out = self.try_run(script, timeout)
+        assert rc == 0, f"guest script failed ({rc}):\n{script}\n--- output ---\n{out}"
+        return out
+
+    def try_run(self, script: str, timeout: float = 120.0) -> tuple[int, str]:
+        n = self._n
+        self._n += 1
+        tmp = self.run_dir / f".cmd-{n}.sh"
+        tmp.write_text(script)
+        tmp.rename(self.run_dir / f"cmd-{n}.sh")
+        rc_path = self.run_dir / f"cmd-{n}.rc"
+        deadline = time.monotonic() + timeout
+        while not rc_path.exists():
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"guest script did not finish in {timeout:g} s:\n{script}")
+            time.sleep(0.1)
+        out = (self.run_dir / f"cmd-{n}.out").read_text(errors="replace")
+        return int(rc_path.read_text().strip() or "255"), out
+
+    def log(self, name: str) -> str:
+        path = self.run_dir / name
+        return path.read_text(errors="replace") if path.exists() else f"(no {name})"
+
+    def start_daemon(self, name: str, args: str, env: str = "") -> None:
+        """`appliance serve` from the shared checkout, in the background; log in the run folder."""
+        self.run(
+            f"cd /mnt/src && {env} PYTHONPATH=/mnt/src PYTHONDONTWRITEBYTECODE=1 nohup "
+            f"/opt/appliance/venv/bin/python -m appliance serve {args} "
+            f"> /mnt/run/{name}.log 2>&1 &"
+        )
+
+
+if __name__ == "__main__":
+    why = unavailable()
+    if why is not None:
+        raise SystemExit(f"not building the test machine: {why}")
+    print(image())  # noqa: T201

@@ -1,0 +1,230 @@
+"""Real cameras, as far as this machine has them: Debian's kernel drivers in a QEMU guest.
+
+- `vivid`: a V4L2 capture driver (raw formats, controls, and a "disconnect" button that makes the
+  device vanish as an unplugged USB camera does);
+- `v4l2loopback`: a capture device fed by tests/vm/producer.py with MJPEG or H.264 frames that
+  carry the capture-time stamp, as a UVC camera would deliver them.
+
+The daemon runs in the guest from the shared checkout; the viewer is an aiortc WHEP client here on
+the host, over the tap link into the guest (real ICE, DTLS and SRTP), decoding what it receives.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import time
+from collections.abc import AsyncIterator, Iterator
+from typing import Any
+
+import aiohttp
+import numpy as np
+import pytest
+
+from appliance.capture.testsrc import read_stamp
+from tests.e2e.conftest import wait_until
+from tests.e2e.peers import AiortcViewer
+from tests.vm.machine import GUEST, Machine, cached_image, unavailable
+
+pytestmark = [pytest.mark.vm, pytest.mark.e2e, pytest.mark.timeout(300)]
+
+ENV = (
+    "APPLIANCE_VIDEO_WIDTH=640 APPLIANCE_VIDEO_HEIGHT=360 APPLIANCE_VIDEO_FPS=15 "
+    "APPLIANCE_VIDEO_PRESET=ultrafast APPLIANCE_VIDEO_GOP=30"
+)
+PYTHON = (
+    "cd /mnt/src && PYTHONPATH=/mnt/src PYTHONDONTWRITEBYTECODE=1 /opt/appliance/venv/bin/python"
+)
+
+
+@pytest.fixture(scope="module")
+def machine() -> Iterator[Machine]:
+    why = unavailable()
+    if why is None and not (cached_image() / "root.ext4").exists():
+        why = "the test machine is not built: python -m tests.vm.machine (tests/run.sh does it)"
+    if why is not None:
+        pytest.skip(why)
+    with Machine() as m:
+        m.run(
+            "modprobe vivid n_devs=1 && "
+            "modprobe v4l2loopback video_nr=20,21 exclusive_caps=1,1 card_label=loop-mjpeg,loop-h264"
+        )
+        yield m
+
+
+@pytest.fixture
+async def http() -> AsyncIterator[aiohttp.ClientSession]:
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=20)) as session:
+        yield session
+
+
+async def status(http: aiohttp.ClientSession, url: str) -> dict[str, Any]:
+    async with http.get(f"{url}/api/status") as r:
+        result: dict[str, Any] = await r.json()
+        return result
+
+
+@contextlib.asynccontextmanager
+async def guest_daemon(
+    machine: Machine, http: aiohttp.ClientSession, port: int, args: str, env: str = ""
+) -> AsyncIterator[str]:
+    """`appliance serve` in the guest until its stream is ready; its URL as seen from here."""
+    name = f"daemon-{port}"
+    machine.start_daemon(name, f"--port {port} {args}", f"{ENV} {env}")
+    url = f"http://{GUEST}:{port}"
+
+    async def ready() -> bool:
+        try:
+            return bool((await status(http, url))["stream"]["ready"])
+        except (aiohttp.ClientError, TimeoutError):
+            return False
+
+    try:
+        try:
+            await wait_until(ready, 90, "daemon never ready", 0.5)
+        except AssertionError as e:
+            raise AssertionError(f"{e}; its log:\n{machine.log(name + '.log')}") from None
+        yield url
+    finally:
+        machine.run(f"pkill -f -- '--port {port}' ; sleep 1; true")
+
+
+def luma(frame: Any) -> np.ndarray[Any, Any]:
+    return frame.to_ndarray(format="gray")
+
+
+async def test_vivid_camera_controls_and_replug(
+    machine: Machine, http: aiohttp.ClientSession
+) -> None:
+    async with guest_daemon(
+        machine,
+        http,
+        8080,
+        "--source v4l2 --device /dev/video0",
+        "APPLIANCE_VIDEO_PIXEL_FORMAT=YUYV",
+    ) as url:
+        st = await status(http, url)
+        mode = {"pixel_format": "YUYV", "width": 640, "height": 360, "fps": 15.0}
+        assert st["source"]["mode"] == mode
+        assert st["source"]["encoder"].startswith("libx264")
+
+        viewer = AiortcViewer(http, f"{url}/cam/whep")
+        await viewer.connect()
+        frames = await viewer.frames(10, timeout=60)
+        assert {(f.width, f.height) for f in frames} == {(640, 360)}
+        # vivid's default picture is 75 % colour bars: white on the left, black on the right.
+        y = luma(frames[-1])
+        left, right = float(y[100:260, 10:70].mean()), float(y[100:260, 570:630].mean())
+        assert left > right + 80, (left, right)
+
+        # Controls: read, refuse bad values without touching the camera, set, see the effect.
+        async with http.get(f"{url}/api/controls") as r:
+            controls = {c["name"]: c for c in (await r.json())["controls"]}
+        assert controls["brightness"]["min"] == 0 and controls["brightness"]["max"] == 255
+        before = float(luma((await viewer.frames(1))[0])[100:260, 10:630].mean())
+        for bad, message in [
+            ({"brightness": 999}, "brightness takes 0 to 255; got 999"),
+            ({"brightnes": 1}, "no control named 'brightnes'"),
+            ({"brightness": "high"}, "brightness takes a number"),
+        ]:
+            async with http.patch(f"{url}/api/controls", json=bad) as r:
+                assert r.status == 400
+                assert message in (await r.json())["error"]
+        async with http.patch(f"{url}/api/controls", json={"brightness": 220}) as r:
+            assert r.status == 200, await r.text()
+            now = {c["name"]: c for c in (await r.json())["controls"]}
+            assert now["brightness"]["value"] == 220
+        await viewer.frames(15, timeout=30)  # let the brighter frames through
+        after = float(luma((await viewer.frames(1))[0])[100:260, 10:630].mean())
+        assert after > before + 20, (before, after)
+
+        # Unplug: vivid's "disconnect" makes every ioctl fail with ENODEV and removes the node,
+        # as a USB camera pulled out does. Then plug it back (reload the driver).
+        machine.run("v4l2-ctl -d /dev/video0 -c disconnect=1")
+        machine.run(
+            "for i in $(seq 100); do rmmod vivid 2>/dev/null && break; sleep 0.2; done; "
+            "lsmod | grep -q '^vivid' && { echo 'vivid still in use'; exit 1; }; "
+            "sleep 2; modprobe vivid n_devs=1"
+        )
+
+        async def back() -> bool:
+            st = await status(http, url)
+            return st["source"]["restarts"] >= 1 and st["source"]["running"]
+
+        await wait_until(back, 60, "the camera did not come back", 0.5)
+        frames = await viewer.frames(10, timeout=60)  # the same session: it kept its viewer
+        assert {(f.width, f.height) for f in frames} == {(640, 360)}
+        st = await status(http, url)
+        assert len(st["viewers"]) == 1
+        assert st["source"]["restarts"] >= 1
+        async with http.get(f"{url}/api/controls") as r:  # set again on the new device
+            controls = {c["name"]: c for c in (await r.json())["controls"]}
+        assert controls["brightness"]["value"] == 220
+        await viewer.close()
+    log = machine.log("daemon-8080.log")
+    assert "the device went away" in log
+    assert "controls set: {'brightness': 220}" in log
+
+
+async def stamps_of(viewer: AiortcViewer, count: int) -> list[int]:
+    frames = await viewer.frames(count, timeout=60)
+    return [s for f in frames if (s := read_stamp(luma(f), f.width)) is not None]
+
+
+@contextlib.contextmanager
+def producer(machine: Machine, device: str, pixel_format: str) -> Iterator[None]:
+    log = f"producer-{pixel_format}.log"
+    machine.run(
+        f"{PYTHON} -m tests.vm.producer {device} {pixel_format} 640 360 30 > /mnt/run/{log} 2>&1 &"
+    )
+    deadline = time.monotonic() + 60
+    while "producing" not in machine.log(log):
+        assert time.monotonic() < deadline, machine.log(log)
+        time.sleep(0.2)
+    try:
+        yield
+    finally:
+        machine.run(f"pkill -f 'tests.vm.producer {device}'; true")
+
+
+@pytest.mark.parametrize(
+    ("device", "pixel_format", "encoder"),
+    [
+        ("/dev/video20", "MJPG", "libx264 ultrafast"),
+        ("/dev/video21", "H264", "camera H.264 (passthrough)"),
+    ],
+)
+async def test_loopback_camera_frames_reach_the_viewer(
+    machine: Machine, http: aiohttp.ClientSession, device: str, pixel_format: str, encoder: str
+) -> None:
+    port = 8081 if pixel_format == "MJPG" else 8082
+    with producer(machine, device, pixel_format):
+        # v4l2loopback offers its capture side at 30 fps, whatever the producer writes.
+        args = f"--source v4l2 --device {device}"
+        async with guest_daemon(machine, http, port, args, "APPLIANCE_VIDEO_FPS=30") as url:
+            st = await status(http, url)
+            assert st["source"]["mode"]["pixel_format"] == pixel_format
+            assert st["source"]["encoder"] == encoder
+            viewer = AiortcViewer(http, f"{url}/cam/whep")
+            await viewer.connect()
+            stamps = await stamps_of(viewer, 20)
+            # The frames are the producer's: their capture-time stamps read back, in order.
+            assert len(stamps) >= 15, stamps
+            assert stamps == sorted(stamps)
+            assert stamps[-1] - stamps[0] >= 300  # 20 frames at 30 fps, fewer if some dropped
+            await viewer.close()
+    if pixel_format == "H264":
+        assert "cannot be asked for a keyframe" in machine.log(f"daemon-{port}.log")
+
+
+def test_probe_lists_the_guest_devices(machine: Machine) -> None:
+    report = json.loads(machine.run(f"{PYTHON} -m appliance probe --json"))
+    by_path = {v["path"]: v for v in report["video_devices"]}
+    vivid = by_path["/dev/video0"]
+    assert vivid["driver"] == "vivid" and vivid["kind"] == "capture"
+    assert "YUYV" in [f["pixel_format"] for f in vivid["formats"] if f["usable"]]
+    assert "brightness" in vivid["controls"]
+    assert by_path["/dev/video20"]["driver"] == "v4l2 loopback"
+    assert report["selected"]["source"] == "v4l2"
+    assert report["selected"]["device"] == "/dev/video0"
+    assert "libx264 (PyAV)" in [e["name"] for e in report["encoders"]]
