@@ -95,7 +95,11 @@ async def status_handler(request: web.Request) -> web.Response:
 
 
 async def healthz_handler(request: web.Request) -> web.Response:
-    stalled = request.app[STATUS_KEY].stalled_for()
+    status = request.app[STATUS_KEY]
+    slot = status.source
+    if slot.current is None and slot.last_error:
+        return web.Response(status=503, text=f"source down: {slot.last_error}\n")
+    stalled = status.stalled_for()
     if stalled is not None:
         return web.Response(status=503, text=f"source stalled: no frame for {stalled:.1f} s\n")
     return web.Response(text="ok\n")

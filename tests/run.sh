@@ -7,7 +7,9 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=""
-for pkg in python3-venv python3-dev gcc chromium iproute2 nftables ethtool; do
+# qemu-system-x86, mmdebstrap, e2fsprogs: the test machine of tests/vm (real V4L2 drivers).
+for pkg in python3-venv python3-dev gcc chromium iproute2 nftables ethtool \
+    qemu-system-x86 mmdebstrap e2fsprogs; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -23,4 +25,11 @@ fi
 .venv/bin/ruff check appliance tests
 .venv/bin/ruff format --check appliance tests
 .venv/bin/mypy
+# The test machine is built here, with the registries reachable (cached; about a minute when its
+# recipe or the dependencies change). The tests themselves run without a network.
+if [ "$(id -u)" -eq 0 ]; then
+    .venv/bin/python -m tests.vm.machine
+else
+    echo "not root: the test machine is not built and tests/vm will skip"
+fi
 exec .venv/bin/python -m pytest "$@"

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import json
 import signal
 import socket
 import subprocess
@@ -68,3 +69,31 @@ def test_serve_answers_and_stops_cleanly_on_sigterm() -> None:
         _, err = proc.communicate(timeout=20)
     assert proc.returncode == 0, err
     assert "serving stream 'cam'" in err and "stopping" in err
+
+
+def test_probe_reports_the_machine_as_json() -> None:
+    out = run("probe", "--json")
+    assert out.returncode == 0, out.stderr
+    report = json.loads(out.stdout)
+    assert set(report) >= {"board", "video_devices", "encoders", "sound_capture", "selected"}
+    assert "libx264 (PyAV)" in [e["name"] for e in report["encoders"]]
+    cameras = [v for v in report["video_devices"] if v.get("kind") == "capture"]
+    if not cameras:  # this machine (CI): nothing to capture, so serve would run the test pattern
+        assert report["selected"] == {
+            "source": "testsrc",
+            "mode": "test pattern 1280x720@30",
+            "encoder": "libx264",
+        }
+
+
+def test_probe_prints_for_people() -> None:
+    out = run("probe")
+    assert out.returncode == 0, out.stderr
+    for heading in (
+        "board:",
+        "video devices:",
+        "H.264 encoders:",
+        "sound capture:",
+        "serve would use:",
+    ):
+        assert heading in out.stdout

@@ -220,7 +220,7 @@ class CameraSource:
                 )
                 self._encoder = self._make_encoder(enc_cfg)
                 self.encoder_name = self._encoder.name
-                convert = _converter(mode, self._stride)
+                convert = converter(mode, self._stride)
                 worker = _EncodeWorker(
                     device, convert, self._encoder, loop, publish, fail, self.name
                 )
@@ -316,7 +316,7 @@ def _times(buf: dev.Dequeued) -> tuple[int, int]:
     return time.time_ns() - (now_mono - mono), pts_from_ns(mono)
 
 
-def _converter(mode: Mode, stride: int) -> Callable[[memoryview], list[Any]]:
+def converter(mode: Mode, stride: int) -> Callable[[memoryview], list[Any]]:
     """A function from one buffer's bytes to the av.VideoFrames in it (copied out of the buffer)."""
     import av
     import numpy as np

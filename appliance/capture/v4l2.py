@@ -42,6 +42,8 @@ BUF_FLAG_ERROR = 0x0040
 BUF_FLAG_TIMESTAMP_MASK = 0xE000
 BUF_FLAG_TIMESTAMP_MONOTONIC = 0x2000
 CTRL_WHICH_CUR_VAL = 0
+SEL_TGT_CROP = 0
+VIDIOC_S_SELECTION = 0xC040565F  # _IOWR('V', 95, struct v4l2_selection): 64 bytes
 _CTRL_TYPES = {
     v4l2.V4L2_CTRL_TYPE_INTEGER: "int",
     v4l2.V4L2_CTRL_TYPE_BOOLEAN: "bool",
@@ -272,6 +274,15 @@ class Device:
                 f"{self.path}: asked for {pixel_format}, the driver chose {fourcc_text(got)}"
             )
         return result
+
+    def set_crop(self, buf_type: int, width: int, height: int) -> None:
+        """VIDIOC_S_SELECTION, target CROP: the visible part of an aligned picture (an encoder's
+        OUTPUT queue: 1920x1080 in a 1920x1088 buffer). The binding has no v4l2_selection."""
+        single = OUTPUT if buf_type in (OUTPUT, OUTPUT_MPLANE) else CAPTURE
+        sel = bytearray(
+            struct.pack("3I2i2I9I", single, SEL_TGT_CROP, 0, 0, 0, width, height, *[0] * 9)
+        )
+        self.ioctl(VIDIOC_S_SELECTION, sel, f"cropping to {width}x{height}")
 
     def set_mode(self, mode: Mode) -> tuple[int, int, int, int]:
         """Capture format and frame rate of `mode`; refuses a size the driver changes."""

@@ -86,16 +86,19 @@ def is_h264_encoder(path: str) -> bool:
 
 
 class M2MEncoder:
-    """One stateful V4L2 M2M H.264 encoder session, fed I420 (or NV12) pictures."""
+    """One stateful V4L2 M2M encoder session, fed I420 (or NV12) pictures.
 
-    def __init__(self, cfg: VideoConfig) -> None:
+    `coded_format` is H264 in the product; the tests also run it with FWHT against the kernel's
+    vicodec driver, the one stateful M2M encoder a stock kernel can offer without hardware."""
+
+    def __init__(self, cfg: VideoConfig, coded_format: str = "H264") -> None:
         self.level_idc = h264.min_level(cfg.width, cfg.height, cfg.fps, cfg.bitrate)
         self._dev = dev.Device(cfg.m2m_device)
         d = self._dev
         try:
             if not d.caps.is_m2m:
                 raise DeviceError(f"{cfg.m2m_device} ({d.caps.card}) is not a mem-to-mem device")
-            mp = d.caps.multiplanar
+            mp = self.multiplanar = d.caps.multiplanar
             self._coded = dev.CAPTURE_MPLANE if mp else dev.CAPTURE
             self._raw = dev.OUTPUT_MPLANE if mp else dev.OUTPUT
             raw_formats = [o.pixel_format for o in d.formats(self._raw)]
@@ -104,19 +107,32 @@ class M2MEncoder:
                 raise DeviceError(
                     f"{cfg.m2m_device}: takes none of YU12, NV12 (offers {', '.join(raw_formats)})"
                 )
-            d.set_format(self._coded, "H264", cfg.width, cfg.height, CODED_BUFFER_SIZE)
+            coded = [o.pixel_format for o in d.formats(self._coded)]
+            if coded_format not in coded:
+                raise DeviceError(
+                    f"{cfg.m2m_device} ({d.caps.card}) does not encode {coded_format} "
+                    f"(it produces {', '.join(coded) or 'nothing'})"
+                )
+            d.set_format(self._coded, coded_format, cfg.width, cfg.height, CODED_BUFFER_SIZE)
             w, h, self._stride, self._size = d.set_format(
                 self._raw, self._raw_format, cfg.width, cfg.height
             )
-            if (w, h) != (cfg.width, cfg.height):
-                raise DeviceError(f"{cfg.m2m_device}: cannot encode {cfg.width}x{cfg.height}")
+            if w < cfg.width or h < cfg.height:
+                raise DeviceError(
+                    f"{cfg.m2m_device}: cannot encode {cfg.width}x{cfg.height} "
+                    f"(the driver offers {w}x{h})"
+                )
+            if (w, h) != (cfg.width, cfg.height):  # aligned (Pi 4: 1080 → 1088): crop to visible
+                d.set_crop(self._raw, cfg.width, cfg.height)
+            self._rows = h
             d.set_rate(self._raw, Fraction(cfg.fps))
-            self._set(V4L2.V4L2_CID_MPEG_VIDEO_BITRATE, cfg.bitrate, "bitrate")
-            self._set(V4L2.V4L2_CID_MPEG_VIDEO_H264_I_PERIOD, cfg.gop, "H.264 I period")
-            self._set(V4L2.V4L2_CID_MPEG_VIDEO_GOP_SIZE, cfg.gop, "GOP size", optional=True)
-            self._set(V4L2.V4L2_CID_MPEG_VIDEO_H264_PROFILE, PROFILES[cfg.profile], "profile")
-            self._set(V4L2.V4L2_CID_MPEG_VIDEO_H264_LEVEL, v4l2_level(self.level_idc), "level")
-            self._set(V4L2.V4L2_CID_MPEG_VIDEO_REPEAT_SEQ_HEADER, 1, "inline SPS/PPS")
+            self._set(V4L2.V4L2_CID_MPEG_VIDEO_GOP_SIZE, cfg.gop, "GOP size")
+            if coded_format == "H264":
+                self._set(V4L2.V4L2_CID_MPEG_VIDEO_BITRATE, cfg.bitrate, "bitrate")
+                self._set(V4L2.V4L2_CID_MPEG_VIDEO_H264_I_PERIOD, cfg.gop, "H.264 I period")
+                self._set(V4L2.V4L2_CID_MPEG_VIDEO_H264_PROFILE, PROFILES[cfg.profile], "profile")
+                self._set(V4L2.V4L2_CID_MPEG_VIDEO_H264_LEVEL, v4l2_level(self.level_idc), "level")
+                self._set(V4L2.V4L2_CID_MPEG_VIDEO_REPEAT_SEQ_HEADER, 1, "inline SPS/PPS")
             d.start(self._coded, CAPTURE_BUFFERS, queue_all=True)
             count = d.start(self._raw, OUTPUT_BUFFERS, queue_all=False)
         except BaseException:
@@ -125,16 +141,25 @@ class M2MEncoder:
         self._free = list(range(count))
         self._width, self._height = cfg.width, cfg.height
         self.name = f"V4L2 M2M {d.caps.card} ({cfg.m2m_device})"
+        self._coded_format = coded_format
+        self._can_force = d.has_control(V4L2.V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME)
+        self.forced = 0
 
-    def _set(self, ctrl_id: int, value: int, what: str, optional: bool = False) -> None:
-        if optional and not self._dev.has_control(ctrl_id):
+    def _set(self, ctrl_id: int, value: int, what: str) -> None:
+        """Set a control the encoder has; one it lacks is logged, not fatal (drivers differ)."""
+        if not self._dev.has_control(ctrl_id):
+            logger.info("%s has no %s control; leaving its default", self._dev.path, what)
             return
         self._dev.set_control_id(ctrl_id, value, what)
 
     def force_keyframe(self) -> None:
         """The next picture becomes an IDR. Thread-safe (one ioctl)."""
+        if not self._can_force:
+            logger.warning("%s cannot force a keyframe; viewers wait for the next one", self.name)
+            return
         try:
             self._dev.set_control_id(V4L2.V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME, 1, "force key frame")
+            self.forced += 1
         except DeviceError as e:
             logger.warning("%s", e)
 
@@ -153,16 +178,17 @@ class M2MEncoder:
         return self._collect(pts, capture_ns)
 
     def _copy_in(self, frame: Any, out: memoryview) -> int:
-        """Planes of `frame` into the driver's buffer at its stride; returns bytes used."""
-        h, stride = self._height, self._stride
+        """Planes of `frame` into the driver's buffer, at the driver's stride and (aligned) plane
+        height; returns the bytes used."""
+        h, stride, aligned = self._height, self._stride, self._rows
+        if self._raw_format == "YU12":
+            layout = [(h, stride, aligned), (h // 2, stride // 2, aligned // 2)] + [
+                (h // 2, stride // 2, aligned // 2)
+            ]
+        else:  # NV12: luma, then interleaved chroma at the luma stride
+            layout = [(h, stride, aligned), (h // 2, stride, aligned // 2)]
         offset = 0
-        rows = (h, h // 2, h // 2) if self._raw_format == "YU12" else (h, h // 2)
-        strides = (
-            (stride, stride // 2, stride // 2) if self._raw_format == "YU12" else (stride,) * 2
-        )
-        for plane, (n, dst_stride) in zip(
-            frame.planes, zip(rows, strides, strict=True), strict=True
-        ):
+        for plane, (n, dst_stride, plane_rows) in zip(frame.planes, layout, strict=True):
             src = memoryview(plane)
             src_stride = plane.line_size
             width = min(src_stride, dst_stride)
@@ -172,7 +198,7 @@ class M2MEncoder:
                 for r in range(n):
                     dst = offset + r * dst_stride
                     out[dst : dst + width] = src[r * src_stride : r * src_stride + width]
-            offset += n * dst_stride
+            offset += plane_rows * dst_stride
         return offset
 
     def _reclaim(self) -> None:
@@ -189,7 +215,9 @@ class M2MEncoder:
                 d.queue(buf.index, buf_type=self._coded)
                 if not data:
                     return []
-                keyframe = bool(buf.flags & dev.BUF_FLAG_KEYFRAME) or h264.is_keyframe(data)
+                keyframe = bool(buf.flags & dev.BUF_FLAG_KEYFRAME) or (
+                    self._coded_format == "H264" and h264.is_keyframe(data)
+                )
                 return [EncodedFrame(data, pts, keyframe, capture_ns)]
             left = deadline - time.monotonic()
             if left <= 0:

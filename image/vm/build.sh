@@ -6,7 +6,7 @@
 #
 #   sh image/vm/build.sh OUTDIR      -> OUTDIR/vmlinuz, OUTDIR/initrd.img, OUTDIR/root.ext4
 #
-# Needs root and: mmdebstrap e2fsprogs (tests/vm/machine.py installs them). About 2-3 minutes here.
+# Needs root, mmdebstrap and e2fsprogs (tests/run.sh installs them), and PyPI. About a minute here.
 set -eu
 OUT=$(realpath -m "$1")
 HERE=$(cd "$(dirname "$0")" && pwd)
@@ -17,18 +17,19 @@ trap 'rm -rf "$WORK"' EXIT
 
 # The daemon's dependencies, fetched by the host's pip (its index, proxy and certificates) as wheels
 # for the guest's Python 3.11, and installed inside without a network.
-python3 -c "import tomllib; print('\n'.join(tomllib.load(open('$SRC/pyproject.toml', 'rb'))['project']['dependencies']))" \
+PYTHON=${PYTHON:-python3}  # a Python with pip: tests/vm/machine.py passes its virtualenv
+"$PYTHON" -c "import tomllib; print('\n'.join(tomllib.load(open('$SRC/pyproject.toml', 'rb'))['project']['dependencies']))" \
   > "$WORK/requirements.txt"
 platforms="--platform linux_x86_64 --platform manylinux2014_x86_64"
 for v in 5 12 17 24 26 27 28 31 34 35 36; do platforms="$platforms --platform manylinux_2_${v}_x86_64"; done
 # shellcheck disable=SC2086
-python3 -m pip download -q -d "$WORK/wheels" --only-binary=:all: --python-version 3.11 \
+"$PYTHON" -m pip download -q -d "$WORK/wheels" --only-binary=:all: --python-version 3.11 \
   --implementation cp $platforms -r "$WORK/requirements.txt"
 cp "$WORK/requirements.txt" "$WORK/wheels/"
 
 mmdebstrap --variant=minbase --mode=root --arch=amd64 \
   --include="systemd-sysv,udev,kmod,busybox,linux-image-amd64,linux-headers-amd64,initramfs-tools,\
-dkms,v4l2loopback-dkms,gcc,make,v4l-utils,alsa-utils,python3,python3-venv,iproute2,procps,netbase,\
+dkms,v4l2loopback-dkms,gcc,make,linux-source-6.1,xz-utils,v4l-utils,alsa-utils,python3,python3-venv,iproute2,procps,netbase,\
 e2fsprogs,ca-certificates" \
   --essential-hook='mkdir -p "$1/etc/initramfs-tools/conf.d"
 printf "MODULES=list\nCOMPRESS=gzip\n" > "$1/etc/initramfs-tools/conf.d/vm.conf"
@@ -46,6 +47,19 @@ chroot "$1" passwd -d root
 echo appliance-vm > "$1/etc/hostname"
 printf "/dev/vda / ext4 defaults 0 1\n" > "$1/etc/fstab"
 ls "$1"/lib/modules/*/updates/dkms/v4l2loopback.ko*' \
+  --customize-hook='mkdir -p "$1/usr/src/m2m"' \
+  --customize-hook="copy-in $HERE/m2m/Kbuild /usr/src/m2m" \
+  --customize-hook='set -e
+chroot "$1" sh -c "cd /usr/src && tar -xJf linux-source-6.1.tar.xz \
+  linux-source-6.1/drivers/media/v4l2-core/v4l2-mem2mem.c linux-source-6.1/drivers/media/test-drivers/vicodec"
+cp "$1"/usr/src/linux-source-6.1/drivers/media/v4l2-core/v4l2-mem2mem.c \
+  "$1"/usr/src/linux-source-6.1/drivers/media/test-drivers/vicodec/*.[ch] "$1/usr/src/m2m/"
+kver=$(ls "$1/lib/modules")
+chroot "$1" make -s -C "/lib/modules/$kver/build" M=/usr/src/m2m modules
+mkdir -p "$1/lib/modules/$kver/updates/m2m"
+cp "$1"/usr/src/m2m/*.ko "$1/lib/modules/$kver/updates/m2m/"
+chroot "$1" depmod "$kver"
+rm -rf "$1/usr/src/linux-source-6.1" "$1/usr/src/linux-source-6.1.tar.xz" "$1/usr/src/m2m"' \
   --customize-hook="cp \"\$1\"/boot/vmlinuz-* $WORK/vmlinuz; cp \"\$1\"/boot/initrd.img-* $WORK/initrd.img" \
   bookworm "$WORK/rootfs"
 

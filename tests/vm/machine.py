@@ -36,7 +36,7 @@ CACHE = Path(os.environ.get("APPLIANCE_VM_CACHE", "/var/cache/appliance-vm"))
 GUEST = "10.99.3.2"
 HOST = "10.99.3.1"
 TAP = "tvm0"
-RECIPE = [ROOT / "image/vm/build.sh", *sorted((ROOT / "image/vm/overlay").rglob("*"))]
+RECIPE = sorted((ROOT / "image/vm").rglob("*"))
 BOOT_TIMEOUT = 180.0
 
 
@@ -83,6 +83,7 @@ def image() -> Path:
                 ["sh", str(ROOT / "image/vm/build.sh"), str(out)],
                 stdout=f,
                 stderr=subprocess.STDOUT,
+                env={**os.environ, "PYTHON": sys.executable},
             )
         if result.returncode != 0:
             raise RuntimeError(

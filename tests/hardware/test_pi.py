@@ -1,0 +1,81 @@
+"""On a real Raspberry Pi (APPLIANCE_TEST_HARDWARE=1 sh tests/run.sh -m hardware): the Pi 4's
+hardware H.264 encoder and a camera module through picamera2. Skipped everywhere else."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+
+from appliance import config, h264
+from appliance.capture import picamera
+from appliance.capture.testsrc import TestPattern
+from appliance.encoders.v4l2m2m import M2MEncoder, is_h264_encoder
+from appliance.media import EncodedFrame
+
+pytestmark = pytest.mark.hardware
+
+
+def video(**extra: object) -> config.VideoConfig:
+    values = {"video.width": 1280, "video.height": 720, "video.fps": 30, "video.gop": 60}
+    return config.load(None, env={}, overrides={**values, **extra}).video
+
+
+@pytest.mark.skipif(not is_h264_encoder("/dev/video11"), reason="no V4L2 M2M H.264 encoder (Pi 4)")
+def test_pi4_encoder_makes_baseline_h264_and_forces_keyframes() -> None:
+    import av
+
+    cfg = video()
+    encoder = M2MEncoder(cfg)
+    pattern = TestPattern(cfg.width, cfg.height)
+    out: list[EncodedFrame] = []
+    try:
+        for i in range(90):
+            if i == 45:
+                encoder.force_keyframe()
+            frame = av.VideoFrame.from_ndarray(pattern.render(i, i), format="yuv420p")
+            out += encoder.encode_frame(frame, i * 3000, i)
+    finally:
+        encoder.close()
+    assert out[0].keyframe
+    sps = h264.find_nal(out[0].data, h264.NAL_SPS)
+    assert sps is not None and h264.profile_level_id(sps).startswith("42e0")
+    keyframes = [i for i, f in enumerate(out) if f.keyframe]
+    assert any(45 <= k <= 47 for k in keyframes), keyframes  # forced, not the GOP's (60)
+    assert all(h264.find_nal(out[k].data, h264.NAL_SPS) for k in keyframes)  # inline SPS/PPS
+
+
+@pytest.mark.skipif(not picamera.cameras(), reason="no camera module (picamera2)")
+async def test_camera_module_streams_and_answers_keyframe_requests() -> None:
+    source = picamera.PicameraSource(video(**{"video.source": "picamera2"}))
+    frames: list[EncodedFrame] = []
+    task = asyncio.create_task(source.run(frames.append))
+    try:
+        for _ in range(100):
+            if len(frames) >= 30:
+                break
+            await asyncio.sleep(0.1)
+        assert len(frames) >= 30 and frames[0].keyframe
+        before = len(frames)
+        source.force_keyframe()
+        await asyncio.sleep(0.5)
+        assert any(f.keyframe for f in frames[before:])
+        names = {c.name for c in source.controls()}
+        assert {"brightness", "exposure_time"} <= names
+        source.set_controls({"brightness": 0.2})
+    finally:
+        task.cancel()
+        await asyncio.gather(task, return_exceptions=True)
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/video0"), reason="no USB camera at /dev/video0")
+def test_usb_camera_is_found_and_offers_a_mode() -> None:
+    from appliance.capture import v4l2 as dev
+    from appliance.capture.camera import find_camera
+
+    node = find_camera()
+    assert node is not None
+    with dev.Device(node) as d:
+        assert d.formats()
+        assert d.controls()

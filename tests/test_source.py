@@ -1,0 +1,68 @@
+"""The source supervisor and the controls API, through a running daemon on loopback (no WebRTC)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import aiohttp
+
+from appliance import config
+from appliance.app import running
+
+
+def settings(**extra: Any) -> config.Config:
+    values = {"http.host": "127.0.0.1", "http.port": 0, "video.width": 320, "video.height": 240}
+    return config.load(None, env={}, overrides={**values, **extra})
+
+
+async def test_a_missing_camera_keeps_the_daemon_up_and_says_why() -> None:
+    async with running(
+        settings(**{"video.source": "v4l2", "video.device": "/dev/video-none"})
+    ) as d:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                async with http.get(f"{d.url}/api/status") as r:
+                    source = (await r.json())["source"]
+                if source["restarts"] >= 1:
+                    break
+                await asyncio.sleep(0.05)
+            assert source["running"] is False
+            assert source["last_error"].startswith("/dev/video-none: no such device")
+            async with http.get(f"{d.url}/healthz") as r:
+                assert r.status == 503
+            async with http.get(f"{d.url}/api/controls") as r:
+                assert r.status == 503
+                assert r.headers["Retry-After"] == "2"
+                assert (await r.json())["error"] == "the camera is not running (restarting?)"
+            async with http.post(
+                f"{d.url}/cam/whep", data="v=0\r\n", headers={"Content-Type": "application/sdp"}
+            ) as r:
+                assert r.status == 503  # no picture yet: a viewer is told to come back
+
+
+async def test_controls_api_on_the_test_source() -> None:
+    async with running(settings(**{"video.source": "testsrc"})) as d:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(100):
+                if d.source.current is not None:
+                    break
+                await asyncio.sleep(0.05)
+            async with http.get(f"{d.url}/api/controls") as r:
+                assert r.status == 200
+                assert await r.json() == {"controls": []}
+            async with http.patch(f"{d.url}/api/controls", json={"brightness": 1}) as r:
+                assert r.status == 400
+                assert (await r.json())[
+                    "error"
+                ] == "the test source has no controls; got brightness"
+            async with http.patch(f"{d.url}/api/controls", data="brightness=1") as r:
+                assert r.status == 415
+            for body in ("[1]", "{}", "{nope"):
+                headers = {"Content-Type": "application/json"}
+                async with http.patch(f"{d.url}/api/controls", data=body, headers=headers) as r:
+                    assert r.status == 400, body
+            async with http.get(f"{d.url}/api/status") as r:
+                source = (await r.json())["source"]
+            assert source["kind"] == "testsrc" and source["running"] is True
+            assert source["mode"] == {"width": 320, "height": 240, "fps": 30}
