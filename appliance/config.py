@@ -30,7 +30,7 @@ EXAMPLE_PATH = Path(__file__).with_name("appliance.example.toml")
 VIDEO_SOURCES = ("auto", "testsrc", "v4l2", "picamera2")
 VIDEO_ENCODERS = ("auto", "libx264", "v4l2m2m")
 PIXEL_FORMATS = ("auto", *PASSTHROUGH_FORMATS, *COMPRESSED_FORMATS, *RAW_FORMATS)
-H264_PROFILES = ("constrained-baseline", "baseline")
+H264_PROFILES = ("constrained-baseline", "baseline", "main", "high")
 X264_PRESETS = (
     "ultrafast",
     "superfast",

@@ -28,6 +28,11 @@ pyproject.toml):
   aioice pair: its `protocol.transport` socket and `remote_addr`).
 - `aiortc.codecs.HEADER_EXTENSIONS`: playout-delay and abs-capture-time are added, so that aiortc
   accepts them in the answer when a viewer offers them.
+- `aiortc.codecs.CODECS["video"]`: H.264 Main (4d001f) and High (64001f), each with its RTX, are
+  appended after aiortc's two Baseline entries when this module is imported, so that a Main or
+  High stream (a UVC camera's own H.264, `video.profile`) can be answered to a viewer that offers
+  that profile. aiortc matches H.264 by profile and packetization mode (`is_codec_compatible`);
+  the level is ours.
 """
 
 from __future__ import annotations
@@ -48,9 +53,13 @@ from aiortc import (
     RTCRtpSender,
     RTCSessionDescription,
 )
-from aiortc.codecs import HEADER_EXTENSIONS
+from aiortc.codecs import CODECS, HEADER_EXTENSIONS
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+)
 from aiortc.rtp import (
     RTCP_PSFB_FIR,
     RTCP_PSFB_PLI,
@@ -208,6 +217,45 @@ def _codec_preferences(profile_level_id: str) -> list[Any]:
             chosen.append(cap)
     chosen += [cap for cap in caps if cap.mimeType.lower() == "video/rtx"]
     return chosen
+
+
+# Extra H.264 profiles: (profile-level-id, payload type; its RTX is the next one). aiortc's own
+# video codecs take 97-102 (VP8, H.264 42001f, 42e01f, each with RTX).
+_EXTRA_H264 = (("4d001f", 103), ("64001f", 105))
+
+
+def _accept_more_h264_profiles() -> None:
+    video = CODECS["video"]
+    known = {str(c.parameters.get("profile-level-id")) for c in video if c.mimeType == "video/H264"}
+    for plid, pt in _EXTRA_H264:
+        if plid in known:
+            continue
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType="video/H264",
+                clockRate=90000,
+                payloadType=pt,
+                rtcpFeedback=[
+                    RTCRtcpFeedback(type="nack"),
+                    RTCRtcpFeedback(type="nack", parameter="pli"),
+                    RTCRtcpFeedback(type="goog-remb"),
+                ],
+                parameters={
+                    "level-asymmetry-allowed": "1",
+                    "packetization-mode": "1",
+                    "profile-level-id": plid,
+                },
+            )
+        )
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
+            )
+        )
+
+
+# At import, before any peer connection (ours, or an aiortc client's in the same process) exists.
+_accept_more_h264_profiles()
 
 
 def _accept_extra_extensions() -> None:

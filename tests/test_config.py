@@ -67,7 +67,7 @@ def test_ice_server_tables_in_toml(tmp_path: Path) -> None:
         ("[video]\nwidth = 641\n", "config: video.width: must be even (4:2:0 chroma); got 641"),
         ("[video]\nfps = 0\n", "config: video.fps: must be between 1 and 120; got 0"),
         (
-            "[video]\nprofile = 'high'\n",
+            "[video]\nprofile = 'extended'\n",
             "config: video.profile: must be one of constrained-baseline",
         ),
         (

@@ -8,6 +8,9 @@ from importlib.metadata import version
 import aiortc
 from aiortc import RTCRtpSender
 from aiortc.codecs import CODECS
+from aiortc.rtcpeerconnection import is_codec_compatible
+
+from appliance import rtc
 
 
 def test_aiortc_version_is_the_tested_range() -> None:
@@ -24,12 +27,20 @@ def test_pli_and_fir_reach_send_keyframe() -> None:
     assert "self._send_keyframe()" in source
 
 
-def test_h264_capabilities_are_baseline_and_constrained_baseline() -> None:
-    # rtc._codec_preferences picks among these by profile; the answer's level is ours.
-    plids = {
-        c.parameters["profile-level-id"] for c in CODECS["video"] if c.mimeType == "video/H264"
+def test_h264_capabilities_are_baselines_plus_the_profiles_rtc_adds() -> None:
+    # rtc._codec_preferences picks among these by profile; the answer's level is ours. aiortc has
+    # the two Baselines at 99 and 101; rtc._accept_more_h264_profiles appends Main and High at
+    # 103 and 105, which must be free.
+    rtc._accept_more_h264_profiles()
+    h264 = {
+        c.parameters["profile-level-id"]: c.payloadType
+        for c in CODECS["video"]
+        if c.mimeType == "video/H264"
     }
-    assert plids == {"42001f", "42e01f"}
+    assert h264 == {"42001f": 99, "42e01f": 101, "4d001f": 103, "64001f": 105}
+    pts = [c.payloadType for c in CODECS["video"]]
+    assert len(pts) == len(set(pts))
+    assert "parse_h264_profile_level_id" in inspect.getsource(is_codec_compatible)
 
 
 async def test_sender_internals_the_fast_path_replaces() -> None:

@@ -27,6 +27,12 @@ from appliance.media import EncodedFrame, pts_from_ns
 logger = logging.getLogger(__name__)
 
 STALL_TIMEOUT = 5.0
+PICAMERA_PROFILES = {
+    "constrained-baseline": "baseline",
+    "baseline": "baseline",
+    "main": "main",
+    "high": "high",
+}
 
 
 def available() -> bool:
@@ -175,11 +181,14 @@ class PicameraSource:
         camera.configure(config)
         if is_pi5():
             encoder = LibavH264Encoder(bitrate=cfg.bitrate, repeat=True, iperiod=cfg.gop)
-            encoder.profile = "baseline"
+            encoder.profile = PICAMERA_PROFILES[cfg.profile]
             self.encoder_name = "libx264 (picamera2 LibavH264Encoder)"
         else:
             encoder = H264Encoder(
-                bitrate=cfg.bitrate, repeat=True, iperiod=cfg.gop, profile="baseline"
+                bitrate=cfg.bitrate,
+                repeat=True,
+                iperiod=cfg.gop,
+                profile=PICAMERA_PROFILES[cfg.profile],
             )
             self.encoder_name = "bcm2835 V4L2 M2M (picamera2 H264Encoder)"
         camera.start_encoder(encoder, ToStream())

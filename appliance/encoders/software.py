@@ -14,7 +14,12 @@ from appliance.config import VideoConfig
 from appliance.errors import DeviceError
 from appliance.media import VIDEO_CLOCK_RATE, EncodedFrame
 
-_X264_PROFILES = {"constrained-baseline": "baseline", "baseline": "baseline"}
+_X264_PROFILES = {
+    "constrained-baseline": "baseline",
+    "baseline": "baseline",
+    "main": "main",
+    "high": "high",
+}
 
 
 class X264Encoder:

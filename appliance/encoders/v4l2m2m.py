@@ -60,7 +60,7 @@ LEVELS = {
     50: 14,
     51: 15,
 }
-PROFILES = {"constrained-baseline": 1, "baseline": 0}  # V4L2_MPEG_VIDEO_H264_PROFILE_*
+PROFILES = {"constrained-baseline": 1, "baseline": 0, "main": 2, "high": 4}  # V4L2_..._PROFILE_*
 
 
 def v4l2_level(level_idc: int) -> int:

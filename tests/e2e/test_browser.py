@@ -111,3 +111,20 @@ async def test_page_reconnects_after_daemon_restart(daemon: DaemonFactory) -> No
             state = await viewer_state(page)
             assert state["state"] == "connected"
             assert state["sessions"] >= 2
+
+
+async def test_main_profile_stream_plays_where_the_browser_offers_main(
+    daemon: DaemonFactory, http
+) -> None:
+    """A Main-profile stream (a UVC camera's own H.264, or video.profile = "main") is answered with
+    Main to a browser that offers it: Chromium offers 4d001f."""
+    async with daemon(**{"video.profile": "main"}) as d, chromium() as browser:
+        await wait_ready(d)
+        assert d.stream.profile_level_id is not None
+        assert d.stream.profile_level_id.startswith("4d00")
+        page = await browser.new_page()
+        await page.goto(f"{d.url}/")
+        await wait_for(page, "window.viewer && window.viewer.framesPresented >= 30")
+        state = await viewer_state(page)
+        assert (state["width"], state["height"]) == (640, 360)
+        assert len(await viewers(http, d.url)) == 1

@@ -109,6 +109,22 @@ async def test_patch_trickle_and_its_errors(daemon: DaemonFactory, http) -> None
             await viewer.close()
 
 
+@pytest.mark.parametrize(("profile", "plid"), [("main", "4d001e"), ("high", "64001e")])
+async def test_main_and_high_profile_streams_are_answered_with_their_profile(
+    daemon: DaemonFactory, http, profile: str, plid: str
+) -> None:
+    async with daemon(**{"video.profile": profile}) as d:
+        await wait_ready(d)
+        viewer = AiortcViewer(http, f"{d.url}/cam/whep")
+        try:
+            await viewer.connect()
+            assert f"profile-level-id={plid}" in viewer.answer, viewer.answer
+            frames = await viewer.frames(10)
+            assert {(f.width, f.height) for f in frames} == {(640, 360)}
+        finally:
+            await viewer.close()
+
+
 @pytest.mark.parametrize("path", ["fast", "aiortc"])
 async def test_second_viewer_unaffected_when_first_leaves(
     daemon: DaemonFactory, http, path: str
