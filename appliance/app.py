@@ -18,6 +18,7 @@ from aiohttp import web
 
 from appliance.config import Config
 from appliance.http import make_app
+from appliance.sdnotify import Notifier
 from appliance.sessions import SessionRegistry
 from appliance.source import SourceSlot, supervise
 from appliance.stream import Stream
@@ -74,10 +75,16 @@ async def running(config: Config) -> AsyncIterator[Running]:
 
 
 async def serve(config: Config) -> None:
-    """Run until SIGINT or SIGTERM."""
+    """Run until SIGINT or SIGTERM, telling systemd (when it runs us) how it goes."""
     loop = asyncio.get_running_loop()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
-    async with running(config):
-        await stop.wait()
+    notifier = Notifier()
+    try:
+        async with running(config) as daemon:
+            notifier.ready(f"serving stream {daemon.stream.name!r} on port {daemon.port}")
+            await stop.wait()
+            notifier.stopping()
+    finally:
+        await notifier.close()

@@ -1,4 +1,5 @@
-"""One typed configuration tree: defaults in code, then a TOML file, then `APPLIANCE_*` variables.
+"""One typed configuration tree: defaults in code, then a TOML file, then the `*.toml` credentials
+systemd passes in `$CREDENTIALS_DIRECTORY`, then `APPLIANCE_*` variables.
 
 Every refusal is a ConfigError that names the key (`video.width`) and what it accepts. The example
 file `appliance.example.toml` beside this module documents every key; a test keeps the two in step.
@@ -115,6 +116,10 @@ def load(
     if path is not None:
         tree = _read_toml(path)
     env = os.environ if env is None else env
+    credentials = env.get("CREDENTIALS_DIRECTORY")
+    if credentials:  # systemd's LoadCredential=: secrets kept out of the world-readable config
+        for secret in sorted(Path(credentials).glob("*.toml")):
+            _merge(tree, _read_toml(secret))
     for key, text in _env_items(env):
         _set_dotted(tree, key, _EnvText(text))
     for key, value in (overrides or {}).items():
@@ -122,6 +127,14 @@ def load(
     config: Config = _build(Config, tree, "")
     _validate(config)
     return config
+
+
+def _merge(tree: dict[str, Any], other: Mapping[str, Any]) -> None:
+    for key, value in other.items():
+        if isinstance(value, Mapping) and isinstance(tree.get(key), dict):
+            _merge(tree[key], value)
+        else:
+            tree[key] = value
 
 
 class _EnvText(str):

@@ -148,3 +148,18 @@ def test_example_file_documents_every_key_with_its_default() -> None:
         if "=" in line and not line.startswith("#"):
             above = [x for x in lines[max(0, i - 3) : i] if x.startswith("#")]
             assert above, f"no comment above: {line}"
+
+
+def test_systemd_credentials_are_merged_over_the_file(tmp_path: Path) -> None:
+    path = tmp_path / "appliance.toml"
+    path.write_text('[webrtc]\nice_servers = ["stun:stun.example.net"]\n[stream]\nname = "door"\n')
+    creds = tmp_path / "credentials"
+    creds.mkdir()
+    (creds / "turn.toml").write_text(
+        '[webrtc]\nice_servers = [{urls = "turn:turn.example.net", username = "cam", '
+        'credential = "s3cret"}]\n'
+    )
+    (creds / "notes.txt").write_text("not TOML, not read")
+    c = config.load(path, env={"CREDENTIALS_DIRECTORY": str(creds)})
+    assert c.webrtc.ice_servers == (IceServer(("turn:turn.example.net",), "cam", "s3cret"),)
+    assert c.stream.name == "door"  # the rest of the file stands
