@@ -46,11 +46,30 @@ def parser() -> argparse.ArgumentParser:
     )
     probe.add_argument("--config", type=Path, default=None, help="TOML config file")
     probe.add_argument("--json", action="store_true", help="machine-readable output")
+    first = sub.add_parser(
+        "firstboot",
+        help="apply a first-boot file from the boot partition (run by systemd, as root)",
+    )
+    first.add_argument("file", type=Path, help="e.g. /boot/firmware/appliance.toml")
     return p
+
+
+def firstboot(path: Path) -> int:
+    from appliance.firstboot import FirstBootError, apply
+
+    try:
+        for line in apply(path):
+            print(f"firstboot: {line}")  # noqa: T201
+    except FirstBootError as e:
+        print(f"firstboot: {path} not applied: {e}", file=sys.stderr)  # noqa: T201
+        return 1
+    return 0
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    if args.command == "firstboot":
+        return firstboot(args.file)
     overrides: dict[str, Any] = {}
     if getattr(args, "host", None) is not None:
         overrides["http.host"] = args.host

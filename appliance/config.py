@@ -159,14 +159,14 @@ def _env_items(env: Mapping[str, str]) -> list[tuple[str, str]]:
             continue
         rest = name[len(ENV_PREFIX) :].lower()
         section, _, key = rest.partition("_")
-        if section in _SECTIONS and key:
+        if section in SECTIONS and key:
             items.append((f"{section}.{key}", text))
         else:
             items.append((rest, text))
     return items
 
 
-_SECTIONS = ("http", "webrtc", "video", "stream")
+SECTIONS = ("http", "webrtc", "video", "stream")
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
