@@ -84,10 +84,7 @@ def test_network_manager_gets_a_keyfile(tmp_path: Path) -> None:
     ],
 )
 def test_a_bad_file_changes_nothing_and_says_why(tmp_path: Path, text: str, message: str) -> None:
-    root, file = scratch(
-        tmp_path, GOOD.replace("[video]\nwidth = 1920", "[video]\nwidth = 1920") + "\n"
-    )
-    file.write_text(text)
+    root, file = scratch(tmp_path, text)
     before = (root / "etc/appliance/appliance.toml").read_text()
     with pytest.raises(FirstBootError) as e:
         apply(file, root)
