@@ -9,7 +9,7 @@ sudo=""
 missing=""
 # qemu-system-x86, mmdebstrap, e2fsprogs: the test machine of tests/vm (real V4L2 drivers).
 for pkg in python3-venv python3-dev gcc chromium iproute2 nftables ethtool \
-    qemu-system-x86 mmdebstrap e2fsprogs; do
+    qemu-system-x86 mmdebstrap e2fsprogs dosfstools mtools lintian; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

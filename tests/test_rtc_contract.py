@@ -15,7 +15,8 @@ from appliance import rtc
 
 def test_aiortc_version_is_the_tested_range() -> None:
     major, minor = (int(x) for x in version("aiortc").split(".")[:2])
-    assert (major, minor) == (1, 16), "rtc.py was written against aiortc 1.16: re-check it"
+    # 1.16 (Python >= 3.11) and 1.15 (the newest for Python 3.10: JetPack 6) both run this suite.
+    assert (major, minor) in ((1, 15), (1, 16)), "rtc.py is checked on aiortc 1.15 and 1.16 only"
     assert aiortc.__name__ == "aiortc"
 
 

@@ -72,6 +72,48 @@ def cached_image() -> Path:
     return CACHE / f"amd64-{_recipe_hash()}"
 
 
+PRODUCT_INPUTS = ("image", "systemd", "appliance", "web", "pyproject.toml", "README.md")
+
+
+def _product_hash() -> str:
+    """Of what goes into the product image: the package (code, units) and the image recipe."""
+    h = hashlib.sha256()
+    for top in PRODUCT_INPUTS:
+        path = ROOT / top
+        files = sorted(path.rglob("*")) if path.is_dir() else [path]
+        for f in files:
+            if f.is_file() and "__pycache__" not in f.parts and f.suffix != ".pyc":
+                h.update(f.relative_to(ROOT).as_posix().encode())
+                h.update(f.read_bytes())
+    return h.hexdigest()[:16]
+
+
+def cached_product() -> Path:
+    """The vm-amd64 product image (our .deb on Debian 12, as the SD card has it)."""
+    return CACHE / f"product-{_product_hash()}"
+
+
+def product() -> Path:
+    """Build the .deb and the vm-amd64 image with it, unless cached."""
+    out = cached_product()
+    if (out / "root.ext4").exists():
+        return out
+    log = CACHE / "product-build.log"
+    env = {**os.environ, "PYTHON": sys.executable}
+    with log.open("w") as f:
+        for step in (
+            ["sh", str(ROOT / "image/deb/build.sh"), "amd64", str(out / "deb")],
+            ["sh", str(ROOT / "image/build.sh"), "vm-amd64", str(out), "DEB"],
+        ):
+            if step[-1] == "DEB":
+                step[-1] = str(next((out / "deb").glob("appliance_*_amd64.deb")))
+            if subprocess.run(step, stdout=f, stderr=subprocess.STDOUT, env=env).returncode:
+                raise RuntimeError(
+                    f"building the product image failed; see {log}:\n{log.read_text()[-3000:]}"
+                )
+    return out
+
+
 def image() -> Path:
     """The built machine (vmlinuz, initrd.img, root.ext4), built now if not cached."""
     out = cached_image()
@@ -93,12 +135,25 @@ def image() -> Path:
 
 
 class Machine:
-    """One boot of the test machine. Use as a context manager."""
+    """One boot of a machine (the camera test machine by default). Use as a context manager.
 
-    def __init__(self, memory_mb: int = 1536, cpus: int = 2) -> None:
-        self.image = cached_image()
+    `image`: a folder with vmlinuz, initrd.img and root.ext4; `append`: more kernel arguments;
+    `disks`: more raw disk images (virtio, after the root disk); `share_src`: the checkout as 9p
+    "src" (the camera test machine runs the daemon from it; the product image has its own)."""
+
+    def __init__(
+        self,
+        memory_mb: int = 1536,
+        cpus: int = 2,
+        image: Path | None = None,
+        append: str = "",
+        disks: tuple[Path, ...] = (),
+        share_src: bool = True,
+    ) -> None:
+        self.image = image or cached_image()
         self.run_dir = Path(tempfile.mkdtemp(prefix="appliance-vm-"))
         self.memory_mb, self.cpus = memory_mb, cpus
+        self.append, self.disks, self.share_src = append, disks, share_src
         self._proc: subprocess.Popen[bytes] | None = None
         self._n = 0
 
@@ -113,11 +168,13 @@ class Machine:
                 "qemu-system-x86_64", "-accel", "tcg", "-cpu", "max", "-smp", str(self.cpus),
                 "-m", str(self.memory_mb), "-nographic", "-no-reboot", "-snapshot",
                 "-kernel", str(img / "vmlinuz"), "-initrd", str(img / "initrd.img"),
-                "-append", "root=/dev/vda rw console=ttyS0 panic=-1 quiet",
+                "-append", f"root=/dev/vda rw console=ttyS0 panic=-1 quiet {self.append}",
                 "-drive", f"file={img / 'root.ext4'},if=virtio,format=raw",
+                *[a for d in self.disks for a in ("-drive", f"file={d},if=virtio,format=raw")],
                 "-netdev", f"tap,id=n0,ifname={TAP},script=no,downscript=no",
                 "-device", "virtio-net-pci,netdev=n0,romfile=",
-                "-virtfs", f"local,path={ROOT},mount_tag=src,security_model=none,readonly=on,id=src",
+                *(["-virtfs", f"local,path={ROOT},mount_tag=src,security_model=none,readonly=on,id=src"]
+                  if self.share_src else []),
                 "-virtfs", f"local,path={self.run_dir},mount_tag=run,security_model=none,id=run",
                 "-serial", f"file:{self.run_dir / 'console.log'}",
                 "-monitor", "none", "-display", "none",
@@ -192,3 +249,4 @@ if __name__ == "__main__":
     if why is not None:
         raise SystemExit(f"not building the test machine: {why}")
     print(image())  # noqa: T201
+    print(product())  # noqa: T201
