@@ -23,6 +23,8 @@ mkdir -p "$OUT"
 WORK=$(mktemp -d "$OUT/.image.XXXXXX")
 trap 'rm -rf "$WORK"' EXIT
 
+RPI_ARCHIVE=${RPI_ARCHIVE:-http://archive.raspberrypi.com/debian}
+extra_mirror=""
 common="systemd-sysv,udev,kmod,dbus,iproute2,procps,netbase,ca-certificates,e2fsprogs,dosfstools,\
 python3,python3-venv,adduser,avahi-daemon,libnss-mdns,openssh-server,sudo,v4l-utils,alsa-utils,\
 initramfs-tools,busybox,util-linux"
@@ -41,9 +43,22 @@ firmware-brcm80211"
         modules="sdhci_iproc mmc_block bcm2835 ext4 vfat"
         ;;
     rpios)
-        echo "rpios: needs http://archive.raspberrypi.com/debian (raspberrypi-archive-keyring);" \
-             "build it on a networked CI runner, see image/README.md" >&2
-        exit 3
+        # Raspberry Pi OS Lite's archive (its kernels for Pi 3/4 and Pi 5, firmware, libcamera,
+        # picamera2) on top of Debian's. Only where archive.raspberrypi.com is reachable: not
+        # on our CI, where this recipe has never run (see README).
+        arch=arm64; suite=bookworm; components="main non-free-firmware"
+        key=$WORK/raspberrypi.gpg
+        if ! python3 -c "import urllib.request,sys; sys.stdout.buffer.write(urllib.request.urlopen('$RPI_ARCHIVE/raspberrypi.gpg.key', timeout=20).read())" \
+            | gpg --dearmor > "$key" 2>/dev/null || [ ! -s "$key" ]; then
+            echo "rpios: $RPI_ARCHIVE is not reachable from here; build this flavor where it is" >&2
+            exit 3
+        fi
+        packages="$common,linux-image-rpi-v8,linux-image-rpi-2712,raspi-firmware,\
+raspberrypi-sys-mods,rpicam-apps-lite,python3-picamera2,network-manager,wpasupplicant,\
+firmware-brcm80211"
+        overlays="common pi"
+        modules="ext4 vfat"
+        extra_mirror="deb [signed-by=/etc/apt/keyrings/raspberrypi.gpg] $RPI_ARCHIVE bookworm main"
         ;;
     *) echo "unknown flavor $FLAVOR (vm-amd64, debian, rpios)" >&2; exit 2 ;;
 esac
@@ -64,7 +79,14 @@ done
 set -- "$@" --customize-hook='mkdir -p "$1/tmp/deb"' --customize-hook="copy-in $DEB /tmp/deb"
 set -- "$@" --customize-hook='chroot "$1" sh -c "dpkg -i /tmp/deb/*.deb" && rm -rf "$1/tmp/deb"'
 set -- "$@" --customize-hook="$HERE/hooks/system.sh \"\$1\" $FLAVOR"
-mmdebstrap "$@" "$suite" "$WORK/rootfs"
+if [ -n "$extra_mirror" ]; then
+    set -- "$@" --setup-hook='mkdir -p "$1/etc/apt/keyrings"' \
+        --setup-hook="copy-in $WORK/raspberrypi.gpg /etc/apt/keyrings"
+    mmdebstrap "$@" "$suite" "$WORK/rootfs" "deb http://deb.debian.org/debian $suite $components" \
+        "$extra_mirror"
+else
+    mmdebstrap "$@" "$suite" "$WORK/rootfs"
+fi
 
 case "$FLAVOR" in
     vm-amd64)
@@ -72,7 +94,7 @@ case "$FLAVOR" in
         cp "$WORK"/rootfs/boot/initrd.img-* "$OUT/initrd.img"
         mkfs.ext4 -q -F -L rootfs -d "$WORK/rootfs" "$OUT/root.ext4" 3G
         ;;
-    debian)
+    debian|rpios)
         mkdir -p "$WORK/tmp" "$WORK/in"
         genimage --config "$HERE/genimage-pi.cfg" --rootpath "$WORK/rootfs" \
             --tmppath "$WORK/tmp" --inputpath "$WORK/in" --outputpath "$OUT" >/dev/null

@@ -7,9 +7,11 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=""
-# qemu-system-x86, mmdebstrap, e2fsprogs: the test machine of tests/vm (real V4L2 drivers).
+# qemu-system-x86, mmdebstrap, e2fsprogs: the test machine of tests/vm (real V4L2 drivers);
+# dosfstools, mtools, lintian, genimage and arm64 emulation: the package and the system images.
 for pkg in python3-venv python3-dev gcc chromium iproute2 nftables ethtool \
-    qemu-system-x86 mmdebstrap e2fsprogs dosfstools mtools lintian; do
+    qemu-system-x86 mmdebstrap e2fsprogs dosfstools mtools lintian genimage \
+    qemu-user-static binfmt-support arch-test; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
@@ -25,8 +27,9 @@ fi
 .venv/bin/ruff check appliance tests
 .venv/bin/ruff format --check appliance tests
 .venv/bin/mypy
-# The test machine is built here, with the registries reachable (cached; about a minute when its
-# recipe or the dependencies change). The tests themselves run without a network.
+# The machines and images are built here, with the registries reachable: the test machine (about a
+# minute), the .deb and the vm-amd64 image (two minutes), the arm64 SD card (about eight). All are
+# cached by what goes into them. The tests themselves run without a network.
 if [ "$(id -u)" -eq 0 ]; then
     .venv/bin/python -m tests.vm.machine
 else

@@ -29,13 +29,15 @@ case "$flavor" in
         chroot "$root" systemctl enable vm-agent.service >/dev/null
         chroot "$root" passwd -d root >/dev/null
         ;;
-    debian)
+    debian|rpios)
         printf 'LABEL=rootfs / ext4 defaults,noatime 0 1\nLABEL=bootfs /boot/firmware vfat defaults 0 2\n' > "$root/etc/fstab"
         chroot "$root" systemctl enable appliance-growfs.service >/dev/null
-        # raspi-firmware copies the kernel, initrd and DTBs into /boot/firmware; our config.txt wins.
-        cp "$root"/boot/vmlinuz-* "$root/boot/firmware/vmlinuz"
-        cp "$root"/boot/initrd.img-* "$root/boot/firmware/initrd.img"
         echo "console=serial0,115200 console=tty1 root=LABEL=rootfs rootfstype=ext4 rootwait fsck.repair=yes" \
             > "$root/boot/firmware/cmdline.txt"
+        if [ "$flavor" = debian ]; then
+            # Debian's raspi-firmware boots one generic kernel, named as our config.txt says.
+            cp "$root"/boot/vmlinuz-* "$root/boot/firmware/vmlinuz"
+            cp "$root"/boot/initrd.img-* "$root/boot/firmware/initrd.img"
+        fi
         ;;
 esac

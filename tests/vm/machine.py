@@ -93,23 +93,37 @@ def cached_product() -> Path:
     return CACHE / f"product-{_product_hash()}"
 
 
+def cached_sdcard() -> Path:
+    """The Raspberry Pi SD card (flavor "debian", arm64)."""
+    return CACHE / f"sdcard-{_product_hash()}"
+
+
 def product() -> Path:
     """Build the .deb and the vm-amd64 image with it, unless cached."""
-    out = cached_product()
-    if (out / "root.ext4").exists():
+    return _build(cached_product(), "amd64", "vm-amd64", "root.ext4")
+
+
+def sdcard() -> Path:
+    """Build the arm64 .deb and the Raspberry Pi SD card with it, unless cached (about 8 min)."""
+    return _build(cached_sdcard(), "arm64", "debian", "sdcard.img")
+
+
+def _build(out: Path, arch: str, flavor: str, result: str) -> Path:
+    if (out / result).exists():
         return out
-    log = CACHE / "product-build.log"
+    CACHE.mkdir(parents=True, exist_ok=True)
+    log = CACHE / f"{flavor}-build.log"
     env = {**os.environ, "PYTHON": sys.executable}
     with log.open("w") as f:
         for step in (
-            ["sh", str(ROOT / "image/deb/build.sh"), "amd64", str(out / "deb")],
-            ["sh", str(ROOT / "image/build.sh"), "vm-amd64", str(out), "DEB"],
+            ["sh", str(ROOT / "image/deb/build.sh"), arch, str(out / "deb")],
+            ["sh", str(ROOT / "image/build.sh"), flavor, str(out), "DEB"],
         ):
             if step[-1] == "DEB":
-                step[-1] = str(next((out / "deb").glob("appliance_*_amd64.deb")))
+                step[-1] = str(next((out / "deb").glob(f"appliance_*_{arch}.deb")))
             if subprocess.run(step, stdout=f, stderr=subprocess.STDOUT, env=env).returncode:
                 raise RuntimeError(
-                    f"building the product image failed; see {log}:\n{log.read_text()[-3000:]}"
+                    f"building the {flavor} image failed; see {log}:\n{log.read_text()[-3000:]}"
                 )
     return out
 
@@ -250,3 +264,4 @@ if __name__ == "__main__":
         raise SystemExit(f"not building the test machine: {why}")
     print(image())  # noqa: T201
     print(product())  # noqa: T201
+    print(sdcard())  # noqa: T201
