@@ -49,6 +49,11 @@ async def running(config: Config) -> AsyncIterator[Running]:
     )
     sessions = SessionRegistry()
     slot = SourceSlot()
+    if not config.auth.tokens:
+        logger.warning(
+            "no auth tokens configured: anyone who reaches this device can watch it and change "
+            "its settings (see [auth] in the config)"
+        )
     source_task = asyncio.create_task(supervise(config, stream, slot), name="source")
     runner = web.AppRunner(make_app(config, stream, sessions, slot), access_log=None)
     try:

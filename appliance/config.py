@@ -44,6 +44,7 @@ X264_PRESETS = (
     "veryslow",
 )
 LOG_LEVELS = ("debug", "info", "warning", "error")
+RIGHTS = ("read", "publish", "admin")
 SENDERS = ("fast", "aiortc")
 
 
@@ -95,11 +96,26 @@ class StreamConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class Token:
+    token: str
+    rights: tuple[str, ...] = ("read",)
+    streams: tuple[str, ...] = ("*",)
+    name: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AuthConfig:
+    public_read: bool = True
+    tokens: tuple[Token, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
     log_level: str = "info"
 
 
@@ -166,7 +182,7 @@ def _env_items(env: Mapping[str, str]) -> list[tuple[str, str]]:
     return items
 
 
-SECTIONS = ("http", "webrtc", "video", "stream")
+SECTIONS = ("http", "webrtc", "video", "stream", "auth")
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -208,6 +224,8 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
             raise ConfigError(key, f"must be a list, got {value!r}")
         if item_type is IceServer:
             return tuple(_ice_server(item, f"{key}[{i}]") for i, item in enumerate(value))
+        if dataclasses.is_dataclass(item_type):
+            return tuple(_build(item_type, item, f"{key}[{i}].") for i, item in enumerate(value))
         return tuple(_coerce(item_type, item, f"{key}[{i}]") for i, item in enumerate(value))
     return _scalar(tp, value, key)
 
@@ -300,3 +318,18 @@ def _validate(c: Config) -> None:
             "stream.ring_packets", f"must be a power of two from 256 to 65536; got {ring}"
         )
     _one_of("log_level", c.log_level, LOG_LEVELS)
+    names = [t.name for t in c.auth.tokens if t.name]
+    for i, token in enumerate(c.auth.tokens):
+        key = f"auth.tokens[{i}]"
+        if len(token.token) < 16:
+            raise ConfigError(f"{key}.token", "must be at least 16 characters (use a random one)")
+        for right in token.rights:
+            _one_of(f"{key}.rights", right, RIGHTS)
+        if not token.rights:
+            raise ConfigError(f"{key}.rights", f"must name one or more of {', '.join(RIGHTS)}")
+        if not token.streams:
+            raise ConfigError(f"{key}.streams", 'must name streams, or "*" for all')
+    if len(names) != len(set(names)):
+        raise ConfigError("auth.tokens", "token names must be unique")
+    if len({t.token for t in c.auth.tokens}) != len(c.auth.tokens):
+        raise ConfigError("auth.tokens", "the same token appears twice")

@@ -71,10 +71,18 @@ def apply(path: Path, root: Path = Path("/"), config_path: Path | None = None) -
         done.append(_wifi(wanted["wifi"], root))
     if "ssh" in wanted:
         done.append(_ssh(wanted["ssh"], root))
+    secrets = plan.pop("auth", None)
     if plan:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(_merged_toml(target, plan))
         done.append(f"{target}: set {', '.join(sorted(_keys(plan)))}")
+    if secrets is not None:  # tokens: root-only, handed to the daemon by systemd's LoadCredential=
+        creds = target.parent / "credentials/auth.toml"
+        creds.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            f.write(_merged_toml(creds, {"auth": secrets}))
+        done.append(f"{creds}: {len(secrets.get('tokens', []))} token(s)")
     _retire(path, wanted)
     return done
 
@@ -173,6 +181,8 @@ def _retire(path: Path, wanted: dict[str, Any]) -> None:
     text = path.read_text()
     if wanted.get("wifi", {}).get("password"):
         text = re.sub(r"(?m)^(\s*password\s*=\s*).*$", r'\1"" # removed once applied', text)
+    if wanted.get("auth", {}).get("tokens"):
+        text = re.sub(r"(?m)^(\s*token\s*=\s*).*$", r'\1"" # removed once applied', text)
     applied = path.with_name(path.name + ".applied")
     applied.write_text(text)
     path.unlink()

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
+from appliance.auth import Authorizer
 from appliance.config import Config
 from appliance.controls import ControlError
 from appliance.errors import RequestError
@@ -28,7 +29,7 @@ logger = logging.getLogger(__name__)
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
 MAX_BODY = 256 * 1024
-EXPOSED_HEADERS = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After"
+EXPOSED_HEADERS = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After, WWW-Authenticate"
 
 
 def web_root(config: Config) -> Path:
@@ -136,6 +137,56 @@ def _json_error(status: int, message: str, retry_after: int | None = None) -> we
     return response
 
 
+def required_right(method: str, path: str, default_stream: str) -> tuple[str, str] | None:
+    """(right, stream) a request needs, or None for what anyone may fetch: the viewer page and its
+    files (so that it can ask for a token), /healthz (for monitors), and CORS preflights."""
+    if method == "OPTIONS" or path in ("/", "/healthz") or path.startswith("/web/"):
+        return None
+    parts = [p for p in path.split("/") if p]
+    if path.startswith("/api/") or path == "/metrics":
+        return ("admin", "*")
+    if parts == ["whep"]:
+        return ("read", default_stream)
+    if len(parts) == 1 and path.endswith("/"):  # /<stream>/: the viewer page
+        return None
+    if len(parts) >= 2 and parts[1] == "whep":
+        return ("read", parts[0])
+    if len(parts) >= 2 and parts[1] == "whip":
+        return ("publish", parts[0])
+    return ("admin", "*")
+
+
+def make_auth_middleware(authorizer: Authorizer, default_stream: str) -> Any:
+    @web.middleware
+    async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
+        need = required_right(request.method, request.path, default_stream)
+        if need is None:
+            return await handler(request)
+        right, stream = need
+        decision = authorizer.check(request.headers.get("Authorization"), right, stream)
+        if decision.allowed:
+            return await handler(request)
+        challenge = 'Bearer realm="appliance"'
+        if decision.error:
+            challenge += f', error="{decision.error}"'
+        if decision.status == 403:
+            text = f"this token does not give the {right} right here\n"
+        else:
+            text = f"a bearer token with the {right} right is needed\n"
+        logger.info(
+            "%s %s: %d (%s)",
+            request.method,
+            request.path,
+            decision.status,
+            f"token {decision.who!r}" if decision.who else decision.error or "no token",
+        )
+        return web.Response(
+            status=decision.status, text=text, headers={"WWW-Authenticate": challenge}
+        )
+
+    return auth
+
+
 def make_error_middleware() -> Any:
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -196,7 +247,11 @@ def make_app(
 ) -> web.Application:
     app = web.Application(
         client_max_size=MAX_BODY,
-        middlewares=[make_cors_middleware(config.http.cors_origins), make_error_middleware()],
+        middlewares=[
+            make_cors_middleware(config.http.cors_origins),
+            make_auth_middleware(Authorizer(config.auth), stream.name),
+            make_error_middleware(),
+        ],
     )
     app[STATUS_KEY] = Status(config, stream, sessions, source)
     root = web_root(config)

@@ -5,7 +5,18 @@
 import { WhepClient } from "./whep.js";
 import { readStamp, stampLatency } from "./stamp.js";
 
-export function startViewer({ video, overlay, status, url }) {
+// A token for a protected stream: from the page's #token=... (never sent to the server in the
+// URL), else from this tab's earlier answer to the prompt.
+function initialToken(url) {
+  const fragment = new URLSearchParams(location.hash.slice(1)).get("token");
+  if (fragment) {
+    sessionStorage.setItem(`token:${url}`, fragment);
+    history.replaceState(null, "", location.pathname + location.search);
+  }
+  return sessionStorage.getItem(`token:${url}`);
+}
+
+export function startViewer({ video, overlay, status, url, login }) {
   const state = {
     url,
     state: "idle",
@@ -27,9 +38,11 @@ export function startViewer({ video, overlay, status, url }) {
   let recent = [];
 
   const client = new WhepClient(url, {
+    token: initialToken(url),
     onState(name, error) {
       state.state = name;
       state.error = error;
+      if (login) login.hidden = name !== "unauthorized";
       if (name === "connecting") {
         state.connectStartedAt = performance.now();
         state.firstFrameMs = null;
@@ -91,7 +104,10 @@ export function startViewer({ video, overlay, status, url }) {
   }, 1000);
 
   function render() {
-    status.textContent = state.state === "retrying" ? `reconnecting: ${state.error}` : state.state;
+    status.textContent =
+      state.state === "retrying" ? `reconnecting: ${state.error}`
+      : state.state === "unauthorized" ? `this stream needs a token: ${state.error}`
+      : state.state;
     status.dataset.state = state.state;
     const fmt = (v, unit, digits = 0) => (v === null || v === undefined ? "–" : `${v.toFixed(digits)} ${unit}`);
     overlay.textContent = [
@@ -101,6 +117,17 @@ export function startViewer({ video, overlay, status, url }) {
       `rtt ${fmt(state.rttMs, "ms", 1)}`,
       `latency ${fmt(state.latencyMs, "ms")}`,
     ].join("  ·  ");
+  }
+
+  if (login) {
+    login.addEventListener("submit", (event) => {
+      event.preventDefault();
+      const token = login.elements.token.value.trim();
+      if (!token) return;
+      sessionStorage.setItem(`token:${url}`, token);
+      login.hidden = true;
+      client.setToken(token);
+    });
   }
 
   window.viewerClient = client;

@@ -4,7 +4,8 @@
 //   client.start();      // connects, and reconnects after a daemon restart or a network drop
 //   client.stop();       // DELETEs the session (also sent on page unload)
 //
-// States: "idle" → "connecting" → "connected" → ("retrying" → "connecting" …) → "stopped".
+// States: "idle" → "connecting" → "connected" → ("retrying" → "connecting" …) → "stopped";
+// "unauthorized" when the endpoint wants a (different) bearer token: no retry until setToken().
 
 export class WhepClient {
   constructor(url, { onTrack = () => {}, onState = () => {}, iceServers = [], token = null } = {}) {
@@ -33,6 +34,14 @@ export class WhepClient {
     this._setState("stopped");
     this._closePc();
     await this._deleteResource(false);
+  }
+
+  setToken(token) {
+    this.token = token;
+    if (this.state === "unauthorized") {
+      this.retries = 0;
+      this._connect();
+    }
   }
 
   _setState(state, error = null) {
@@ -68,6 +77,14 @@ export class WhepClient {
       const headers = { "Content-Type": "application/sdp" };
       if (this.token) headers.Authorization = `Bearer ${this.token}`;
       const response = await fetch(this.url, { method: "POST", headers, body: pc.localDescription.sdp });
+      if (response.status === 401 || response.status === 403) {
+        const reason = (await response.text()).trim();
+        if (pc === this.pc) {
+          this._closePc();
+          this._setState("unauthorized", reason);
+        }
+        return;
+      }
       if (response.status !== 201) {
         const reason = (await response.text()).trim();
         throw new Error(`WHEP POST answered ${response.status}: ${reason}`);

@@ -29,9 +29,10 @@ CHROMIUM_ARGS = [
 class AiortcViewer:
     """A WHEP viewer built on aiortc: recvonly H.264 video, frames decoded by aiortc with PyAV."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str) -> None:
+    def __init__(self, http: aiohttp.ClientSession, url: str, token: str | None = None) -> None:
         self.http = http
         self.url = url
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.location: str | None = None
         self.etag: str | None = None
@@ -51,7 +52,7 @@ class AiortcViewer:
     async def connect(self) -> None:
         offer = await self.offer()
         async with self.http.post(
-            self.url, data=offer, headers={"Content-Type": "application/sdp"}
+            self.url, data=offer, headers={"Content-Type": "application/sdp", **self.auth}
         ) as response:
             body = await response.text()
             assert response.status == 201, f"WHEP POST: {response.status} {body}"
@@ -74,7 +75,7 @@ class AiortcViewer:
 
     async def delete(self) -> int:
         assert self.location is not None
-        async with self.http.delete(self.location) as response:
+        async with self.http.delete(self.location, headers=self.auth) as response:
             return response.status
 
     async def close(self) -> None:

@@ -128,3 +128,32 @@ async def test_main_profile_stream_plays_where_the_browser_offers_main(
         state = await viewer_state(page)
         assert (state["width"], state["height"]) == (640, 360)
         assert len(await viewers(http, d.url)) == 1
+
+
+async def test_protected_stream_asks_for_a_token_then_plays(daemon: DaemonFactory) -> None:
+    token = "0123456789abcdef0123"
+    tokens = [{"name": "family", "token": token, "rights": ["read"]}]
+    async with (
+        daemon(**{"auth.public_read": False, "auth.tokens": tokens}) as d,
+        chromium() as browser,
+    ):
+        await wait_ready(d)
+        page = await browser.new_page()
+        await page.goto(f"{d.url}/")
+        await wait_for(page, "window.viewer && window.viewer.state === 'unauthorized'")
+        assert await page.is_visible("#login")
+        assert "needs a token" in await page.inner_text("#status")
+        await page.fill("#login input[name=token]", "not-the-token-at-all")
+        await page.click("#login button")
+        await wait_for(
+            page, "window.viewer.state === 'unauthorized' && window.viewer.sessions >= 2"
+        )
+        await page.fill("#login input[name=token]", token)
+        await page.click("#login button")
+        await wait_for(page, "window.viewer.framesPresented >= 15")
+        assert not await page.is_visible("#login")
+        # The same tab keeps it, and a link can carry it in the fragment (never sent to the server).
+        second = await browser.new_page()
+        await second.goto(f"{d.url}/#token={token}")
+        await wait_for(second, "window.viewer && window.viewer.framesPresented >= 5")
+        assert "token" not in second.url

@@ -109,6 +109,23 @@ async def test_patch_trickle_and_its_errors(daemon: DaemonFactory, http) -> None
             await viewer.close()
 
 
+async def test_viewer_with_a_read_token_watches_a_protected_stream(
+    daemon: DaemonFactory, http
+) -> None:
+    token = "0123456789abcdef0123"
+    tokens = [{"token": token, "rights": ["read"]}]
+    async with daemon(**{"auth.public_read": False, "auth.tokens": tokens}) as d:
+        await wait_ready(d)
+        viewer = AiortcViewer(http, f"{d.url}/cam/whep", token=token)
+        try:
+            await viewer.connect()
+            frames = await viewer.frames(5)
+            assert {(f.width, f.height) for f in frames} == {(640, 360)}
+            assert await viewer.delete() == 200
+        finally:
+            await viewer.close()
+
+
 @pytest.mark.parametrize(("profile", "plid"), [("main", "4d001e"), ("high", "64001e")])
 async def test_main_and_high_profile_streams_are_answered_with_their_profile(
     daemon: DaemonFactory, http, profile: str, plid: str
