@@ -19,6 +19,7 @@ from appliance.auth import Authorizer
 from appliance.config import Config
 from appliance.controls import ControlError
 from appliance.errors import RequestError
+from appliance.metrics import Exposition
 from appliance.sessions import SessionRegistry
 from appliance.source import SourceSlot
 from appliance.stream import Stream
@@ -93,6 +94,71 @@ STATUS_KEY = web.AppKey("status", Status)
 
 async def status_handler(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATUS_KEY].as_json())
+
+
+# (name, type, help, key in the sessions' totals): counters summed over every viewer, ever.
+VIEWER_COUNTERS = (
+    ("appliance_sent_bytes_total", "Bytes sent to viewers, SRTP included.", "bytes"),
+    ("appliance_sent_packets_total", "RTP packets sent to viewers.", "packets"),
+    ("appliance_retransmitted_packets_total", "Packets resent on NACK.", "retransmits"),
+    ("appliance_nacks_received_total", "RTCP NACKs received from viewers.", "nacks"),
+    ("appliance_plis_received_total", "RTCP PLIs received from viewers.", "plis"),
+    ("appliance_firs_received_total", "RTCP FIRs received from viewers.", "firs"),
+    ("appliance_viewer_dropped_total", "Sends the kernel refused, or frames a slow viewer lost.",
+     "dropped"),
+)  # fmt: skip
+
+
+async def metrics_handler(request: web.Request) -> web.Response:
+    """Prometheus text format: the stream, the source, the viewers, time to first frame."""
+    st = request.app[STATUS_KEY]
+    s, sessions = st.stream, st.sessions
+    source = st.source.describe()
+    fps, bps = s.rates()
+    sessions.observe_first_frames()
+    totals = sessions.totals()
+    label = {"stream": s.name}
+    samples: list[tuple[str, str, str, float]] = [
+        ("appliance_viewers", "gauge", "Viewers connected now.", len(sessions)),
+        ("appliance_viewer_sessions_total", "counter", "WHEP sessions created.",
+         sessions.created_total),
+        *((name, "counter", text, totals[key]) for name, text, key in VIEWER_COUNTERS),
+        ("appliance_encoded_frames_total", "counter", "Access units encoded.", s.frames),
+        ("appliance_encoded_bytes_total", "counter", "Bytes encoded.", s.bytes),
+        ("appliance_keyframes_total", "counter", "Keyframes encoded.", s.keyframes),
+        ("appliance_keyframes_forced_total", "counter", "Keyframes forced for viewers.",
+         s.keyframes_forced),
+        ("appliance_keyframe_requests_total", "counter", "Keyframe requests (joins, PLI, FIR).",
+         s.keyframe_requests),
+        ("appliance_encoder_fps", "gauge", "Frames encoded per second (last 2 s).", fps),
+        ("appliance_encoder_bitrate_bps", "gauge", "Bits encoded per second (last 2 s).", bps),
+        ("appliance_source_up", "gauge", "1 while the video source runs.",
+         1 if source.get("running") else 0),
+        ("appliance_source_restarts_total", "counter", "Video source restarts.",
+         source["restarts"]),
+        ("appliance_capture_drops_total", "counter",
+         "Captured pictures dropped because the encoder was busy.", source.get("capture_drops", 0)),
+        ("appliance_capture_corrupt_frames_total", "counter",
+         "Captured frames that could not be used.", source.get("corrupt_frames", 0)),
+    ]  # fmt: skip
+    e = Exposition()
+    e.family("appliance_info", "gauge", "The daemon's version.", [({"version": __version__}, 1)])
+    e.family(
+        "appliance_uptime_seconds", "gauge", "Seconds since start.",
+        [(None, time.monotonic() - st.started)],
+    )  # fmt: skip
+    for name, kind, text, value in samples:
+        e.family(name, kind, text, [(label, value)])
+    e.histogram(
+        "appliance_time_to_first_frame_seconds",
+        "From a viewer's WHEP POST to the first access unit sent to it.",
+        sessions.first_frame,
+        label,
+    )
+    return web.Response(
+        body=e.render().encode(),
+        headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
+    )
 
 
 async def healthz_handler(request: web.Request) -> web.Response:
@@ -266,6 +332,7 @@ def make_app(
             web.get("/api/controls", controls_handler),
             web.patch("/api/controls", controls_handler),
             web.get("/healthz", healthz_handler),
+            web.get("/metrics", metrics_handler),
             *WhepHandlers(config, stream, sessions).routes(),
             web.get(f"/{stream.name}/", index),
             web.static("/web", root),

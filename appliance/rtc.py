@@ -119,6 +119,7 @@ class AiortcVideo:
         r = self.reader
         return {
             "path": "aiortc",
+            "first_frame_at": r.first_frame_at,
             "frames": r.frames,
             "bytes": r.bytes,
             "backlog": r.backlog,
@@ -147,6 +148,7 @@ class FastVideo:
             return {"path": "fast", "frames": 0, "bytes": 0, "packets": 0, "dropped": 0}
         return {
             "path": "fast",
+            "first_frame_at": s.first_frame_at,
             "frames": s.frames,
             "bytes": s.bytes,
             "packets": s.packets,

@@ -117,6 +117,7 @@ class SenderStats:
     packets_lost: int = 0
     jitter: int = 0
     rtt: float | None = None
+    first_frame_at: float | None = None  # time.monotonic() of the first access unit sent
 
 
 @dataclass(frozen=True)
@@ -258,6 +259,8 @@ class RtpSender:
         stats.packets += len(indices)
         stats.octets += octets
         stats.frames += 1
+        if stats.first_frame_at is None:
+            stats.first_frame_at = time.monotonic()
 
     def _protect_first(self, length: int, header: int) -> int:
         """Protect the first packet ever, at position 0; its tag length fixes the full packet size."""

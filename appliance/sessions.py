@@ -15,6 +15,11 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from appliance.errors import SessionNotFound
+from appliance.metrics import Histogram
+
+# What the registry sums over sessions for /metrics (keys of a session's describe()).
+COUNTED = ("frames", "bytes", "packets", "retransmits", "nacks", "plis", "firs", "dropped")
+FIRST_FRAME_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 logger = logging.getLogger(__name__)
 
@@ -101,13 +106,17 @@ class Session:
 
     def describe(self) -> dict[str, Any]:
         now = time.monotonic()
+        media = self.media.describe()
+        first = media.pop("first_frame_at", None)
         return {
             "id": self.id,
             "state": self.state,
             "peer": self.peer,
             "age_s": round(now - self.created, 3),
             "connected_s": round(now - self.connected_at, 3) if self.connected_at else None,
-            **self.media.describe(),
+            # From the WHEP POST to the first access unit sent to this viewer (a keyframe).
+            "first_frame_s": round(first - self.created, 3) if first is not None else None,
+            **media,
         }
 
 
@@ -117,9 +126,34 @@ class SessionRegistry:
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
         self._closing: set[asyncio.Task[None]] = set()
+        self.created_total = 0
+        self.retired: dict[str, float] = dict.fromkeys(COUNTED, 0)  # closed sessions' totals
+        self.first_frame = Histogram(FIRST_FRAME_BUCKETS)
+        self._observed: set[str] = set()
 
     def add(self, session: Session) -> None:
         self._sessions[session.id] = session
+        self.created_total += 1
+
+    def observe_first_frames(self) -> None:
+        """Put each session's time to first frame in the histogram, once it is known."""
+        for session in self._sessions.values():
+            self._observe(session, session.describe())
+
+    def _observe(self, session: Session, described: dict[str, Any]) -> None:
+        first = described.get("first_frame_s")
+        if first is not None and session.id not in self._observed:
+            self._observed.add(session.id)
+            self.first_frame.observe(first)
+
+    def totals(self) -> dict[str, float]:
+        """Counters over every session, live and closed."""
+        out = dict(self.retired)
+        for session in self._sessions.values():
+            d = session.describe()
+            for key in COUNTED:
+                out[key] += d.get(key) or 0
+        return out
 
     def get(self, session_id: str) -> Session:
         try:
@@ -134,8 +168,15 @@ class SessionRegistry:
         return iter(list(self._sessions.values()))
 
     async def close(self, session: Session, reason: str) -> None:
-        self._sessions.pop(session.id, None)
+        if self._sessions.pop(session.id, None) is None:
+            await session._close(reason)
+            return
         await session._close(reason)
+        d = session.describe()
+        self._observe(session, d)
+        self._observed.discard(session.id)
+        for key in COUNTED:
+            self.retired[key] += d.get(key) or 0
 
     def close_soon(self, session: Session, reason: str) -> None:
         """Close from a synchronous callback (a connection state change)."""

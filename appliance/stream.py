@@ -64,6 +64,7 @@ class Reader:
         self._started = False
         self.frames = 0
         self.bytes = 0
+        self.first_frame_at: float | None = None
         self.drops = DropReporter(logger, f"viewer {name}: too slow, frames")
 
     def _offer(self, frame: EncodedFrame) -> None:
@@ -100,6 +101,8 @@ class Reader:
         frame = self._queue.popleft()
         self.frames += 1
         self.bytes += len(frame.data)
+        if self.first_frame_at is None:
+            self.first_frame_at = time.monotonic()
         return frame
 
     @property

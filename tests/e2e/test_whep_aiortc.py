@@ -275,3 +275,46 @@ async def test_viewer_limit_is_503_with_retry_after(daemon: DaemonFactory, http)
         finally:
             await first.close()
             await second.close()
+
+
+async def test_metrics_parse_and_count_what_happened(daemon: DaemonFactory, http) -> None:
+    from prometheus_client.parser import text_string_to_metric_families
+
+    async def metrics() -> dict[str, dict[tuple[tuple[str, str], ...], float]]:
+        async with http.get(f"{d.url}/metrics") as r:
+            assert r.status == 200
+            assert r.headers["Content-Type"] == "text/plain; version=0.0.4; charset=utf-8"
+            text = await r.text()
+        out: dict[str, dict[tuple[tuple[str, str], ...], float]] = {}
+        for family in text_string_to_metric_families(text):
+            for sample in family.samples:
+                out.setdefault(sample.name, {})[tuple(sorted(sample.labels.items()))] = sample.value
+        return out
+
+    cam = (("stream", "cam"),)
+    async with daemon() as d:
+        await wait_ready(d)
+        viewer = AiortcViewer(http, f"{d.url}/cam/whep")
+        try:
+            await viewer.connect()
+            await viewer.frames(10)
+            m = await metrics()
+            assert m["appliance_viewers"][cam] == 1
+            assert m["appliance_viewer_sessions_total"][cam] == 1
+            assert m["appliance_sent_bytes_total"][cam] > 10_000
+            assert m["appliance_sent_packets_total"][cam] >= 10
+            assert m["appliance_keyframes_forced_total"][cam] >= 1  # the join asked for one
+            assert m["appliance_encoder_fps"][cam] > 10
+            assert m["appliance_source_up"][cam] == 1
+            ttff = m["appliance_time_to_first_frame_seconds_count"][cam]
+            assert ttff == 1
+            assert 0 < m["appliance_time_to_first_frame_seconds_sum"][cam] < 5
+            assert m["appliance_time_to_first_frame_seconds_bucket"][(("le", "+Inf"), *cam)] == 1
+            sent = m["appliance_sent_bytes_total"][cam]
+            assert await viewer.delete() == 200
+        finally:
+            await viewer.close()
+        m = await metrics()  # a viewer who left still counts in the totals, not in the gauge
+        assert m["appliance_viewers"][cam] == 0
+        assert m["appliance_sent_bytes_total"][cam] >= sent
+        assert m["appliance_time_to_first_frame_seconds_count"][cam] == 1
