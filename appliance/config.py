@@ -54,6 +54,8 @@ class HttpConfig:
     port: int = 8080
     cors_origins: tuple[str, ...] = ("*",)
     web_root: str = ""
+    sessions_per_minute: float = 30.0
+    sessions_burst: int = 10
 
 
 @dataclass(frozen=True, slots=True)
@@ -276,6 +278,8 @@ def _in_range(key: str, value: float, low: float, high: float) -> None:
 
 def _validate(c: Config) -> None:
     _in_range("http.port", c.http.port, 0, 65535)
+    _in_range("http.sessions_per_minute", c.http.sessions_per_minute, 0.1, 100_000)
+    _in_range("http.sessions_burst", c.http.sessions_burst, 1, 10_000)
     if c.http.web_root and not Path(c.http.web_root).is_dir():
         raise ConfigError("http.web_root", f"not a directory: {c.http.web_root}")
     for i, server in enumerate(c.webrtc.ice_servers):

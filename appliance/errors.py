@@ -11,7 +11,8 @@ ApplianceError
     ├── PreconditionFailed   If-Match does not match the session's ETag        -> 412
     ├── Unprocessable        a PATCH we understand but do not support          -> 422
     ├── SourceNotReady       the stream has produced no keyframe yet           -> 503
-    └── Overloaded           the viewer limit is reached                       -> 503
+    ├── Overloaded           the viewer limit is reached                       -> 503
+    └── TooManyRequests      one client opens sessions too fast                -> 429
 """
 
 from __future__ import annotations
@@ -72,3 +73,11 @@ class SourceNotReady(RequestError):
 class Overloaded(RequestError):
     status = 503
     retry_after = 5
+
+
+class TooManyRequests(RequestError):
+    status = 429
+
+    def __init__(self, message: str, retry_after: int) -> None:
+        super().__init__(message)
+        self.retry_after = retry_after

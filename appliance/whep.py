@@ -6,6 +6,7 @@ Errors are raised as appliance.errors.RequestError subclasses; http.py maps them
 from __future__ import annotations
 
 import logging
+import math
 
 from aiohttp import web
 
@@ -17,9 +18,11 @@ from appliance.errors import (
     PreconditionFailed,
     SessionNotFound,
     SourceNotReady,
+    TooManyRequests,
     Unprocessable,
     UnsupportedMedia,
 )
+from appliance.ratelimit import RateLimiter
 from appliance.sessions import Session, SessionRegistry, new_session_id
 from appliance.stream import Stream
 
@@ -49,6 +52,7 @@ class WhepHandlers:
         self._config = config
         self._stream = stream
         self._sessions = sessions
+        self._rate = RateLimiter(config.http.sessions_per_minute, config.http.sessions_burst)
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -79,6 +83,11 @@ class WhepHandlers:
             raise SourceNotReady("the video source has not produced its first keyframe yet")
         if len(self._sessions) >= self._config.stream.max_viewers:
             raise Overloaded(f"viewer limit reached ({self._config.stream.max_viewers})")
+        wait = self._rate.take(request.remote or "?")
+        if wait:
+            raise TooManyRequests(
+                "too many sessions from this address; try again later", math.ceil(wait)
+            )
         offer = await request.text()
         if not offer.strip():
             raise BadOffer("empty body: expected an SDP offer")

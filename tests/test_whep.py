@@ -253,3 +253,22 @@ async def test_answer_to_chromium_picks_constrained_baseline_and_playout_delay(
     finally:
         await sessions.close_all("test over")
         await client.close()
+
+
+async def test_one_address_opening_sessions_too_fast_gets_429() -> None:
+    cfg = config.load(
+        None, env={}, overrides={"http.sessions_burst": 2, "http.sessions_per_minute": 1}
+    )
+    stream = Stream("cam")
+    feed_one_keyframe(stream, cfg)
+    client = await client_for(stream, cfg)
+    try:
+        statuses = []
+        for _ in range(3):
+            r = await client.post("/cam/whep", data="v=0\r\n", headers=SDP)
+            statuses.append(r.status)
+        assert statuses == [400, 400, 429]  # the first two reach the handler (a bad offer)
+        assert int(r.headers["Retry-After"]) == 60
+        assert (await r.text()) == "too many sessions from this address; try again later\n"
+    finally:
+        await client.close()

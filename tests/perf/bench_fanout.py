@@ -36,6 +36,7 @@ from appliance import config
 from appliance.http import make_app
 from appliance.media import EncodedFrame
 from appliance.sessions import SessionRegistry
+from appliance.source import SourceSlot
 from appliance.stream import Stream
 from tests import netns
 from tests.perf.workload import access_units
@@ -124,11 +125,13 @@ async def case(
             "stream.max_viewers": 1000,
             "stream.ring_packets": 4096,
             "webrtc.connect_timeout": 120.0,
+            "http.sessions_per_minute": 100_000,  # every viewer comes from 127.0.0.1
+            "http.sessions_burst": 10_000,
         },
     )
     stream = Stream("cam", mtu=cfg.stream.mtu, ring_packets=cfg.stream.ring_packets)
     sessions = SessionRegistry()
-    runner = web.AppRunner(make_app(cfg, stream, sessions, {"name": "replay"}), access_log=None)
+    runner = web.AppRunner(make_app(cfg, stream, sessions, SourceSlot()), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
