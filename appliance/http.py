@@ -161,6 +161,13 @@ async def metrics_handler(request: web.Request) -> web.Response:
     )
 
 
+OPENAPI = Path(__file__).with_name("openapi.yaml")
+
+
+async def openapi_handler(request: web.Request) -> web.Response:
+    return web.Response(body=OPENAPI.read_bytes(), content_type="application/yaml")
+
+
 async def healthz_handler(request: web.Request) -> web.Response:
     status = request.app[STATUS_KEY]
     slot = status.source
@@ -206,7 +213,11 @@ def _json_error(status: int, message: str, retry_after: int | None = None) -> we
 def required_right(method: str, path: str, default_stream: str) -> tuple[str, str] | None:
     """(right, stream) a request needs, or None for what anyone may fetch: the viewer page and its
     files (so that it can ask for a token), /healthz (for monitors), and CORS preflights."""
-    if method == "OPTIONS" or path in ("/", "/healthz") or path.startswith("/web/"):
+    if (
+        method == "OPTIONS"
+        or path in ("/", "/healthz", "/openapi.yaml")
+        or path.startswith("/web/")
+    ):
         return None
     parts = [p for p in path.split("/") if p]
     if path.startswith("/api/") or path == "/metrics":
@@ -333,6 +344,7 @@ def make_app(
             web.patch("/api/controls", controls_handler),
             web.get("/healthz", healthz_handler),
             web.get("/metrics", metrics_handler),
+            web.get("/openapi.yaml", openapi_handler),
             *WhepHandlers(config, stream, sessions).routes(),
             web.get(f"/{stream.name}/", index),
             web.static("/web", root),

@@ -85,6 +85,7 @@ def test_what_each_request_needs() -> None:
         ("GET", "/", None),
         ("GET", "/web/viewer.js", None),
         ("GET", "/healthz", None),
+        ("GET", "/openapi.yaml", None),
         ("GET", "/cam/", None),
         ("OPTIONS", "/cam/whep", None),
         ("POST", "/whep", ("read", "cam")),
