@@ -18,9 +18,10 @@ from appliance import __version__
 from appliance.auth import Authorizer
 from appliance.config import Config
 from appliance.controls import ControlError
-from appliance.errors import RequestError
+from appliance.errors import RequestError, SessionNotFound
 from appliance.metrics import Exposition
 from appliance.sessions import SessionRegistry
+from appliance.snapshot import Snapshots
 from appliance.source import SourceSlot
 from appliance.stream import Stream
 from appliance.whep import WhepHandlers
@@ -164,6 +165,18 @@ async def metrics_handler(request: web.Request) -> web.Response:
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
+SNAPSHOTS_KEY = web.AppKey("snapshots", Snapshots)
+
+
+async def snapshot_handler(request: web.Request) -> web.Response:
+    st = request.app[STATUS_KEY]
+    name = request.match_info["stream"]
+    if name != st.stream.name:
+        raise SessionNotFound(f"no stream named {name!r}")
+    jpeg = await request.app[SNAPSHOTS_KEY].latest()
+    return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
+
+
 async def openapi_handler(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI.read_bytes(), content_type="application/yaml")
 
@@ -226,7 +239,7 @@ def required_right(method: str, path: str, default_stream: str) -> tuple[str, st
         return ("read", default_stream)
     if len(parts) == 1 and path.endswith("/"):  # /<stream>/: the viewer page
         return None
-    if len(parts) >= 2 and parts[1] == "whep":
+    if len(parts) >= 2 and parts[1] in ("whep", "snapshot.jpg"):
         return ("read", parts[0])
     if len(parts) >= 2 and parts[1] == "whip":
         return ("publish", parts[0])
@@ -331,6 +344,7 @@ def make_app(
         ],
     )
     app[STATUS_KEY] = Status(config, stream, sessions, source)
+    app[SNAPSHOTS_KEY] = Snapshots(stream)
     root = web_root(config)
 
     async def index(request: web.Request) -> web.FileResponse:
@@ -345,6 +359,7 @@ def make_app(
             web.get("/healthz", healthz_handler),
             web.get("/metrics", metrics_handler),
             web.get("/openapi.yaml", openapi_handler),
+            web.get("/{stream}/snapshot.jpg", snapshot_handler),
             *WhepHandlers(config, stream, sessions).routes(),
             web.get(f"/{stream.name}/", index),
             web.static("/web", root),

@@ -28,6 +28,7 @@ logger = logging.getLogger(__name__)
 
 # A forced keyframe that has not arrived after this long is asked for again.
 KEYFRAME_REQUEST_TIMEOUT = 1.0
+GOP_KEPT_MAX = 600  # access units; a longer GOP keeps its first 600 (snapshots lag)
 
 
 # Bytes a payload leaves for the rest of a packet on the path: IPv6 + UDP (48), RTP (12), header
@@ -151,6 +152,9 @@ class Stream:
         self.keyframes_forced = 0
         self.keyframe_requests = 0
         self.last_frame_at: float | None = None
+        # The access units since the last keyframe: what a decoder needs for the newest picture
+        # (snapshots decode them on request; nothing is decoded when nobody asks).
+        self.gop: list[EncodedFrame] = []
         self._meter = RateMeter()
 
     def attach_encoder(self, force_keyframe: Callable[[], None] | None) -> None:
@@ -171,6 +175,9 @@ class Stream:
         if frame.keyframe:
             self.keyframes += 1
             self._keyframe_pending_since = None
+            self.gop.clear()
+        if len(self.gop) < GOP_KEPT_MAX:
+            self.gop.append(frame)
             sps = h264.find_nal(frame.data, h264.NAL_SPS)
             if sps is not None:
                 self.profile_level_id = h264.profile_level_id(sps)

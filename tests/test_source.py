@@ -66,3 +66,32 @@ async def test_controls_api_on_the_test_source() -> None:
                 source = (await r.json())["source"]
             assert source["kind"] == "testsrc" and source["running"] is True
             assert source["mode"] == {"width": 320, "height": 240, "fps": 30}
+
+
+async def test_snapshot_is_the_newest_picture_as_jpeg() -> None:
+    import time
+
+    import av
+    import numpy as np
+
+    from appliance.capture.testsrc import read_stamp
+
+    async with running(settings(**{"video.source": "testsrc", "video.gop": 30})) as d:
+        async with aiohttp.ClientSession() as http:
+            for _ in range(200):
+                if d.stream.frames >= 20:
+                    break
+                await asyncio.sleep(0.05)
+            async with http.get(f"{d.url}/cam/snapshot.jpg") as r:
+                assert r.status == 200 and r.content_type == "image/jpeg"
+                assert r.headers["Cache-Control"] == "no-store"
+                jpeg = await r.read()
+            asked = time.time_ns() // 1_000_000
+            frames = av.CodecContext.create("mjpeg", "r").decode(av.Packet(jpeg))
+            picture = frames[0].reformat(format="gray").to_ndarray()
+            assert picture.shape == (240, 320)
+            stamp = read_stamp(picture, 320)  # the test source's capture time, read back
+            assert stamp is not None and 0 <= (asked - stamp) % 2**32 < 1000
+            assert float(np.std(picture)) > 10  # a picture, not a blank
+            async with http.get(f"{d.url}/garage/snapshot.jpg") as r:
+                assert r.status == 404
