@@ -22,6 +22,7 @@ from appliance.sdnotify import Notifier
 from appliance.sessions import SessionRegistry
 from appliance.source import SourceSlot, supervise
 from appliance.stream import Stream
+from appliance.tls import context as tls_context
 
 logger = logging.getLogger(__name__)
 
@@ -58,13 +59,14 @@ async def running(config: Config) -> AsyncIterator[Running]:
     runner = web.AppRunner(make_app(config, stream, sessions, slot), access_log=None)
     try:
         await runner.setup()
-        site = web.TCPSite(runner, config.http.host, config.http.port)
+        tls = tls_context(config.http)
+        site = web.TCPSite(runner, config.http.host, config.http.port, ssl_context=tls)
         await site.start()
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else config.http.port
         host = "127.0.0.1" if config.http.host in ("0.0.0.0", "") else config.http.host
-        url = f"http://{host}:{port}"
+        url = f"{'https' if tls else 'http'}://{host}:{port}"
         logger.info(
             "serving stream %r at %s/ (WHEP: %s/%s/whep)", stream.name, url, url, stream.name
         )

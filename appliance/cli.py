@@ -100,6 +100,9 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         asyncio.run(serve(cfg))
+    except ConfigError as e:  # found only when starting (an unreadable TLS certificate)
+        print(f"appliance: {e}", file=sys.stderr)  # noqa: T201
+        return 2
     except OSError as e:
         logging.getLogger("appliance").error("cannot serve: %s", e)
         return 1

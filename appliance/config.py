@@ -56,6 +56,10 @@ class HttpConfig:
     web_root: str = ""
     sessions_per_minute: float = 30.0
     sessions_burst: int = 10
+    tls_cert: str = ""
+    tls_key: str = ""
+    tls_self_signed: bool = False
+    state_dir: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -280,6 +284,11 @@ def _validate(c: Config) -> None:
     _in_range("http.port", c.http.port, 0, 65535)
     _in_range("http.sessions_per_minute", c.http.sessions_per_minute, 0.1, 100_000)
     _in_range("http.sessions_burst", c.http.sessions_burst, 1, 10_000)
+    for key, path in (("http.tls_cert", c.http.tls_cert), ("http.tls_key", c.http.tls_key)):
+        if path and not Path(path).is_file():
+            raise ConfigError(key, f"no such file: {path}")
+    if c.http.tls_key and not c.http.tls_cert:
+        raise ConfigError("http.tls_key", "needs http.tls_cert too")
     if c.http.web_root and not Path(c.http.web_root).is_dir():
         raise ConfigError("http.web_root", f"not a directory: {c.http.web_root}")
     for i, server in enumerate(c.webrtc.ice_servers):
