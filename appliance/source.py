@@ -61,29 +61,23 @@ def make_encoder(video: VideoConfig) -> Any:
 
 def resolve(video: VideoConfig) -> tuple[str, str]:
     """("testsrc" | "v4l2" | "picamera2", device) for the configured source; "auto" decided here."""
-    if video.source == "testsrc":
-        return "testsrc", ""
-    if video.source == "picamera2":
-        return "picamera2", ""
-    if video.source == "v4l2":
-        if video.device != "auto":
-            return "v4l2", video.device
-        from appliance.capture.camera import find_camera
+    if video.source in ("testsrc", "picamera2"):
+        return video.source, ""
+    if video.source == "auto":
+        from appliance.capture import picamera
 
-        found = find_camera()
-        if found is None:
-            raise DeviceError("video.source is v4l2 but no V4L2 camera that can stream was found")
-        return "v4l2", found
-    from appliance.capture import picamera
-
-    if picamera.cameras():
-        return "picamera2", ""
+        if picamera.cameras():
+            return "picamera2", ""
     if video.device != "auto":
         return "v4l2", video.device
     from appliance.capture.camera import find_camera
 
     found = find_camera()
-    return ("v4l2", found) if found is not None else ("testsrc", "")
+    if found is not None:
+        return "v4l2", found
+    if video.source == "v4l2":
+        raise DeviceError("video.source is v4l2 but no V4L2 camera that can stream was found")
+    return "testsrc", ""
 
 
 def open_source(

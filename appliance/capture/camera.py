@@ -85,6 +85,7 @@ class CameraSource:
         self.frames = 0
         self.drops = 0
         self.corrupt = 0
+        self._worker: _EncodeWorker | None = None
         self._device: dev.Device | None = None
         self._encoder: FrameEncoder | None = None
         self._warned_keyframe = False
@@ -129,8 +130,9 @@ class CameraSource:
             },
             "encoder": self.encoder_name,
             "frames": self.frames,
-            "capture_drops": self.drops,
-            "corrupt_frames": self.corrupt,
+            # The encoder thread counts its own; the loop counts passthrough's corrupt buffers.
+            "capture_drops": self.drops + (worker.drops if (worker := self._worker) else 0),
+            "corrupt_frames": self.corrupt + (worker.corrupt if worker else 0),
         }
 
     def controls(self) -> list[Control]:
@@ -225,6 +227,7 @@ class CameraSource:
                     device, convert, self._encoder, loop, publish, fail, self.name
                 )
                 worker.start()
+                self._worker = worker
             device.start(dev.CAPTURE, BUFFERS)
             logger.info(
                 "%s (%s): %s %dx%d@%g, %s",
@@ -255,21 +258,22 @@ class CameraSource:
                 loop.add_reader(device.fd, readable)
 
             loop.add_reader(device.fd, readable)
-            await self._watch(done, last, worker)
+            await self._watch(done, last)
         finally:
             if device.fd >= 0:
                 loop.remove_reader(device.fd)
             if worker is not None:
                 await asyncio.to_thread(worker.stop)
+                self._worker = None
+                self.drops += worker.drops
+                self.corrupt += worker.corrupt
             self._device = None
             device.close()
             if self._encoder is not None:
                 self._encoder.close()
                 self._encoder = None
 
-    async def _watch(
-        self, done: asyncio.Future[None], last: list[float], worker: _EncodeWorker | None
-    ) -> None:
+    async def _watch(self, done: asyncio.Future[None], last: list[float]) -> None:
         """Wait for a failure; raise one when frames stop coming."""
         started = time.monotonic()
         while True:
@@ -283,9 +287,6 @@ class CameraSource:
                 raise DeviceError(f"{self.device_path}: no frame in {FIRST_FRAME_TIMEOUT:g} s")
             if self.frames and now - last[0] > STALL_TIMEOUT:
                 raise DeviceError(f"{self.device_path}: no frame for {STALL_TIMEOUT:g} s")
-            if worker is not None:
-                self.drops = worker.drops
-                self.corrupt = worker.corrupt
 
     def _take(
         self,
