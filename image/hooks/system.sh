@@ -24,7 +24,9 @@ UNIT
 chroot "$root" systemctl enable ssh-hostkeys.service >/dev/null
 case "$flavor" in
     vm-*)
-        printf '/dev/vda / ext4 defaults 0 1\nLABEL=bootfs /boot/firmware vfat defaults,nofail,x-systemd.device-timeout=5s 0 2\n' > "$root/etc/fstab"
+        # The first-boot disk is optional here ("nofail"), but when it is there it must be waited
+        # for: under emulation udev names it late (a 5 s timeout lost it once in CI).
+        printf '/dev/vda / ext4 defaults 0 1\nLABEL=bootfs /boot/firmware vfat defaults,nofail,x-systemd.device-timeout=45s 0 2\n' > "$root/etc/fstab"
         mkdir -p "$root/boot/firmware"
         chroot "$root" systemctl enable vm-agent.service >/dev/null
         chroot "$root" passwd -d root >/dev/null
