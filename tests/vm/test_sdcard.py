@@ -24,7 +24,7 @@ def card() -> Path:
     image = cached_sdcard() / "sdcard.img"
     if not image.exists():
         pytest.skip(
-            "the SD card image is not built: python -m tests.vm.machine (tests/run.sh does)"
+            "no SD card image: python -m tests.vm.machine builds it where arm64 can be emulated"
         )
     return image
 
