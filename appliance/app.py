@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
-from appliance.config import Config
+from appliance.config import Config, state_dir
 from appliance.http import make_app
 from appliance.sdnotify import Notifier
 from appliance.sessions import SessionRegistry
@@ -49,7 +49,7 @@ async def running(config: Config) -> AsyncIterator[Running]:
         ring_packets=config.stream.ring_packets,
     )
     sessions = SessionRegistry()
-    slot = SourceSlot()
+    slot = SourceSlot(state_dir(config.http) / "controls.json")
     if not config.auth.tokens:
         logger.warning(
             "no auth tokens configured: anyone who reaches this device can watch it and change "

@@ -125,6 +125,15 @@ class Config:
     log_level: str = "info"
 
 
+def state_dir(http: HttpConfig, env: Mapping[str, str] | None = None) -> Path:
+    """Where the daemon keeps what it makes: http.state_dir, else $STATE_DIRECTORY (systemd's
+    StateDirectory=), else /var/lib/appliance."""
+    if http.state_dir:
+        return Path(http.state_dir)
+    env = os.environ if env is None else env
+    return Path(env.get("STATE_DIRECTORY", "/var/lib/appliance").split(":")[0])
+
+
 def load(
     path: Path | None = None,
     env: Mapping[str, str] | None = None,

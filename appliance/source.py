@@ -13,8 +13,10 @@ instance, so an unplugged and replugged camera comes back as the user left it.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.config import Config, VideoConfig
@@ -101,15 +103,46 @@ def open_source(
 
 
 class SourceSlot:
-    """The source that runs now (None between restarts), and the control values users set."""
+    """The source that runs now (None between restarts), and the control values users set.
 
-    def __init__(self) -> None:
+    Those values are kept in `saved` (JSON in the state directory), so that a camera comes back as
+    the user left it after a replug, a daemon restart or a reboot."""
+
+    def __init__(self, saved: Path | None = None) -> None:
         self.current: Source | None = None
         self.kind = ""
         self.device = ""
-        self.wanted_controls: dict[str, Any] = {}
         self.restarts = 0
         self.last_error = ""
+        self._saved = saved
+        self._save_failed = False
+        self.wanted_controls: dict[str, Any] = self._load()
+
+    def _load(self) -> dict[str, Any]:
+        if self._saved is None or not self._saved.exists():
+            return {}
+        try:
+            values = json.loads(self._saved.read_text())
+            if not isinstance(values, dict):
+                raise ValueError("not a JSON object")
+        except (OSError, ValueError) as e:
+            logger.warning("camera settings in %s ignored: %s", self._saved, e)
+            return {}
+        logger.info("camera settings from %s: %s", self._saved, values)
+        return values
+
+    def _save(self) -> None:
+        if self._saved is None:
+            return
+        try:
+            self._saved.parent.mkdir(parents=True, exist_ok=True)
+            tmp = self._saved.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self.wanted_controls, indent=1) + "\n")
+            tmp.replace(self._saved)
+        except OSError as e:
+            if not self._save_failed:  # said once: the settings still hold until the daemon stops
+                self._save_failed = True
+                logger.warning("cannot keep camera settings in %s: %s", self._saved, e)
 
     def describe(self) -> dict[str, Any]:
         out: dict[str, Any] = {"kind": self.kind, "restarts": self.restarts}
@@ -132,6 +165,7 @@ class SourceSlot:
             raise ControlError("the camera is not running (restarting?)")
         result = self.current.set_controls(values)
         self.wanted_controls.update(values)
+        self._save()
         return result
 
 

@@ -17,18 +17,12 @@ import socket
 import ssl
 from pathlib import Path
 
-from appliance.config import HttpConfig
+from appliance.config import HttpConfig, state_dir
 from appliance.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 
 CERT_NAME, KEY_NAME = "tls-cert.pem", "tls-key.pem"
-
-
-def state_dir(cfg: HttpConfig) -> Path:
-    if cfg.state_dir:
-        return Path(cfg.state_dir)
-    return Path(os.environ.get("STATE_DIRECTORY", "/var/lib/appliance").split(":")[0])
 
 
 def context(cfg: HttpConfig) -> ssl.SSLContext | None:

@@ -3,6 +3,7 @@ outside (a running daemon on loopback): each request the right status, and nothi
 
 from __future__ import annotations
 
+import tempfile
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -105,7 +106,7 @@ async def daemon() -> AsyncIterator[Running]:
     overrides = {
         "http.host": "127.0.0.1", "http.port": 0, "video.source": "testsrc",
         "video.width": 320, "video.height": 240, "auth.public_read": False, "auth.tokens": TOKENS,
-        "http.cors_origins": ["http://page.example"],
+        "http.cors_origins": ["http://page.example"], "http.state_dir": tempfile.mkdtemp(),
     }  # fmt: skip
     async with running(config.load(None, env={}, overrides=overrides)) as d:
         yield d

@@ -3,16 +3,22 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
+from pathlib import Path
 from typing import Any
 
 import aiohttp
 
 from appliance import config
 from appliance.app import running
+from appliance.source import SourceSlot
 
 
 def settings(**extra: Any) -> config.Config:
-    values = {"http.host": "127.0.0.1", "http.port": 0, "video.width": 320, "video.height": 240}
+    values = {
+        "http.host": "127.0.0.1", "http.port": 0, "video.width": 320, "video.height": 240,
+        "http.state_dir": tempfile.mkdtemp(prefix="appliance-state-"),
+    }  # fmt: skip
     return config.load(None, env={}, overrides={**values, **extra})
 
 
@@ -95,3 +101,16 @@ async def test_snapshot_is_the_newest_picture_as_jpeg() -> None:
             assert float(np.std(picture)) > 10  # a picture, not a blank
             async with http.get(f"{d.url}/garage/snapshot.jpg") as r:
                 assert r.status == 404
+
+
+def test_camera_settings_are_kept_in_the_state_directory(tmp_path: Path, caplog: Any) -> None:
+    saved = tmp_path / "controls.json"
+    saved.write_text('{"brightness": 220, "white_balance_automatic": false}')
+    assert SourceSlot(saved).wanted_controls == {
+        "brightness": 220,
+        "white_balance_automatic": False,
+    }
+    saved.write_text("[1, 2")  # torn by a power cut: ignored, said, nothing breaks
+    assert SourceSlot(saved).wanted_controls == {}
+    assert "camera settings in" in caplog.text and "ignored" in caplog.text
+    assert SourceSlot(tmp_path / "none.json").wanted_controls == {}

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import asyncio
+import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -23,6 +24,7 @@ def daemon() -> DaemonFactory:
             "http.host": "127.0.0.1",
             "http.port": 0,
             "video.source": "testsrc",
+            "http.state_dir": tempfile.mkdtemp(prefix="appliance-state-"),
             "video.width": 640,
             "video.height": 360,
             **overrides,

@@ -166,6 +166,14 @@ async def test_vivid_camera_controls_and_replug(
     assert "the device went away" in log
     assert "controls set: {'brightness': 220}" in log
 
+    # A daemon restart (or a reboot): the setting comes back from the state directory.
+    args = "--source v4l2 --device /dev/video0"
+    async with guest_daemon(machine, http, 8080, args, "APPLIANCE_VIDEO_PIXEL_FORMAT=YUYV") as url:
+        async with http.get(f"{url}/api/controls") as r:
+            controls = {c["name"]: c for c in (await r.json())["controls"]}
+        assert controls["brightness"]["value"] == 220
+    assert "camera settings from /var/lib/appliance/controls.json" in machine.log("daemon-8080.log")
+
 
 async def stamps_of(viewer: AiortcViewer, count: int) -> list[int]:
     frames = await viewer.frames(count, timeout=60)
