@@ -86,6 +86,7 @@ class CameraSource:
         self.drops = 0
         self.corrupt = 0
         self._worker: _EncodeWorker | None = None
+        self._stride = 0  # bytes per row the driver chose (set when the device opens)
         self._device: dev.Device | None = None
         self._encoder: FrameEncoder | None = None
         self._warned_keyframe = False
@@ -166,7 +167,7 @@ class CameraSource:
             if not device.caps.streaming:
                 raise DeviceError(f"{self.device_path} cannot stream (no VIDIOC_STREAMON)")
             self.mode = self._negotiate(device)
-            width, height, self._stride, _ = device.set_mode(self.mode)
+            _, _, self._stride, _ = device.set_mode(self.mode)
             if self._initial_controls:
                 self._apply_initial(device)
         except BaseException:

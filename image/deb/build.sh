@@ -15,8 +15,7 @@ HERE=$(cd "$(dirname "$0")" && pwd)
 SRC=$(cd "$HERE/../.." && pwd)
 PYTHON=${PYTHON:-python3}
 case "$ARCH" in
-    amd64) machine=x86_64 ;;
-    arm64) machine=aarch64 ;;
+    amd64|arm64) ;;
     *) echo "ARCH must be amd64 or arm64, not $ARCH" >&2; exit 2 ;;
 esac
 VERSION=$("$PYTHON" -c "import re,sys; print(re.search(r'__version__ = \"(.+)\"', open(sys.argv[1]).read())[1])" "$SRC/appliance/__init__.py")
@@ -28,15 +27,8 @@ WHEELS=$ROOT/usr/share/appliance/wheels
 mkdir -p "$WHEELS"
 
 "$PYTHON" -m pip wheel -q --no-deps -w "$WHEELS" "$SRC"
-"$PYTHON" -c "import tomllib,sys; print('\n'.join(tomllib.load(open(sys.argv[1], 'rb'))['project']['dependencies']))" \
-    "$SRC/pyproject.toml" > "$WORK/requirements.txt"
-platforms="--platform linux_$machine --platform manylinux2014_$machine"
-for v in 17 24 26 27 28 31 34 35; do platforms="$platforms --platform manylinux_2_${v}_$machine"; done
-for py in 3.10 3.11; do
-    # shellcheck disable=SC2086
-    "$PYTHON" -m pip download -q -d "$WHEELS" --only-binary=:all: --python-version "$py" \
-        --implementation cp $platforms -r "$WORK/requirements.txt"
-done
+PYTHON=$PYTHON sh "$HERE/../wheels.sh" "$ARCH" "$WORK/wheels" 3.10 3.11
+mv "$WORK"/wheels/*.whl "$WHEELS/"
 
 install -D -m 644 "$SRC/systemd/appliance.service" "$ROOT/lib/systemd/system/appliance.service"
 install -D -m 644 "$SRC/systemd/appliance-firstboot.service" "$ROOT/lib/systemd/system/appliance-firstboot.service"

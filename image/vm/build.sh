@@ -17,15 +17,7 @@ trap 'rm -rf "$WORK"' EXIT
 
 # The daemon's dependencies, fetched by the host's pip (its index, proxy and certificates) as wheels
 # for the guest's Python 3.11, and installed inside without a network.
-PYTHON=${PYTHON:-python3}  # a Python with pip: tests/vm/machine.py passes its virtualenv
-"$PYTHON" -c "import tomllib; print('\n'.join(tomllib.load(open('$SRC/pyproject.toml', 'rb'))['project']['dependencies']))" \
-  > "$WORK/requirements.txt"
-platforms="--platform linux_x86_64 --platform manylinux2014_x86_64"
-for v in 5 12 17 24 26 27 28 31 34 35 36; do platforms="$platforms --platform manylinux_2_${v}_x86_64"; done
-# shellcheck disable=SC2086
-"$PYTHON" -m pip download -q -d "$WORK/wheels" --only-binary=:all: --python-version 3.11 \
-  --implementation cp $platforms -r "$WORK/requirements.txt"
-cp "$WORK/requirements.txt" "$WORK/wheels/"
+sh "$SRC/image/wheels.sh" amd64 "$WORK/wheels" 3.11
 
 mmdebstrap --variant=minbase --mode=root --arch=amd64 \
   --include="systemd-sysv,udev,kmod,busybox,linux-image-amd64,linux-headers-amd64,initramfs-tools,\
