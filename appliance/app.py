@@ -1,8 +1,10 @@
-"""The composition root: builds source → encoder → stream → HTTP, and owns start-up and shut-down.
+"""The composition root: builds source → encoder → streams → HTTP → egress, and owns start-up and
+shut-down.
 
-Start-up order is device, stream, HTTP; shut-down is the reverse: stop accepting, close every
-viewer, stop the source. The source runs under a supervisor (`source.py`) that restarts it with
-backoff, so a failing camera never takes the stream, the HTTP server or the viewers down with it.
+Start-up order is device, streams, HTTP, egress; shut-down is the reverse: stop publishing out,
+stop accepting, close every viewer and publisher, stop the source. The source runs under a
+supervisor (`source.py`) that restarts it with backoff, so a failing camera never takes the stream,
+the HTTP server or the viewers down with it.
 """
 
 from __future__ import annotations
@@ -17,11 +19,13 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from appliance.config import Config, state_dir
-from appliance.http import make_app
+from appliance.egress import EgressSet
+from appliance.http import WHIP_KEY, make_app
 from appliance.sdnotify import Notifier
 from appliance.sessions import SessionRegistry
 from appliance.source import SourceSlot, supervise
 from appliance.stream import Stream
+from appliance.streams import Streams
 from appliance.tls import context as tls_context
 
 logger = logging.getLogger(__name__)
@@ -32,9 +36,12 @@ class Running:
     """A started daemon: what tests and the CLI need to reach."""
 
     config: Config
-    stream: Stream
-    sessions: SessionRegistry
+    stream: Stream  # the camera's
+    streams: Streams
+    sessions: SessionRegistry  # viewers
+    publishers: SessionRegistry
     source: SourceSlot
+    egress: EgressSet
     url: str
     port: int
 
@@ -42,13 +49,21 @@ class Running:
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[Running]:
     """Start the daemon; on exit, stop it in reverse order."""
-    stream = Stream(
-        config.stream.name,
-        keyframe_interval_min=config.stream.keyframe_interval_min,
-        mtu=config.stream.mtu,
-        ring_packets=config.stream.ring_packets,
-    )
+
+    def make_stream(name: str) -> Stream:
+        return Stream(
+            name,
+            keyframe_interval_min=config.stream.keyframe_interval_min,
+            mtu=config.stream.mtu,
+            ring_packets=config.stream.ring_packets,
+        )
+
+    streams = Streams(make_stream, config.whip.max_streams)
+    stream = make_stream(config.stream.name)
+    streams.add_camera(stream)
     sessions = SessionRegistry()
+    publishers = SessionRegistry()
+    egress = EgressSet(config, streams)
     slot = SourceSlot(state_dir(config.http) / "controls.json")
     if not config.auth.tokens:
         logger.warning(
@@ -56,7 +71,8 @@ async def running(config: Config) -> AsyncIterator[Running]:
             "its settings (see [auth] in the config)"
         )
     source_task = asyncio.create_task(supervise(config, stream, slot), name="source")
-    runner = web.AppRunner(make_app(config, stream, sessions, slot), access_log=None)
+    app = make_app(config, streams, sessions, publishers, slot, egress)
+    runner = web.AppRunner(app, access_log=None)
     try:
         await runner.setup()
         tls = tls_context(config.http)
@@ -70,15 +86,19 @@ async def running(config: Config) -> AsyncIterator[Running]:
         logger.info(
             "serving stream %r at %s/ (WHEP: %s/%s/whep)", stream.name, url, url, stream.name
         )
-        yield Running(config, stream, sessions, slot, url, port)
+        egress.start()
+        yield Running(config, stream, streams, sessions, publishers, slot, egress, url, port)
     finally:
         logger.info("stopping")
+        await egress.close()
+        await app[WHIP_KEY].close()
+        await publishers.close_all("daemon stopping")
         await sessions.close_all("daemon stopping")
         await runner.cleanup()
         source_task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await source_task
-        stream.close()
+        streams.close()
 
 
 async def serve(config: Config) -> None:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.errors import ConfigError
+from appliance.streams import name_problem
 from appliance.videomode import COMPRESSED_FORMATS, PASSTHROUGH_FORMATS, RAW_FORMATS
 
 if sys.version_info >= (3, 11):
@@ -46,6 +47,7 @@ X264_PRESETS = (
 LOG_LEVELS = ("debug", "info", "warning", "error")
 RIGHTS = ("read", "publish", "admin")
 SENDERS = ("fast", "aiortc")
+WHIP_CONFLICTS = ("reject", "replace")
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,6 +98,7 @@ class VideoConfig:
 class StreamConfig:
     name: str = "cam"
     max_viewers: int = 64
+    max_viewers_total: int = 128
     keyframe_interval_min: float = 0.25
     mtu: int = 1400
     ring_packets: int = 2048
@@ -116,12 +119,30 @@ class AuthConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WhipConfig:
+    ingest: bool = True
+    on_conflict: str = "reject"
+    max_streams: int = 4
+    linger: float = 30.0
+
+
+@dataclass(frozen=True, slots=True)
+class EgressTarget:
+    url: str
+    token: str = ""
+    stream: str = ""
+    verify_tls: bool = True
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
+    whip: WhipConfig = field(default_factory=WhipConfig)
+    egress: tuple[EgressTarget, ...] = ()
     log_level: str = "info"
 
 
@@ -197,7 +218,7 @@ def _env_items(env: Mapping[str, str]) -> list[tuple[str, str]]:
     return items
 
 
-SECTIONS = ("http", "webrtc", "video", "stream", "auth")
+SECTIONS = ("http", "webrtc", "video", "stream", "auth", "whip")
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -326,12 +347,23 @@ def _validate(c: Config) -> None:
     _in_range("video.gop", c.video.gop, 1, 100_000)
     _one_of("video.profile", c.video.profile, H264_PROFILES)
     _one_of("video.preset", c.video.preset, X264_PRESETS)
-    name = c.stream.name
-    if not name or not all(ch.isalnum() or ch in "-_" for ch in name):
-        raise ConfigError("stream.name", f"must be letters, digits, '-' or '_'; got {name!r}")
-    if name in ("api", "whep", "healthz", "metrics"):
-        raise ConfigError("stream.name", f"{name!r} is reserved for the HTTP API")
+    problem = name_problem(c.stream.name)
+    if problem is not None:
+        raise ConfigError("stream.name", problem)
     _in_range("stream.max_viewers", c.stream.max_viewers, 1, 10_000)
+    _in_range("stream.max_viewers_total", c.stream.max_viewers_total, 1, 10_000)
+    _one_of("whip.on_conflict", c.whip.on_conflict, WHIP_CONFLICTS)
+    _in_range("whip.max_streams", c.whip.max_streams, 0, 64)
+    _in_range("whip.linger", c.whip.linger, 0, 3600)
+    for i, target in enumerate(c.egress):
+        key = f"egress[{i}]"
+        if not target.url.startswith(("http://", "https://")):
+            raise ConfigError(
+                f"{key}.url", f"must be an http:// or https:// URL; got {target.url!r}"
+            )
+        problem = target.stream and name_problem(target.stream)
+        if problem:
+            raise ConfigError(f"{key}.stream", problem)
     _in_range("stream.keyframe_interval_min", c.stream.keyframe_interval_min, 0, 10)
     _in_range("stream.mtu", c.stream.mtu, 576, 9000)
     ring = c.stream.ring_packets

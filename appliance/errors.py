@@ -7,7 +7,9 @@ ApplianceError
     ├── BadOffer             the SDP offer cannot be parsed or answered        -> 400
     ├── NoCommonCodec        the offer has no codec we can send                -> 406
     ├── UnsupportedMedia     wrong Content-Type                                -> 415
-    ├── SessionNotFound      no such WHEP session                              -> 404
+    ├── Forbidden            a feature this device has turned off              -> 403
+    ├── SessionNotFound      no such stream, or no such WHEP/WHIP session      -> 404
+    ├── Conflict             the stream has a publisher already (WHIP)         -> 409
     ├── PreconditionFailed   If-Match does not match the session's ETag        -> 412
     ├── Unprocessable        a PATCH we understand but do not support          -> 422
     ├── SourceNotReady       the stream has produced no keyframe yet           -> 503
@@ -53,8 +55,16 @@ class UnsupportedMedia(RequestError):
     status = 415
 
 
+class Forbidden(RequestError):
+    status = 403
+
+
 class SessionNotFound(RequestError):
     status = 404
+
+
+class Conflict(RequestError):
+    status = 409
 
 
 class PreconditionFailed(RequestError):

@@ -18,13 +18,17 @@ from appliance import __version__
 from appliance.auth import Authorizer
 from appliance.config import Config
 from appliance.controls import ControlError
+from appliance.egress import EgressSet
 from appliance.errors import RequestError, SessionNotFound
 from appliance.metrics import Exposition
+from appliance.ratelimit import RateLimiter
 from appliance.sessions import SessionRegistry
 from appliance.snapshot import Snapshots
 from appliance.source import SourceSlot
 from appliance.stream import Stream
+from appliance.streams import Streams, name_problem
 from appliance.whep import WhepHandlers
+from appliance.whip import WhipHandlers
 
 logger = logging.getLogger(__name__)
 
@@ -43,50 +47,75 @@ def web_root(config: Config) -> Path:
 
 
 class Status:
-    """What /api/status and /healthz report. Holds references, computes on request."""
+    """What /api/status, /metrics and /healthz report. Holds references, computes on request."""
 
     def __init__(
-        self, config: Config, stream: Stream, sessions: SessionRegistry, source: SourceSlot
+        self,
+        config: Config,
+        streams: Streams,
+        viewers: SessionRegistry,
+        publishers: SessionRegistry,
+        source: SourceSlot,
+        egress: EgressSet,
     ) -> None:
         self.config = config
-        self.stream = stream
-        self.sessions = sessions
+        self.streams = streams
+        self.viewers = viewers
+        self.publishers = publishers
         self.source = source
+        self.egress = egress
         self.started = time.monotonic()
 
     def stalled_for(self) -> float | None:
-        """Seconds since the last frame when that is longer than two frame intervals plus 1 s."""
-        last = self.stream.last_frame_at
+        """Seconds since the camera's last frame when that is longer than two frame intervals
+        plus 1 s."""
+        camera = self.streams.camera
+        if camera is None:
+            return None
+        last = camera.last_frame_at
         since = time.monotonic() - (last if last is not None else self.started)
         limit = 1.0 + 2.0 / self.config.video.fps
         return since if since > limit else None
 
-    def as_json(self) -> dict[str, Any]:
-        s = self.stream
+    def stream_json(self, s: Stream) -> dict[str, Any]:
         fps, bps = s.rates()
-        video = self.config.video
-        source = self.source.describe()
-        mode = source.get("mode") or {"width": video.width, "height": video.height}
+        out: dict[str, Any] = {
+            "name": s.name,
+            "origin": "camera" if s is self.streams.camera else "whip",
+            "ready": s.ready,
+            "codec": "H264",
+            "profile_level_id": s.profile_level_id,
+            "fps": round(fps, 2),
+            "bitrate": round(bps),
+            "frames": s.frames,
+            "bytes": s.bytes,
+            "keyframes": s.keyframes,
+            "keyframes_forced": s.keyframes_forced,
+            "keyframe_requests": s.keyframe_requests,
+            "viewers": self.viewers.count(s.name),
+        }
+        if s is self.streams.camera:
+            video = self.config.video
+            mode = self.source.describe().get("mode") or {
+                "width": video.width,
+                "height": video.height,
+            }
+            out["width"], out["height"] = mode["width"], mode["height"]
+        else:
+            publishers = self.publishers.of_stream(s.name)
+            out["publisher"] = publishers[0].describe() if publishers else None
+        return out
+
+    def as_json(self) -> dict[str, Any]:
+        camera = self.streams.camera
         return {
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3),
-            "stream": {
-                "name": s.name,
-                "ready": s.ready,
-                "codec": "H264",
-                "profile_level_id": s.profile_level_id,
-                "width": mode["width"],
-                "height": mode["height"],
-                "fps": round(fps, 2),
-                "bitrate": round(bps),
-                "frames": s.frames,
-                "bytes": s.bytes,
-                "keyframes": s.keyframes,
-                "keyframes_forced": s.keyframes_forced,
-                "keyframe_requests": s.keyframe_requests,
-            },
-            "source": source,
-            "viewers": [session.describe() for session in self.sessions],
+            "stream": self.stream_json(camera) if camera is not None else None,
+            "streams": [self.stream_json(s) for s in self.streams],
+            "source": self.source.describe(),
+            "viewers": [session.describe() for session in self.viewers],
+            "egress": self.egress.describe(),
         }
 
 
@@ -97,7 +126,7 @@ async def status_handler(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATUS_KEY].as_json())
 
 
-# (name, type, help, key in the sessions' totals): counters summed over every viewer, ever.
+# (name, help, key in the sessions' totals): counters summed over every viewer of a stream, ever.
 VIEWER_COUNTERS = (
     ("appliance_sent_bytes_total", "Bytes sent to viewers, SRTP included.", "bytes"),
     ("appliance_sent_packets_total", "RTP packets sent to viewers.", "packets"),
@@ -109,71 +138,119 @@ VIEWER_COUNTERS = (
      "dropped"),
 )  # fmt: skip
 
+# (name, type, help, what of a stream): one sample per stream.
+STREAM_FAMILIES = (
+    ("appliance_encoded_frames_total", "counter", "Access units published.", "frames"),
+    ("appliance_encoded_bytes_total", "counter", "Bytes published.", "bytes"),
+    ("appliance_keyframes_total", "counter", "Keyframes published.", "keyframes"),
+    ("appliance_keyframes_forced_total", "counter",
+     "Keyframes asked of the encoder or publisher for viewers.", "keyframes_forced"),
+    ("appliance_keyframe_requests_total", "counter", "Keyframe requests (joins, PLI, FIR).",
+     "keyframe_requests"),
+)  # fmt: skip
+
 
 async def metrics_handler(request: web.Request) -> web.Response:
-    """Prometheus text format: the stream, the source, the viewers, time to first frame."""
+    """Prometheus text format: streams, the camera, viewers, publishers, egress."""
     st = request.app[STATUS_KEY]
-    s, sessions = st.stream, st.sessions
-    source = st.source.describe()
-    fps, bps = s.rates()
-    sessions.observe_first_frames()
-    totals = sessions.totals()
-    label = {"stream": s.name}
-    samples: list[tuple[str, str, str, float]] = [
-        ("appliance_viewers", "gauge", "Viewers connected now.", len(sessions)),
-        ("appliance_viewer_sessions_total", "counter", "WHEP sessions created.",
-         sessions.created_total),
-        *((name, "counter", text, totals[key]) for name, text, key in VIEWER_COUNTERS),
-        ("appliance_encoded_frames_total", "counter", "Access units encoded.", s.frames),
-        ("appliance_encoded_bytes_total", "counter", "Bytes encoded.", s.bytes),
-        ("appliance_keyframes_total", "counter", "Keyframes encoded.", s.keyframes),
-        ("appliance_keyframes_forced_total", "counter", "Keyframes forced for viewers.",
-         s.keyframes_forced),
-        ("appliance_keyframe_requests_total", "counter", "Keyframe requests (joins, PLI, FIR).",
-         s.keyframe_requests),
-        ("appliance_encoder_fps", "gauge", "Frames encoded per second (last 2 s).", fps),
-        ("appliance_encoder_bitrate_bps", "gauge", "Bits encoded per second (last 2 s).", bps),
-        ("appliance_source_up", "gauge", "1 while the video source runs.",
-         1 if source.get("running") else 0),
-        ("appliance_source_restarts_total", "counter", "Video source restarts.",
-         source["restarts"]),
-        ("appliance_capture_drops_total", "counter",
-         "Captured pictures dropped because the encoder was busy.", source.get("capture_drops", 0)),
-        ("appliance_capture_corrupt_frames_total", "counter",
-         "Captured frames that could not be used.", source.get("corrupt_frames", 0)),
-    ]  # fmt: skip
+    viewers = st.viewers
+    streams = list(st.streams)
+    names = sorted({s.name for s in streams} | viewers.streams())
+    viewers.observe_first_frames()
+    totals = {name: viewers.totals(name) for name in names}
     e = Exposition()
     e.family("appliance_info", "gauge", "The daemon's version.", [({"version": __version__}, 1)])
     e.family(
         "appliance_uptime_seconds", "gauge", "Seconds since start.",
         [(None, time.monotonic() - st.started)],
     )  # fmt: skip
-    for name, kind, text, value in samples:
-        e.family(name, kind, text, [(label, value)])
-    e.histogram(
-        "appliance_time_to_first_frame_seconds",
-        "From a viewer's WHEP POST to the first access unit sent to it.",
-        sessions.first_frame,
-        label,
-    )
+    e.family("appliance_streams", "gauge", "Streams served now.", [(None, len(streams))])
+    e.family(
+        "appliance_viewers", "gauge", "Viewers connected now.",
+        [({"stream": n}, viewers.count(n)) for n in names],
+    )  # fmt: skip
+    e.family(
+        "appliance_viewer_sessions_total", "counter", "WHEP sessions created.",
+        [({"stream": n}, viewers.created.get(n, 0)) for n in names],
+    )  # fmt: skip
+    for name, text, key in VIEWER_COUNTERS:
+        e.family(name, "counter", text, [({"stream": n}, totals[n][key]) for n in names])
+    for name, kind, text, attr in STREAM_FAMILIES:
+        e.family(name, kind, text, [({"stream": s.name}, getattr(s, attr)) for s in streams])
+    rates = [(s.name, *s.rates()) for s in streams]
+    e.family(
+        "appliance_encoder_fps", "gauge", "Frames published per second (last 2 s).",
+        [({"stream": n}, fps) for n, fps, _ in rates],
+    )  # fmt: skip
+    e.family(
+        "appliance_encoder_bitrate_bps", "gauge", "Bits published per second (last 2 s).",
+        [({"stream": n}, bps) for n, _, bps in rates],
+    )  # fmt: skip
+    e.family(
+        "appliance_publishers", "gauge", "WHIP publishers connected now.",
+        [(None, st.publishers.count())],
+    )  # fmt: skip
+    e.family(
+        "appliance_publisher_sessions_total", "counter", "WHIP sessions created.",
+        [(None, sum(st.publishers.created.values()))],
+    )  # fmt: skip
+    camera = st.streams.camera
+    if camera is not None:
+        source = st.source.describe()
+        label = {"stream": camera.name}
+        for name, kind, text, value in (
+            ("appliance_source_up", "gauge", "1 while the video source runs.",
+             1 if source.get("running") else 0),
+            ("appliance_source_restarts_total", "counter", "Video source restarts.",
+             source["restarts"]),
+            ("appliance_capture_drops_total", "counter",
+             "Captured pictures dropped because the encoder was busy.",
+             source.get("capture_drops", 0)),
+            ("appliance_capture_corrupt_frames_total", "counter",
+             "Captured frames that could not be used.", source.get("corrupt_frames", 0)),
+        ):  # fmt: skip
+            e.family(name, kind, text, [(label, value)])
+    targets = st.egress.targets
+    if targets:
+        e.family(
+            "appliance_egress_up", "gauge", "1 while publishing to the WHIP endpoint.",
+            [({"url": t.url}, 1 if t.state == "connected" else 0) for t in targets],
+        )  # fmt: skip
+        e.family(
+            "appliance_egress_failures_total", "counter",
+            "Egress sessions that failed or could not be set up.",
+            [({"url": t.url}, t.failures) for t in targets],
+        )  # fmt: skip
+    for n in names:
+        e.histogram(
+            "appliance_time_to_first_frame_seconds",
+            "From a viewer's WHEP POST to the first access unit sent to it.",
+            viewers.histogram(n),
+            {"stream": n},
+        )
     return web.Response(
         body=e.render().encode(),
         headers={"Content-Type": "text/plain; version=0.0.4; charset=utf-8"},
     )
 
 
+WHIP_KEY = web.AppKey("whip", WhipHandlers)
+
 OPENAPI = Path(__file__).with_name("openapi.yaml")
 
 
-SNAPSHOTS_KEY = web.AppKey("snapshots", Snapshots)
+SNAPSHOTS_KEY = web.AppKey("snapshots", dict[str, Snapshots])
 
 
 async def snapshot_handler(request: web.Request) -> web.Response:
-    st = request.app[STATUS_KEY]
-    name = request.match_info["stream"]
-    if name != st.stream.name:
-        raise SessionNotFound(f"no stream named {name!r}")
-    jpeg = await request.app[SNAPSHOTS_KEY].latest()
+    stream = request.app[STATUS_KEY].streams.get(request.match_info["stream"])
+    cache = request.app[SNAPSHOTS_KEY]
+    for name in [n for n, snaps in cache.items() if snaps.stream is not stream]:
+        if name == stream.name or name not in {s.name for s in request.app[STATUS_KEY].streams}:
+            del cache[name]  # a stream that is gone, or was replaced by a new one
+    if stream.name not in cache:
+        cache[stream.name] = Snapshots(stream)
+    jpeg = await cache[stream.name].latest()
     return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
@@ -333,21 +410,36 @@ def _add_cors(
 
 
 def make_app(
-    config: Config, stream: Stream, sessions: SessionRegistry, source: SourceSlot
+    config: Config,
+    streams: Streams,
+    viewers: SessionRegistry,
+    publishers: SessionRegistry,
+    source: SourceSlot,
+    egress: EgressSet,
 ) -> web.Application:
+    camera = streams.camera.name if streams.camera is not None else ""
     app = web.Application(
         client_max_size=MAX_BODY,
         middlewares=[
             make_cors_middleware(config.http.cors_origins),
-            make_auth_middleware(Authorizer(config.auth), stream.name),
+            make_auth_middleware(Authorizer(config.auth), camera),
             make_error_middleware(),
         ],
     )
-    app[STATUS_KEY] = Status(config, stream, sessions, source)
-    app[SNAPSHOTS_KEY] = Snapshots(stream)
+    app[STATUS_KEY] = Status(config, streams, viewers, publishers, source, egress)
+    app[SNAPSHOTS_KEY] = {}
     root = web_root(config)
+    rate = RateLimiter(config.http.sessions_per_minute, config.http.sessions_burst)
+    whip = WhipHandlers(config, streams, publishers, viewers, rate)
+    app[WHIP_KEY] = whip
 
     async def index(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(root / "index.html")
+
+    async def stream_page(request: web.Request) -> web.FileResponse:
+        problem = name_problem(request.match_info["stream"])
+        if problem is not None:
+            raise SessionNotFound(problem)
         return web.FileResponse(root / "index.html")
 
     app.add_routes(
@@ -360,8 +452,9 @@ def make_app(
             web.get("/metrics", metrics_handler),
             web.get("/openapi.yaml", openapi_handler),
             web.get("/{stream}/snapshot.jpg", snapshot_handler),
-            *WhepHandlers(config, stream, sessions).routes(),
-            web.get(f"/{stream.name}/", index),
+            *WhepHandlers(config, streams, viewers, rate).routes(),
+            *whip.routes(),
+            web.get("/{stream}/", stream_page),
             web.static("/web", root),
         ]
     )

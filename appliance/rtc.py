@@ -28,6 +28,11 @@ pyproject.toml):
   aioice pair: its `protocol.transport` socket and `remote_addr`).
 - `aiortc.codecs.HEADER_EXTENSIONS`: playout-delay and abs-capture-time are added, so that aiortc
   accepts them in the answer when a viewer offers them.
+- `RTCRtpReceiver._RTCRtpReceiver__decoder_queue` (WHIP ingest): replaced before the receiver starts
+  by an `IngestVideo`, whose `put()` takes aiortc's reassembled access units (`JitterFrame`:
+  depayloaded Annex-B, `timestamp` unwrapped from 0) on the event loop, and whose `get()` returns
+  None so that aiortc's decoder thread exits at once: a publisher's video is never decoded.
+  `RTCRtpReceiver._send_rtcp_pli(ssrc)` sends keyframe requests to the publisher.
 - `aiortc.codecs.CODECS["video"]`: H.264 Main (4d001f) and High (64001f), each with its RTX, are
   appended after aiortc's two Baseline entries when this module is imported, so that a Main or
   High stream (a UVC camera's own H.264, `video.profile`) can be answered to a viewer that offers
@@ -40,6 +45,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import time
 from collections.abc import Sequence
 from fractions import Fraction
 from typing import Any
@@ -50,6 +56,7 @@ from aiortc import (
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
+    RTCRtpReceiver,
     RTCRtpSender,
     RTCSessionDescription,
 )
@@ -74,7 +81,7 @@ from aiortc.sdp import candidate_from_sdp
 from appliance import h264, rtp, sdp
 from appliance.config import IceServer
 from appliance.errors import BadOffer, NoCommonCodec
-from appliance.media import VIDEO_CLOCK_RATE
+from appliance.media import VIDEO_CLOCK_RATE, EncodedFrame, pts_from_ns
 from appliance.sender import Negotiated, Output, RtpSender, UdpOutput
 from appliance.stream import Reader, ReaderClosed, Stream
 
@@ -167,6 +174,94 @@ class FastVideo:
         if self.sender is not None:
             self.stream.remove_sink(self.sender)
             self.sender.close()
+
+
+class IngestVideo:
+    """A publisher's video, from aiortc's jitter buffer into a stream, not decoded (WHIP ingest).
+
+    Timestamps: the stream's pts and capture times continue on the daemon's clocks. The first
+    keyframe is placed at "now", and later access units keep the publisher's own spacing (its RTP
+    timestamps), so a new publisher (a reconnect, a replacement) continues the stream's timeline.
+    Access units before the first keyframe are dropped, with a keyframe asked for.
+    """
+
+    def __init__(self, stream: Stream, name: str, ssrc: int | None) -> None:
+        self.stream = stream
+        self.name = name
+        self.receiver: Any = None
+        self.active = True
+        self._ssrc = ssrc
+        self._origin: tuple[int, int, int] | None = None  # (timestamp, pts, wall ns) at keyframe 1
+        self._tasks: set[asyncio.Task[None]] = set()
+        self.frames = 0
+        self.bytes = 0
+        self.keyframes = 0
+        self.plis_sent = 0
+        self.first_frame_at: float | None = None
+        self.on_close: list[Any] = []
+
+    # aiortc's decoder queue, as the receiver uses it.
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def put(self, item: Any) -> None:
+        if item is None or not self.active:
+            return
+        _codec, jitter_frame = item
+        data: bytes = jitter_frame.data
+        if not data:
+            return
+        keyframe = h264.is_keyframe(data)
+        ts = jitter_frame.timestamp
+        if self._origin is None:
+            if not keyframe:
+                self.request_keyframe()
+                return
+            self._origin = (ts, pts_from_ns(time.monotonic_ns()), time.time_ns())
+            self.first_frame_at = time.monotonic()
+        ts0, pts0, wall0 = self._origin
+        elapsed = ts - ts0
+        self.frames += 1
+        self.bytes += len(data)
+        self.keyframes += keyframe
+        self.stream.publish(
+            EncodedFrame(data, pts0 + elapsed, keyframe, wall0 + elapsed * 100_000 // 9)
+        )
+
+    def request_keyframe(self) -> None:
+        """Send a PLI to the publisher (the stream merges and rate-limits the requests)."""
+        receiver = self.receiver
+        if receiver is None or not self.active:
+            return
+        ssrc = self._ssrc
+        if ssrc is None:
+            sources = receiver.getSynchronizationSources()
+            if not sources:
+                return
+            ssrc = sources[0].source
+        self.plis_sent += 1
+        task = asyncio.get_running_loop().create_task(receiver._send_rtcp_pli(ssrc))
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "path": "ingest",
+            "first_frame_at": self.first_frame_at,
+            "frames": self.frames,
+            "bytes": self.bytes,
+            "keyframes": self.keyframes,
+            "plis_sent": self.plis_sent,
+        }
+
+    def close(self) -> None:
+        if not self.active:
+            return
+        self.active = False
+        for task in self._tasks:
+            task.cancel()
+        for callback in self.on_close:
+            callback(self)
 
 
 def ice_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
@@ -313,6 +408,107 @@ async def answer(
         media.close()
         await pc.close()
         raise
+
+
+# H.264 as ingest takes it, in the order of preference: what every browser decodes first.
+_INGEST_PROFILES = ("42e0", "4200", "4d00", "6400")
+
+
+def _ingest_preferences() -> list[Any]:
+    capabilities = RTCRtpReceiver.getCapabilities("video")
+    assert capabilities is not None
+    caps = capabilities.codecs
+    h264_caps = [c for c in caps if c.mimeType.lower() == "video/h264"]
+
+    def rank(cap: Any) -> int:
+        profile, _ = h264.parse_profile_level_id(str(cap.parameters["profile-level-id"]))
+        return _INGEST_PROFILES.index(profile) if profile in _INGEST_PROFILES else 99
+
+    return sorted(h264_caps, key=rank) + [c for c in caps if c.mimeType.lower() == "video/rtx"]
+
+
+async def receive(
+    offer: str, stream: Stream, ice_servers: Sequence[IceServer], name: str
+) -> tuple[RTCPeerConnection, str, IngestVideo]:
+    """A peer connection that takes a publisher's H.264 video into `stream`, and the SDP answer.
+
+    Raises BadOffer (400) or NoCommonCodec (406). On error, nothing is left open. Other media
+    sections (audio) are answered inactive: this daemon does not take them.
+    """
+    problem = sdp.webrtc_offer_problem(offer)
+    if problem is not None:
+        raise BadOffer(problem)
+    direction = sdp.video_direction(offer)
+    if direction is None:
+        raise NoCommonCodec("the offer has no video section; WHIP here takes H.264 video")
+    if direction not in ("sendonly", "sendrecv"):
+        raise BadOffer(f"the offer's video is {direction}: a WHIP publisher sends (sendonly)")
+    offered = sorted({plid for _, mode, plid in sdp.h264_formats(offer) if mode == 1})
+    if not offered:
+        raise NoCommonCodec(
+            "WHIP here takes H.264 with packetization-mode=1; the offer has none "
+            f"(H.264 formats offered: {sdp.h264_formats(offer) or 'none'})"
+        )
+    pc = RTCPeerConnection(ice_configuration(ice_servers))
+    media = IngestVideo(stream, name, sdp.video_ssrc(offer))
+    try:
+        transceiver = pc.addTransceiver("video", direction="recvonly")
+        transceiver.receiver._RTCRtpReceiver__decoder_queue = media  # type: ignore[attr-defined]
+        media.receiver = transceiver.receiver
+        transceiver.setCodecPreferences(_ingest_preferences())
+        try:
+            await pc.setRemoteDescription(
+                RTCSessionDescription(sdp=sdp.strip_mdns_candidates(offer), type="offer")
+            )
+        except Exception as e:  # aiortc raises ValueError, InvalidAccessError, OperationError...
+            detail = str(e) or type(e).__name__
+            if "codec" in detail.lower():
+                raise NoCommonCodec(f"no common codec: {detail}") from None
+            raise BadOffer(f"the offer cannot be answered: {detail}") from None
+        for other in pc.getTransceivers():
+            if other is not transceiver:
+                other.direction = "inactive"
+        await pc.setLocalDescription(await pc.createAnswer())
+        return pc, str(pc.localDescription.sdp), media
+    except BaseException:
+        media.on_close.clear()
+        media.close()
+        await pc.close()
+        raise
+
+
+async def offer(
+    stream: Stream, ice_servers: Sequence[IceServer], name: str
+) -> tuple[RTCPeerConnection, str, FastVideo]:
+    """A peer connection that publishes `stream` (WHIP egress) on the fast path, and its offer:
+    one sendonly H.264 section of the stream's own profile-level-id, candidates included."""
+    assert stream.profile_level_id is not None
+    _accept_extra_extensions()
+    pc = RTCPeerConnection(ice_configuration(ice_servers))
+    media = FastVideo(stream, name)
+    try:
+        transceiver = pc.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        _take_over_sender(transceiver.sender, media)
+        transceiver.setCodecPreferences(_codec_preferences(stream.profile_level_id))
+        await pc.setLocalDescription(await pc.createOffer())
+        text = sdp.set_h264_profile_level_id(pc.localDescription.sdp, stream.profile_level_id)
+        return pc, text, media
+    except BaseException:
+        media.close()
+        await pc.close()
+        raise
+
+
+async def accept_answer(pc: RTCPeerConnection, answer: str) -> None:
+    """Apply a WHIP server's answer; ValueError says why it cannot be used."""
+    if not answer.startswith("v=0"):
+        raise ValueError("the answer is not SDP (it must start with v=0)")
+    try:
+        await pc.setRemoteDescription(
+            RTCSessionDescription(sdp=sdp.strip_mdns_candidates(answer), type="answer")
+        )
+    except Exception as e:  # aiortc raises ValueError, InvalidAccessError, OperationError...
+        raise ValueError(f"the answer cannot be used: {str(e) or type(e).__name__}") from None
 
 
 def _negotiated(sender: Any, parameters: Any) -> Negotiated:

@@ -45,6 +45,49 @@ def has_video(sdp: str) -> bool:
     return any(line.startswith("m=video ") for line in _lines(sdp))
 
 
+def _video_section(sdp: str) -> list[str]:
+    """The lines of the first video media section (empty if there is none)."""
+    section: list[str] = []
+    inside = False
+    for line in _lines(sdp):
+        if line.startswith("m="):
+            if inside:
+                break
+            inside = line.startswith("m=video ")
+        if inside:
+            section.append(line)
+    return section
+
+
+DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
+
+
+def video_direction(sdp: str) -> str | None:
+    """The direction of the first video section (`sendrecv` when unsaid); None without video."""
+    section = _video_section(sdp)
+    if not section:
+        return None
+    for line in section:
+        if line[2:] in DIRECTIONS:
+            return line[2:]
+    return "sendrecv"
+
+
+def video_ssrc(sdp: str) -> int | None:
+    """The SSRC the first video section declares for its media (the first of an FID group, whose
+    second is its retransmission stream), or None when it declares none."""
+    section = _video_section(sdp)
+    for line in section:
+        m = re.match(r"^a=ssrc-group:FID (\d+)", line)
+        if m:
+            return int(m.group(1))
+    for line in section:
+        m = re.match(r"^a=ssrc:(\d+) ", line)
+        if m:
+            return int(m.group(1))
+    return None
+
+
 def is_mdns_candidate(line: str) -> bool:
     """True for an `a=candidate` line whose address is an mDNS name (RFC 8445 + mDNS ICE draft)."""
     m = _CANDIDATE.match(line)

@@ -1,5 +1,6 @@
 """Viewer sessions: one per WHEP resource, each with a single exit path that logs why it closed.
 
+Viewers (WHEP) and publishers (WHIP) are sessions alike, each kept in a registry of its role.
 A session ends on DELETE, when its peer connection fails or closes (a viewer that vanished without
 DELETE is found by ICE consent checks), when it has not connected within the connect timeout, or
 when the daemon stops. Whatever the cause, `close()` runs once and the others keep watching.
@@ -38,12 +39,21 @@ def new_session_id() -> str:
 
 
 class Session:
-    """One viewer: its peer connection and its media path."""
+    """One viewer (WHEP) or publisher (WHIP) of a stream: its peer connection and media path."""
 
     def __init__(
-        self, session_id: str, pc: Any, media: ViewerMedia, remote_ufrag: str | None, peer: str
+        self,
+        session_id: str,
+        pc: Any,
+        media: ViewerMedia,
+        remote_ufrag: str | None,
+        peer: str,
+        stream: str,
+        role: str = "viewer",
     ) -> None:
         self.id = session_id
+        self.stream = stream
+        self.role = role
         self.pc = pc
         self.media = media
         self.remote_ufrag = remote_ufrag
@@ -66,7 +76,7 @@ class Session:
             state = self.pc.connectionState
             if state == "connected" and self.connected_at is None:
                 self.connected_at = time.monotonic()
-                logger.info("viewer %s: connected (%s)", self.id[:8], self.peer)
+                logger.info("%s %s: connected (%s)", self.role, self.id[:8], self.peer)
             elif state in ("failed", "closed"):
                 registry.close_soon(self, f"connection {state}")
 
@@ -96,7 +106,8 @@ class Session:
             seconds = time.monotonic() - self.created
             m = self.media.describe()
             logger.info(
-                "viewer %s: closed: %s (after %.1f s, %d frames, %d bytes)",
+                "%s %s: closed: %s (after %.1f s, %d frames, %d bytes)",
+                self.role,
                 self.id[:8],
                 reason,
                 seconds,
@@ -110,6 +121,7 @@ class Session:
         first = media.pop("first_frame_at", None)
         return {
             "id": self.id,
+            "stream": self.stream,
             "state": self.state,
             "peer": self.peer,
             "age_s": round(now - self.created, 3),
@@ -121,22 +133,37 @@ class Session:
 
 
 class SessionRegistry:
-    """All live sessions, by id. The only place sessions are added or removed."""
+    """All live sessions of one role, by id. The only place sessions are added or removed."""
 
     def __init__(self) -> None:
         self._sessions: dict[str, Session] = {}
         self._closing: set[asyncio.Task[None]] = set()
-        self.created_total = 0
-        self.retired: dict[str, float] = dict.fromkeys(COUNTED, 0)  # closed sessions' totals
-        self.first_frame = Histogram(FIRST_FRAME_BUCKETS)
+        self.created: dict[str, int] = {}  # by stream
+        self.retired: dict[str, dict[str, float]] = {}  # closed sessions' totals, by stream
+        self.first_frame: dict[str, Histogram] = {}  # by stream
         self._observed: set[str] = set()
 
     def add(self, session: Session) -> None:
         self._sessions[session.id] = session
-        self.created_total += 1
+        self.created[session.stream] = self.created.get(session.stream, 0) + 1
+
+    def count(self, stream: str | None = None) -> int:
+        """Live sessions, of one stream or of all."""
+        if stream is None:
+            return len(self._sessions)
+        return sum(1 for s in self._sessions.values() if s.stream == stream)
+
+    def of_stream(self, stream: str) -> list[Session]:
+        return [s for s in self._sessions.values() if s.stream == stream]
+
+    def histogram(self, stream: str) -> Histogram:
+        """Time to first frame of the stream's sessions."""
+        if stream not in self.first_frame:
+            self.first_frame[stream] = Histogram(FIRST_FRAME_BUCKETS)
+        return self.first_frame[stream]
 
     def observe_first_frames(self) -> None:
-        """Put each session's time to first frame in the histogram, once it is known."""
+        """Put each session's time to first frame in its histogram, once it is known."""
         for session in self._sessions.values():
             self._observe(session, session.describe())
 
@@ -144,12 +171,16 @@ class SessionRegistry:
         first = described.get("first_frame_s")
         if first is not None and session.id not in self._observed:
             self._observed.add(session.id)
-            self.first_frame.observe(first)
+            self.histogram(session.stream).observe(first)
 
-    def totals(self) -> dict[str, float]:
-        """Counters over every session, live and closed."""
-        out = dict(self.retired)
-        for session in self._sessions.values():
+    def streams(self) -> set[str]:
+        """Every stream that has had a session."""
+        return set(self.created) | {s.stream for s in self._sessions.values()}
+
+    def totals(self, stream: str) -> dict[str, float]:
+        """Counters over every session of a stream, live and closed."""
+        out = dict(self.retired.get(stream) or dict.fromkeys(COUNTED, 0))
+        for session in self.of_stream(stream):
             d = session.describe()
             for key in COUNTED:
                 out[key] += d.get(key) or 0
@@ -175,8 +206,9 @@ class SessionRegistry:
         d = session.describe()
         self._observe(session, d)
         self._observed.discard(session.id)
+        retired = self.retired.setdefault(session.stream, dict.fromkeys(COUNTED, 0))
         for key in COUNTED:
-            self.retired[key] += d.get(key) or 0
+            retired[key] += d.get(key) or 0
 
     def close_soon(self, session: Session, reason: str) -> None:
         """Close from a synchronous callback (a connection state change)."""
@@ -187,6 +219,9 @@ class SessionRegistry:
         )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)
+
+    async def close_many(self, sessions: list[Session], reason: str) -> None:
+        await asyncio.gather(*(self.close(s, reason) for s in sessions))
 
     async def close_all(self, reason: str) -> None:
         await asyncio.gather(*(self.close(s, reason) for s in self))

@@ -45,12 +45,12 @@ def encode_snapshot(aus: list[EncodedFrame]) -> bytes:
 
 class Snapshots:
     def __init__(self, stream: Stream) -> None:
-        self._stream = stream
+        self.stream = stream
         self._cached: tuple[int, bytes] | None = None  # (stream.frames, jpeg)
         self._pending: asyncio.Future[bytes] | None = None
 
     async def latest(self) -> bytes:
-        stream = self._stream
+        stream = self.stream
         if not stream.ready or not stream.gop or not stream.gop[0].keyframe:
             raise SourceNotReady("no picture yet: the video source has not produced a keyframe")
         frames = stream.frames

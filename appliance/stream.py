@@ -161,6 +161,15 @@ class Stream:
         """Where keyframe requests go: a thread-safe callable of the encoder, or None."""
         self._force_keyframe = force_keyframe
 
+    def detach_encoder(self, force_keyframe: Callable[[], None]) -> None:
+        """Forget `force_keyframe` if it is still the one attached (a publisher that left)."""
+        if self._force_keyframe == force_keyframe:
+            self._force_keyframe = None
+
+    @property
+    def has_encoder(self) -> bool:
+        return self._force_keyframe is not None
+
     @property
     def ready(self) -> bool:
         """True once a keyframe has been seen, so that an answer can declare the real profile."""

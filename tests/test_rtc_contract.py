@@ -85,3 +85,23 @@ def test_pylibsrtp_internals_srtp_py_uses() -> None:
     assert callable(lib.srtp_protect) and ffi.sizeof("int") == 4
     assert hasattr(Session(), "_srtp")
     assert "self._srtp = " in inspect.getsource(Session.__init__)
+
+
+async def test_receiver_internals_whip_ingest_replaces() -> None:
+    # rtc.receive() replaces the receiver's decoder queue with an IngestVideo before it starts:
+    # aiortc must put (codec, JitterFrame) there from _handle_rtp_packet, start its decoder thread
+    # with that same queue in receive(), and end the thread when get() returns None.
+    from aiortc import RTCRtpReceiver
+    from aiortc.jitterbuffer import JitterFrame
+    from aiortc.rtcrtpreceiver import decoder_worker
+
+    receiver = RTCRtpReceiver("video", _dtls_transport())
+    assert hasattr(receiver, "_RTCRtpReceiver__decoder_queue")
+    handle = inspect.getsource(RTCRtpReceiver._handle_rtp_packet)
+    assert "self.__decoder_queue.put((codec, encoded_frame))" in handle
+    assert "self.__jitter_buffer.add(packet)" in handle
+    assert "self.__decoder_queue," in inspect.getsource(RTCRtpReceiver.receive)
+    assert "if task is None:" in inspect.getsource(decoder_worker)
+    assert set(inspect.signature(JitterFrame).parameters) == {"data", "timestamp"}
+    assert callable(receiver._send_rtcp_pli)
+    assert callable(receiver.getSynchronizationSources)

@@ -84,3 +84,18 @@ def test_sdpfrag_errors(text: str, message: str) -> None:
     with pytest.raises(ValueError) as e:
         sdp.SdpFrag.parse(text)
     assert str(e.value) == message
+
+
+def test_video_direction_and_ssrc() -> None:
+    offer = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendonly\r\na=ssrc:5 cname:x\r\n"
+        "m=video 9 UDP/TLS/RTP/SAVPF 96 97\r\na=recvonly\r\na=ssrc-group:FID 11 12\r\n"
+        "a=ssrc:11 cname:a\r\na=ssrc:12 cname:a\r\n"
+    )
+    assert sdp.video_direction(offer) == "recvonly"
+    assert sdp.video_ssrc(offer) == 11  # the FID group's media SSRC, not the audio's
+    plain = "v=0\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=ssrc:42 cname:a\r\n"
+    assert sdp.video_direction(plain) == "sendrecv"
+    assert sdp.video_ssrc(plain) == 42
+    assert sdp.video_direction("v=0\r\nm=audio 9 RTP/AVP 0\r\n") is None
+    assert sdp.video_ssrc("v=0\r\nm=video 9 RTP/AVP 96\r\n") is None

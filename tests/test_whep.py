@@ -13,11 +13,10 @@ from appliance import config
 from appliance.capture.testsrc import TestPattern
 from appliance.config import IceServer
 from appliance.encoders.software import X264Encoder
-from appliance.http import make_app
+from appliance.resource import ice_server_links
 from appliance.sessions import SessionRegistry
-from appliance.source import SourceSlot
 from appliance.stream import Stream
-from appliance.whep import ice_server_links
+from tests.apps import app_for
 
 OFFER = (Path(__file__).parent / "data" / "chromium-recvonly-offer.sdp").read_bytes().decode()
 SDP = {"Content-Type": "application/sdp"}
@@ -32,7 +31,7 @@ def feed_one_keyframe(stream: Stream, cfg: config.Config) -> None:
 
 
 async def client_for(stream: Stream, cfg: config.Config) -> TestClient:
-    client = TestClient(TestServer(make_app(cfg, stream, SessionRegistry(), SourceSlot())))
+    client = TestClient(TestServer(app_for(cfg, stream)))
     await client.start_server()
     return client
 
@@ -233,7 +232,7 @@ async def test_answer_to_chromium_picks_constrained_baseline_and_playout_delay(
     stream = Stream("cam")
     feed_one_keyframe(stream, cfg)
     sessions = SessionRegistry()
-    client = TestClient(TestServer(make_app(cfg, stream, sessions, SourceSlot())))
+    client = TestClient(TestServer(app_for(cfg, stream, sessions)))
     await client.start_server()
     try:
         r = await client.post("/cam/whep", data=OFFER, headers=SDP)

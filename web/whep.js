@@ -6,11 +6,14 @@
 //
 // States: "idle" → "connecting" → "connected" → ("retrying" → "connecting" …) → "stopped";
 // "unauthorized" when the endpoint wants a (different) bearer token: no retry until setToken().
+//
+// SessionClient is what WHEP and WHIP (whip.js) share: POST the offer, apply the answer, DELETE
+// the session resource, retry with backoff. A subclass adds its media in _prepare(pc).
 
-export class WhepClient {
-  constructor(url, { onTrack = () => {}, onState = () => {}, iceServers = [], token = null } = {}) {
+export class SessionClient {
+  constructor(url, protocol, { onState = () => {}, iceServers = [], token = null } = {}) {
     this.url = url;
-    this.onTrack = onTrack;
+    this.protocol = protocol;
     this.onState = onState;
     this.iceServers = iceServers;
     this.token = token;
@@ -55,8 +58,7 @@ export class WhepClient {
     this._setState("connecting");
     const pc = new RTCPeerConnection({ iceServers: this.iceServers });
     this.pc = pc;
-    pc.addTransceiver("video", { direction: "recvonly" });
-    pc.ontrack = (event) => this.onTrack(event.streams[0] || new MediaStream([event.track]), event);
+    this._prepare(pc);
     pc.onconnectionstatechange = () => {
       if (pc !== this.pc) return;
       if (pc.connectionState === "connected") {
@@ -87,7 +89,7 @@ export class WhepClient {
       }
       if (response.status !== 201) {
         const reason = (await response.text()).trim();
-        throw new Error(`WHEP POST answered ${response.status}: ${reason}`);
+        throw new Error(`${this.protocol} POST answered ${response.status}: ${reason}`);
       }
       const location = response.headers.get("Location");
       this.resource = location ? new URL(location, this.url).toString() : null;
@@ -128,5 +130,17 @@ export class WhepClient {
     } catch (_) {
       // the daemon may be gone; its session will time out by itself
     }
+  }
+}
+
+export class WhepClient extends SessionClient {
+  constructor(url, { onTrack = () => {}, ...options } = {}) {
+    super(url, "WHEP", options);
+    this.onTrack = onTrack;
+  }
+
+  _prepare(pc) {
+    pc.addTransceiver("video", { direction: "recvonly" });
+    pc.ontrack = (event) => this.onTrack(event.streams[0] || new MediaStream([event.track]), event);
   }
 }

@@ -1,4 +1,5 @@
-"""Real WebRTC peers for the end-to-end tests: an aiortc WHEP viewer, and helpers for Chromium."""
+"""Real WebRTC peers for the end-to-end tests: an aiortc WHEP viewer, an aiortc WHIP publisher
+(aiortc's own H.264 encoder and send path), and helpers for Chromium."""
 
 from __future__ import annotations
 
@@ -10,7 +11,10 @@ from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
+import av
+import numpy as np
 from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc.mediastreams import VideoStreamTrack
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -24,6 +28,8 @@ CHROMIUM_ARGS = [
     "--disable-sync",
     "--autoplay-policy=no-user-gesture-required",
 ]
+# A camera for WHIP publishing pages: Chromium's built-in test pattern, granted without a prompt.
+FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 
 
 class AiortcViewer:
@@ -82,15 +88,81 @@ class AiortcViewer:
         await self.pc.close()
 
 
+class CountingTrack(VideoStreamTrack):
+    """640x360 pictures at 30 fps whose brightness steps with each frame."""
+
+    def __init__(self, width: int = 640, height: int = 360) -> None:
+        super().__init__()
+        self.width, self.height = width, height
+        self.count = 0
+
+    async def recv(self) -> av.VideoFrame:
+        pts, time_base = await self.next_timestamp()
+        self.count += 1
+        picture = np.full((self.height, self.width, 3), (self.count * 8) % 256, dtype=np.uint8)
+        frame = av.VideoFrame.from_ndarray(picture, format="rgb24")
+        frame.pts, frame.time_base = pts, time_base
+        return frame
+
+
+class AiortcPublisher:
+    """A WHIP publisher built on aiortc: its own H.264 (libx264) encoder and send path."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, token: str | None = None) -> None:
+        self.http = http
+        self.url = url
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.track = CountingTrack()
+        self.location: str | None = None
+        self.etag: str | None = None
+        self.status: int | None = None
+        self.body = ""
+
+    async def offer(self) -> str:
+        self.pc.addTransceiver(self.track, direction="sendonly")
+        await self.pc.setLocalDescription(await self.pc.createOffer())
+        return str(self.pc.localDescription.sdp)
+
+    async def post(self, offer: str) -> int:
+        """POST the offer; on 201, apply the answer. Returns the status."""
+        async with self.http.post(
+            self.url, data=offer, headers={"Content-Type": "application/sdp", **self.auth}
+        ) as response:
+            self.status = response.status
+            self.body = await response.text()
+            if response.status == 201:
+                self.location = urljoin(self.url, response.headers["Location"])
+                self.etag = response.headers.get("ETag")
+        if self.status == 201:
+            await self.pc.setRemoteDescription(RTCSessionDescription(sdp=self.body, type="answer"))
+        return self.status
+
+    async def connect(self) -> None:
+        status = await self.post(await self.offer())
+        assert status == 201, f"WHIP POST: {status} {self.body}"
+
+    async def delete(self) -> int:
+        assert self.location is not None
+        async with self.http.delete(self.location, headers=self.auth) as response:
+            return response.status
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
 @contextlib.asynccontextmanager
-async def chromium() -> AsyncIterator[Any]:
+async def chromium(*extra_args: str) -> AsyncIterator[Any]:
     """A headless Debian Chromium driven by Playwright, with a fresh profile."""
     from playwright.async_api import async_playwright
 
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         async with async_playwright() as p:
             context = await p.chromium.launch_persistent_context(
-                profile, executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS
+                profile,
+                executable_path=CHROMIUM,
+                headless=True,
+                args=[*CHROMIUM_ARGS, *extra_args],
             )
             try:
                 yield context

@@ -257,8 +257,17 @@ async def test_killed_viewer_is_dropped_by_consent_expiry(daemon: DaemonFactory,
             await stays.close()
 
 
-async def test_viewer_limit_is_503_with_retry_after(daemon: DaemonFactory, http) -> None:
-    async with daemon(**{"stream.max_viewers": 1}) as d:
+@pytest.mark.parametrize(
+    ("limits", "message"),
+    [
+        ({"stream.max_viewers": 1}, "viewer limit of this stream reached (1)"),
+        ({"stream.max_viewers_total": 1}, "viewer limit reached (1)"),
+    ],
+)
+async def test_viewer_limit_is_503_with_retry_after(
+    daemon: DaemonFactory, http, limits: dict[str, int], message: str
+) -> None:
+    async with daemon(**limits) as d:
         await wait_ready(d)
         first = AiortcViewer(http, f"{d.url}/cam/whep")
         second = AiortcViewer(http, f"{d.url}/cam/whep")
@@ -270,7 +279,7 @@ async def test_viewer_limit_is_503_with_retry_after(daemon: DaemonFactory, http)
             ) as r:
                 assert r.status == 503
                 assert r.headers["Retry-After"] == "5"
-                assert await r.text() == "viewer limit reached (1)\n"
+                assert await r.text() == message + "\n"
             assert len(await first.frames(5)) == 5
         finally:
             await first.close()

@@ -33,12 +33,11 @@ from typing import Any
 from aiohttp import web
 
 from appliance import config
-from appliance.http import make_app
 from appliance.media import EncodedFrame
 from appliance.sessions import SessionRegistry
-from appliance.source import SourceSlot
 from appliance.stream import Stream
 from tests import netns
+from tests.apps import app_for
 from tests.perf.workload import access_units
 
 
@@ -131,7 +130,7 @@ async def case(
     )
     stream = Stream("cam", mtu=cfg.stream.mtu, ring_packets=cfg.stream.ring_packets)
     sessions = SessionRegistry()
-    runner = web.AppRunner(make_app(cfg, stream, sessions, SourceSlot()), access_log=None)
+    runner = web.AppRunner(app_for(cfg, stream, sessions), access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()

@@ -1,0 +1,129 @@
+"""What WHEP and WHIP share: the session resource a POST creates (RFC 9725 section 4).
+
+Both protocols answer an SDP offer with 201, a `Location` for the session, an `ETag`, and `Link`
+headers for the ICE servers; the session takes trickled candidates by PATCH
+(`application/trickle-ice-sdpfrag`, `If-Match` checked) and ends on DELETE. Edge module (aiohttp);
+errors are raised as appliance.errors.RequestError subclasses, which http.py maps to statuses.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+
+from aiohttp import web
+
+from appliance import rtc, sdp
+from appliance.config import Config
+from appliance.errors import (
+    BadOffer,
+    PreconditionFailed,
+    SessionNotFound,
+    TooManyRequests,
+    Unprocessable,
+    UnsupportedMedia,
+)
+from appliance.ratelimit import RateLimiter
+from appliance.sessions import Session, SessionRegistry
+
+logger = logging.getLogger(__name__)
+
+SDP = "application/sdp"
+SDPFRAG = "application/trickle-ice-sdpfrag"
+
+
+def ice_server_links(config: Config) -> list[str]:
+    """`Link` header values for the configured ICE servers (RFC 9725 section 4.6)."""
+    links = []
+    for server in config.webrtc.ice_servers:
+        for url in server.urls:
+            link = f'<{url}>; rel="ice-server"'
+            if server.username:
+                link += (
+                    f'; username="{server.username}"; credential="{server.credential}"'
+                    '; credential-type="password"'
+                )
+            links.append(link)
+    return links
+
+
+class SessionResources:
+    """POST/PATCH/DELETE/OPTIONS plumbing for one protocol (`kind` is "whep" or "whip")."""
+
+    kind = ""
+
+    def __init__(self, config: Config, sessions: SessionRegistry, rate: RateLimiter) -> None:
+        self._config = config
+        self._sessions = sessions
+        self._rate = rate
+
+    def session_routes(self) -> list[web.RouteDef]:
+        return [
+            web.patch(f"/{{stream}}/{self.kind}/{{session}}", self.patch),
+            web.delete(f"/{{stream}}/{self.kind}/{{session}}", self.delete),
+            web.options(f"/{{stream}}/{self.kind}/{{session}}", self.options_session),
+        ]
+
+    def _session(self, request: web.Request) -> Session:
+        session = self._sessions.get(request.match_info["session"])
+        if session.stream != request.match_info["stream"]:
+            raise SessionNotFound(f"no session {request.match_info['session']!r} on this stream")
+        return session
+
+    def _take_rate(self, request: web.Request) -> None:
+        wait = self._rate.take(request.remote or "?")
+        if wait:
+            raise TooManyRequests(
+                "too many sessions from this address; try again later", math.ceil(wait)
+            )
+
+    async def _offer(self, request: web.Request) -> str:
+        if request.content_type != SDP:
+            raise UnsupportedMedia(f"Content-Type must be {SDP}, got {request.content_type!r}")
+        offer = await request.text()
+        if not offer.strip():
+            raise BadOffer("empty body: expected an SDP offer")
+        return offer
+
+    def _created(self, session: Session, answer: str) -> web.Response:
+        response = web.Response(status=201, body=answer.encode(), content_type=SDP)
+        response.headers["Location"] = f"/{session.stream}/{self.kind}/{session.id}"
+        response.headers["ETag"] = session.etag
+        response.headers["Accept-Patch"] = SDPFRAG
+        for link in ice_server_links(self._config):
+            response.headers.add("Link", link)
+        return response
+
+    async def patch(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        if request.content_type != SDPFRAG:
+            raise UnsupportedMedia(f"Content-Type must be {SDPFRAG}, got {request.content_type!r}")
+        if_match = request.headers.get("If-Match")
+        if if_match is not None and if_match != "*" and if_match != session.etag:
+            raise PreconditionFailed(f"If-Match {if_match} does not match the session's ETag")
+        try:
+            frag = sdp.SdpFrag.parse(await request.text())
+        except ValueError as e:
+            raise BadOffer(f"malformed sdpfrag: {e}") from None
+        if frag.ufrag is not None and frag.ufrag != session.remote_ufrag:
+            raise Unprocessable("ICE restart is not supported; trickle candidates are")
+        await rtc.add_candidates(session.pc, frag)
+        return web.Response(status=204)
+
+    async def delete(self, request: web.Request) -> web.Response:
+        session = self._session(request)
+        await self._sessions.close(session, f"DELETE from the {session.role}")
+        return web.Response(status=200)
+
+    async def options(self, request: web.Request) -> web.Response:
+        response = web.Response(status=204)
+        response.headers["Accept-Post"] = SDP
+        response.headers["Allow"] = "OPTIONS, POST"
+        return response
+
+    async def options_session(self, request: web.Request) -> web.Response:
+        self._session(request)
+        response = web.Response(status=204)
+        response.headers["Accept-Patch"] = SDPFRAG
+        response.headers["Allow"] = "OPTIONS, PATCH, DELETE"
+        return response
