@@ -1,8 +1,12 @@
-"""WHIP both ways, against real peers: aiortc and Chromium publish into the daemon (ingest), and a
-second daemon publishes its camera into the first (egress); viewers decode at every step."""
+"""WHIP both ways, against real peers: aiortc and Chromium publish into the daemon (ingest); a
+second daemon publishes its camera into the first, and into GStreamer's webrtcbin (egress);
+viewers decode at every step."""
 
 from __future__ import annotations
 
+import asyncio
+import subprocess
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -318,3 +322,62 @@ async def test_daemon_relays_to_daemon_over_whip_egress_and_reconnects(
             await wait_until(reconnected, 40, "the egress did not reconnect")
             await wait_published(http, hub.url, "relay", ADMIN)
             await watch(hub.url)
+
+
+GST_SERVER = Path(__file__).with_name("gst_whip_server.py")
+GST_MODULES = (
+    "import gi; gi.require_version('GstWebRTC', '1.0'); from gi.repository import GstWebRTC"
+)
+
+
+def gstreamer_problem() -> str | None:
+    try:
+        subprocess.run(["/usr/bin/python3", "-c", GST_MODULES], check=True, capture_output=True)
+    except (OSError, subprocess.CalledProcessError) as e:
+        return f"no GStreamer webrtcbin for /usr/bin/python3 (tests/run.sh installs it): {e}"
+    return None
+
+
+async def test_egress_to_gstreamer_webrtcbin_an_independent_whip_endpoint(
+    daemon: DaemonFactory, http: aiohttp.ClientSession
+) -> None:
+    problem = gstreamer_problem()
+    if problem:
+        pytest.skip(problem)
+    port = free_port()
+    token = "gst-token-0123456789abcdef"
+    server = await asyncio.create_subprocess_exec(
+        "/usr/bin/python3", str(GST_SERVER), str(port), token, stdout=asyncio.subprocess.PIPE
+    )
+    assert server.stdout is not None
+    try:
+        assert await asyncio.wait_for(server.stdout.readline(), 30) == b"ready\n"
+        url = f"http://127.0.0.1:{port}/whip"
+
+        async def gst() -> Any:
+            async with http.get(f"http://127.0.0.1:{port}/stats") as r:
+                return await r.json()
+
+        targets = [{"url": url, "token": token}, {"url": url, "token": "wrong-0123456789abcdef"}]
+        async with daemon(egress=targets[1:]) as d:
+
+            async def refused() -> bool:
+                return "401" in ((await status(http, d.url))["egress"][0]["last_error"] or "")
+
+            await wait_until(refused, 15, "a wrong token was not refused with 401")
+        async with daemon(egress=targets[:1]) as d:
+
+            async def decoded() -> bool:
+                return bool((await gst())["frames"] >= 60)
+
+            await wait_until(decoded, 30, "GStreamer decoded too few frames from the egress")
+            stats = await gst()
+            assert (stats["width"], stats["height"]) == (640, 360)
+            egress = (await status(http, d.url))["egress"][0]
+            assert egress["state"] == "connected", egress
+        # On the way out the daemon ended its session with DELETE (RFC 9725 section 4.3).
+        stats = await gst()
+        assert stats["session"] is False and stats["closed_frames"] >= 60, stats
+    finally:
+        server.terminate()
+        await server.wait()
