@@ -33,6 +33,11 @@ pyproject.toml):
   depayloaded Annex-B, `timestamp` unwrapped from 0) on the event loop, and whose `get()` returns
   None so that aiortc's decoder thread exits at once: a publisher's video is never decoded.
   `RTCRtpReceiver._send_rtcp_pli(ssrc)` sends keyframe requests to the publisher.
+- `RTCCertificate._create_ssl_context()`: wrapped so that the DTLS context also offers ECDHE-RSA
+  suites. aiortc's own list is ECDSA only, which works when the peer's certificate is ECDSA (every
+  browser); a peer with an RSA certificate (GStreamer's webrtcbin, so `whipsink` publishers and
+  GStreamer viewers) fails the handshake with "no shared cipher" whenever aiortc is the DTLS
+  client, i.e. whenever we answer its offer (WHIP ingest, WHEP).
 - `aiortc.codecs.CODECS["video"]`: H.264 Main (4d001f) and High (64001f), each with its RTX, are
   appended after aiortc's two Baseline entries when this module is imported, so that a Main or
   High stream (a UVC camera's own H.264, `video.profile`) can be answered to a viewer that offers
@@ -53,6 +58,7 @@ from typing import Any
 import av
 from aioice.ice import StunProtocol
 from aiortc import (
+    RTCCertificate,
     RTCConfiguration,
     RTCIceServer,
     RTCPeerConnection,
@@ -353,6 +359,30 @@ def _accept_more_h264_profiles() -> None:
 
 # At import, before any peer connection (ours, or an aiortc client's in the same process) exists.
 _accept_more_h264_profiles()
+
+# aiortc's four ECDSA suites, then the same with RSA certificates (see the module docstring).
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
+    b"ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+def _accept_rsa_dtls_peers() -> None:
+    original = RTCCertificate._create_ssl_context
+    if getattr(original, "wider_ciphers", False):
+        return
+
+    def create(self: RTCCertificate, srtp_profiles: Any) -> Any:
+        context = original(self, srtp_profiles)
+        context.set_cipher_list(DTLS_CIPHERS)
+        return context
+
+    create.wider_ciphers = True  # type: ignore[attr-defined]
+    RTCCertificate._create_ssl_context = create  # type: ignore[method-assign]
+
+
+_accept_rsa_dtls_peers()
 
 
 def _accept_extra_extensions() -> None:

@@ -14,7 +14,7 @@ for pkg in python3-venv python3-dev gcc chromium iproute2 nftables ethtool \
     qemu-system-x86 mmdebstrap e2fsprogs dosfstools mtools lintian genimage \
     qemu-user-static binfmt-support arch-test \
     python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-bad \
-    gstreamer1.0-plugins-good gstreamer1.0-nice gstreamer1.0-libav; do
+    gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-nice gstreamer1.0-libav; do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

@@ -105,3 +105,18 @@ async def test_receiver_internals_whip_ingest_replaces() -> None:
     assert set(inspect.signature(JitterFrame).parameters) == {"data", "timestamp"}
     assert callable(receiver._send_rtcp_pli)
     assert callable(receiver.getSynchronizationSources)
+
+
+def test_dtls_context_rtc_widens() -> None:
+    # rtc._accept_rsa_dtls_peers wraps RTCCertificate._create_ssl_context: it must return the
+    # pyOpenSSL context whose cipher list aiortc sets (ECDSA suites only).
+    from aiortc import RTCCertificate
+    from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80
+    from OpenSSL import SSL
+
+    context = RTCCertificate.generateCertificate()._create_ssl_context([SRTP_AES128_CM_SHA1_80])
+    assert isinstance(context, SSL.Context)
+    assert getattr(RTCCertificate._create_ssl_context, "wider_ciphers", False)
+    connection = SSL.Connection(context)
+    ciphers = connection.get_cipher_list()
+    assert "ECDHE-RSA-AES128-GCM-SHA256" in ciphers and "ECDHE-ECDSA-AES128-GCM-SHA256" in ciphers

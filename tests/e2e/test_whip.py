@@ -324,9 +324,10 @@ async def test_daemon_relays_to_daemon_over_whip_egress_and_reconnects(
             await watch(hub.url)
 
 
-GST_SERVER = Path(__file__).with_name("gst_whip_server.py")
+GST_WHIP = Path(__file__).with_name("gst_whip.py")
 GST_MODULES = (
-    "import gi; gi.require_version('GstWebRTC', '1.0'); from gi.repository import GstWebRTC"
+    "import gi; gi.require_version('Gst', '1.0'); from gi.repository import Gst; Gst.init(None); "
+    "assert all(Gst.ElementFactory.find(e) for e in ('webrtcbin', 'x264enc', 'avdec_h264'))"
 )
 
 
@@ -347,7 +348,7 @@ async def test_egress_to_gstreamer_webrtcbin_an_independent_whip_endpoint(
     port = free_port()
     token = "gst-token-0123456789abcdef"
     server = await asyncio.create_subprocess_exec(
-        "/usr/bin/python3", str(GST_SERVER), str(port), token, stdout=asyncio.subprocess.PIPE
+        "/usr/bin/python3", str(GST_WHIP), "serve", str(port), token, stdout=asyncio.subprocess.PIPE
     )
     assert server.stdout is not None
     try:
@@ -381,3 +382,34 @@ async def test_egress_to_gstreamer_webrtcbin_an_independent_whip_endpoint(
     finally:
         server.terminate()
         await server.wait()
+
+
+async def test_gstreamer_publishes_into_ingest_and_a_viewer_decodes(
+    daemon: DaemonFactory, http: aiohttp.ClientSession
+) -> None:
+    # GStreamer's DTLS certificate is RSA: this is the test of rtc._accept_rsa_dtls_peers.
+    problem = gstreamer_problem()
+    if problem:
+        pytest.skip(problem)
+    async with daemon(**{"auth.tokens": TOKENS}) as d:
+        publisher = await asyncio.create_subprocess_exec(
+            "/usr/bin/python3", str(GST_WHIP), "publish", f"{d.url}/door/whip", PUBLISH,
+            stdout=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert publisher.stdout is not None
+        viewer = AiortcViewer(http, f"{d.url}/door/whep", token=READ)
+        try:
+            assert await asyncio.wait_for(publisher.stdout.readline(), 30) == b"published\n"
+            await wait_published(http, d.url, "door", ADMIN)
+            await viewer.connect()
+            frames = await viewer.frames(30)
+            assert (frames[-1].width, frames[-1].height) == (640, 360)
+            door = stream_of(await status(http, d.url, ADMIN), "door")
+            assert door is not None and door["publisher"]["state"] == "connected"
+            # x264enc's keyframe interval is 300 frames (10 s): the viewer's first frame within
+            # a few seconds came from the keyframe its join asked the publisher for.
+            assert door["publisher"]["plis_sent"] >= 1 and door["keyframes"] >= 2, door
+        finally:
+            await viewer.close()
+            publisher.terminate()
+            await publisher.wait()

@@ -1,12 +1,16 @@
-"""An independent WHIP endpoint for tests: GStreamer's webrtcbin receives, avdec_h264 decodes.
+"""An independent WHIP peer for tests, both ways, on GStreamer's webrtcbin.
 
-    /usr/bin/python3 tests/e2e/gst_whip_server.py PORT TOKEN
+    /usr/bin/python3 tests/e2e/gst_whip.py serve PORT TOKEN    # a WHIP endpoint that decodes
+    /usr/bin/python3 tests/e2e/gst_whip.py publish URL TOKEN   # a WHIP publisher (x264enc)
 
 Runs on Debian's system Python (python3-gi and the GStreamer 1.22 packages; see tests/run.sh),
-not in our virtual environment, and imports nothing of ours: the WebRTC stack, the SDP answer, ICE,
-DTLS, SRTP, depacketization and decoding are all GStreamer's. The HTTP part is the smallest WHIP
-(RFC 9725) server: POST /whip with the bearer token -> 201 + Location, DELETE the session; one
-session at a time. GET /stats tells the test what was decoded: {"frames", "width", "height"}.
+not in our virtual environment, and imports nothing of ours: the WebRTC stack, SDP, ICE, DTLS
+(with an RSA certificate, unlike browsers), SRTP, packetization, encoding and decoding are all
+GStreamer's. The HTTP parts are the smallest WHIP (RFC 9725): the endpoint takes POST /whip with
+the bearer token (201 + Location) and DELETE of the session, one session at a time, and tells the
+test what it decoded at GET /stats ({"frames", "width", "height"}); the publisher POSTs its offer
+(ICE candidates gathered first), applies the answer, prints "published", and sends until killed,
+answering keyframe requests (PLI) through x264enc.
 """
 
 from __future__ import annotations
@@ -14,6 +18,7 @@ from __future__ import annotations
 import json
 import sys
 import threading
+import urllib.request
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import gi
@@ -171,9 +176,73 @@ def make_handler(token: str) -> type[BaseHTTPRequestHandler]:
     return Handler
 
 
+PUBLISH_PIPELINE = (
+    "videotestsrc is-live=true pattern=ball ! video/x-raw,width=640,height=360,framerate=30/1 ! "
+    "x264enc tune=zerolatency speed-preset=ultrafast key-int-max=300 bitrate=1000 ! "
+    "video/x-h264,profile=constrained-baseline ! rtph264pay config-interval=-1 pt=102 ! "
+    "application/x-rtp,media=video,encoding-name=H264,payload=102 ! "
+    "webrtcbin name=send bundle-policy=max-bundle"
+)
+
+
+class Publisher:
+    """Offers H.264 from videotestsrc; on "negotiation-needed", gathers, POSTs, applies."""
+
+    def __init__(self, url: str, token: str) -> None:
+        self.url = url
+        self.token = token
+        self.pipeline = Gst.parse_launch(PUBLISH_PIPELINE)
+        self.webrtc = self.pipeline.get_by_name("send")
+        self.webrtc.connect("on-negotiation-needed", self._on_negotiation_needed)
+        self.webrtc.connect("notify::ice-gathering-state", self._on_gathering)
+        self._posted = False
+        self.pipeline.set_state(Gst.State.PLAYING)
+
+    def _on_negotiation_needed(self, element: Gst.Element) -> None:
+        transceiver = element.emit("get-transceiver", 0)
+        transceiver.set_property("direction", GstWebRTC.WebRTCRTPTransceiverDirection.SENDONLY)
+        promise = Gst.Promise.new_with_change_func(self._on_offer, None)
+        element.emit("create-offer", None, promise)
+
+    def _on_offer(self, promise: Gst.Promise, _: object) -> None:
+        reply = promise.get_reply()
+        if reply is None or not reply.has_field("offer"):
+            sys.stderr.write(f"gst-whip: no offer: {reply and reply.to_string()}\n")
+            return
+        offer = reply.get_value("offer")
+        self.webrtc.emit("set-local-description", offer, Gst.Promise.new())
+
+    def _on_gathering(self, element: Gst.Element, _: object) -> None:
+        state = element.get_property("ice-gathering-state")
+        if state != GstWebRTC.WebRTCICEGatheringState.COMPLETE or self._posted:
+            return
+        self._posted = True
+        offer = element.get_property("local-description").sdp.as_text()
+        request = urllib.request.Request(
+            self.url,
+            data=offer.encode(),
+            method="POST",
+            headers={"Content-Type": "application/sdp", "Authorization": f"Bearer {self.token}"},
+        )
+        with urllib.request.urlopen(request, timeout=10) as response:
+            assert response.status == 201, response.status
+            answer = response.read().decode()
+        _, sdp = GstSdp.SDPMessage.new_from_text(answer)
+        description = GstWebRTC.WebRTCSessionDescription.new(GstWebRTC.WebRTCSDPType.ANSWER, sdp)
+        element.emit("set-remote-description", description, Gst.Promise.new())
+        sys.stdout.write("published\n")
+        sys.stdout.flush()
+
+
 def main() -> None:
-    port, token = int(sys.argv[1]), sys.argv[2]
+    mode = sys.argv[1]
     loop = GLib.MainLoop()
+    if mode == "publish":
+        publisher = Publisher(sys.argv[2], sys.argv[3])
+        loop.run()
+        publisher.pipeline.set_state(Gst.State.NULL)
+        return
+    port, token = int(sys.argv[2]), sys.argv[3]
     threading.Thread(target=loop.run, daemon=True).start()
     server = ThreadingHTTPServer(("127.0.0.1", port), make_handler(token))
     sys.stdout.write("ready\n")
