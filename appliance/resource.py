@@ -116,6 +116,8 @@ class SessionResources:
         return web.Response(status=200)
 
     async def options(self, request: web.Request) -> web.Response:
+        """Always 204, for any stream: a CORS preflight that failed would hide the POST's own,
+        precise answer (404, 409) from the page behind a network error."""
         response = web.Response(status=204)
         response.headers["Accept-Post"] = SDP
         response.headers["Allow"] = "OPTIONS, POST"

@@ -33,17 +33,13 @@ class WhepHandlers(SessionResources):
             web.post("/whep", self.post),
             web.options("/whep", self.options),
             web.post("/{stream}/whep", self.post),
-            web.options("/{stream}/whep", self.options_stream),
+            web.options("/{stream}/whep", self.options),
             *self.session_routes(),
         ]
 
     def _stream_name(self, request: web.Request) -> str:
         camera = self._streams.camera
         return request.match_info.get("stream") or (camera.name if camera else "")
-
-    async def options_stream(self, request: web.Request) -> web.Response:
-        self._streams.get(self._stream_name(request))
-        return await self.options(request)
 
     async def post(self, request: web.Request) -> web.Response:
         stream = self._streams.get(self._stream_name(request))

@@ -49,7 +49,7 @@ class WhipHandlers(SessionResources):
     def routes(self) -> list[web.RouteDef]:
         return [
             web.post("/{stream}/whip", self.post),
-            web.options("/{stream}/whip", self.options_stream),
+            web.options("/{stream}/whip", self.options),
             *self.session_routes(),
         ]
 
@@ -62,10 +62,6 @@ class WhipHandlers(SessionResources):
         camera = self._streams.camera
         if camera is not None and name == camera.name:
             raise Conflict(f"stream {name!r} is this device's camera; publish to another name")
-
-    async def options_stream(self, request: web.Request) -> web.Response:
-        self._check_name(request.match_info["stream"])
-        return await self.options(request)
 
     def publisher(self, stream: str) -> Session | None:
         sessions = self._sessions.of_stream(stream)

@@ -120,3 +120,18 @@ def test_dtls_context_rtc_widens() -> None:
     connection = SSL.Connection(context)
     ciphers = connection.get_cipher_list()
     assert "ECDHE-RSA-AES128-GCM-SHA256" in ciphers and "ECDHE-ECDSA-AES128-GCM-SHA256" in ciphers
+
+
+def test_jitter_buffer_internals_the_marker_buffer_reads() -> None:
+    # rtc.MarkerJitterBuffer overrides _remove_frame and reads these; the receiver keeps its
+    # buffer in _RTCRtpReceiver__jitter_buffer and calls add() from _handle_rtp_packet.
+    from aiortc import RTCRtpReceiver
+    from aiortc.jitterbuffer import JitterBuffer
+
+    buffer = JitterBuffer(capacity=512, is_video=True)
+    for name in ("_packets", "_origin", "_capacity"):
+        assert hasattr(buffer, name), name
+    assert callable(buffer.remove) and callable(buffer._remove_frame)
+    assert "self._remove_frame(packet.sequence_number)" in inspect.getsource(JitterBuffer.add)
+    receiver = RTCRtpReceiver("video", _dtls_transport())
+    assert isinstance(receiver._RTCRtpReceiver__jitter_buffer, JitterBuffer)  # type: ignore[attr-defined]

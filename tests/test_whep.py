@@ -140,9 +140,11 @@ async def test_source_not_ready_is_503_with_retry_after(cfg: config.Config) -> N
         await client.close()
 
 
-async def test_options_and_cors_preflight(client: TestClient) -> None:
+@pytest.mark.parametrize("path", ["/cam/whep", "/phone/whep", "/phone/whip"])
+async def test_options_and_cors_preflight(client: TestClient, path: str) -> None:
+    # Also for a stream no publisher has created yet: the POST will say what is wrong.
     r = await client.options(
-        "/cam/whep",
+        path,
         headers={
             "Origin": "http://other.example",
             "Access-Control-Request-Method": "POST",
