@@ -18,6 +18,8 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from appliance.audio import AudioTrack
+from appliance.audiosource import AudioSlot, supervise_audio
 from appliance.config import Config, state_dir
 from appliance.egress import EgressSet
 from appliance.http import WHIP_KEY, make_app
@@ -41,6 +43,7 @@ class Running:
     sessions: SessionRegistry  # viewers
     publishers: SessionRegistry
     source: SourceSlot
+    audio: AudioSlot
     egress: EgressSet
     url: str
     port: int
@@ -71,7 +74,16 @@ async def running(config: Config) -> AsyncIterator[Running]:
             "its settings (see [auth] in the config)"
         )
     source_task = asyncio.create_task(supervise(config, stream, slot), name="source")
-    app = make_app(config, streams, sessions, publishers, slot, egress)
+    audio_slot = AudioSlot()
+    stream.audio = AudioTrack()
+
+    def no_audio() -> None:
+        stream.audio = None
+
+    audio_task = asyncio.create_task(
+        supervise_audio(config, stream.audio, audio_slot, slot, no_audio), name="audio"
+    )
+    app = make_app(config, streams, sessions, publishers, slot, audio_slot, egress)
     runner = web.AppRunner(app, access_log=None)
     try:
         await runner.setup()
@@ -87,7 +99,9 @@ async def running(config: Config) -> AsyncIterator[Running]:
             "serving stream %r at %s/ (WHEP: %s/%s/whep)", stream.name, url, url, stream.name
         )
         egress.start()
-        yield Running(config, stream, streams, sessions, publishers, slot, egress, url, port)
+        yield Running(
+            config, stream, streams, sessions, publishers, slot, audio_slot, egress, url, port
+        )
     finally:
         logger.info("stopping")
         await egress.close()
@@ -95,9 +109,10 @@ async def running(config: Config) -> AsyncIterator[Running]:
         await publishers.close_all("daemon stopping")
         await sessions.close_all("daemon stopping")
         await runner.cleanup()
-        source_task.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await source_task
+        for task in (audio_task, source_task):
+            task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await task
         streams.close()
 
 

@@ -31,6 +31,9 @@ EXAMPLE_PATH = Path(__file__).with_name("appliance.example.toml")
 
 VIDEO_SOURCES = ("auto", "testsrc", "v4l2", "picamera2")
 VIDEO_ENCODERS = ("auto", "libx264", "v4l2m2m")
+AUDIO_SOURCES = ("auto", "none", "alsa", "testsrc")
+AUDIO_RATES = (8000, 12000, 16000, 24000, 44100, 48000)
+OPUS_FRAME_MS = (10, 20, 40, 60)
 PIXEL_FORMATS = ("auto", *PASSTHROUGH_FORMATS, *COMPRESSED_FORMATS, *RAW_FORMATS)
 H264_PROFILES = ("constrained-baseline", "baseline", "main", "high")
 X264_PRESETS = (
@@ -95,6 +98,16 @@ class VideoConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AudioConfig:
+    source: str = "auto"
+    device: str = "default"
+    rate: int = 48000
+    channels: int = 1
+    period_ms: int = 20
+    bitrate: int = 64000
+
+
+@dataclass(frozen=True, slots=True)
 class StreamConfig:
     name: str = "cam"
     max_viewers: int = 64
@@ -139,6 +152,7 @@ class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
     video: VideoConfig = field(default_factory=VideoConfig)
+    audio: AudioConfig = field(default_factory=AudioConfig)
     stream: StreamConfig = field(default_factory=StreamConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     whip: WhipConfig = field(default_factory=WhipConfig)
@@ -218,7 +232,7 @@ def _env_items(env: Mapping[str, str]) -> list[tuple[str, str]]:
     return items
 
 
-SECTIONS = ("http", "webrtc", "video", "stream", "auth", "whip")
+SECTIONS = ("http", "webrtc", "video", "audio", "stream", "auth", "whip")
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -347,6 +361,21 @@ def _validate(c: Config) -> None:
     _in_range("video.gop", c.video.gop, 1, 100_000)
     _one_of("video.profile", c.video.profile, H264_PROFILES)
     _one_of("video.preset", c.video.preset, X264_PRESETS)
+    _one_of("audio.source", c.audio.source, AUDIO_SOURCES)
+    if not c.audio.device:
+        raise ConfigError("audio.device", 'must name an ALSA PCM, e.g. "default" or "hw:1,0"')
+    if c.audio.rate not in AUDIO_RATES:
+        raise ConfigError(
+            "audio.rate", f"must be one of {', '.join(map(str, AUDIO_RATES))}; got {c.audio.rate}"
+        )
+    _in_range("audio.channels", c.audio.channels, 1, 2)
+    if c.audio.period_ms not in OPUS_FRAME_MS:
+        raise ConfigError(
+            "audio.period_ms",
+            f"must be an Opus frame length: {', '.join(map(str, OPUS_FRAME_MS))}; got "
+            f"{c.audio.period_ms}",
+        )
+    _in_range("audio.bitrate", c.audio.bitrate, 6000, 510_000)
     problem = name_problem(c.stream.name)
     if problem is not None:
         raise ConfigError("stream.name", problem)

@@ -15,6 +15,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
+from appliance.audiosource import AudioSlot
 from appliance.auth import Authorizer
 from appliance.config import Config
 from appliance.controls import ControlError
@@ -56,9 +57,11 @@ class Status:
         viewers: SessionRegistry,
         publishers: SessionRegistry,
         source: SourceSlot,
+        audio: AudioSlot,
         egress: EgressSet,
     ) -> None:
         self.config = config
+        self.audio = audio
         self.streams = streams
         self.viewers = viewers
         self.publishers = publishers
@@ -106,6 +109,24 @@ class Status:
             out["publisher"] = publishers[0].describe() if publishers else None
         return out
 
+    def audio_json(self) -> dict[str, Any]:
+        """The audio source, and what the camera's stream sends of it."""
+        out = self.audio.describe()
+        camera = self.streams.camera
+        track = camera.audio if camera is not None else None
+        if track is not None:
+            packets_per_s, bps = track.rates()
+            out.update(
+                {
+                    "codec": "opus",
+                    "sent_packets": track.packets,
+                    "sent_bytes": track.bytes,
+                    "packets_per_s": round(packets_per_s, 2),
+                    "bitrate": round(bps),
+                }
+            )
+        return out
+
     def as_json(self) -> dict[str, Any]:
         camera = self.streams.camera
         return {
@@ -114,6 +135,7 @@ class Status:
             "stream": self.stream_json(camera) if camera is not None else None,
             "streams": [self.stream_json(s) for s in self.streams],
             "source": self.source.describe(),
+            "audio": self.audio_json(),
             "viewers": [session.describe() for session in self.viewers],
             "egress": self.egress.describe(),
         }
@@ -210,6 +232,20 @@ async def metrics_handler(request: web.Request) -> web.Response:
              "Captured frames that could not be used.", source.get("corrupt_frames", 0)),
         ):  # fmt: skip
             e.family(name, kind, text, [(label, value)])
+    audio = st.audio.describe()
+    track = camera.audio if camera is not None else None
+    e.family(
+        "appliance_audio_source_up", "gauge", "1 while the audio source runs.",
+        [(None, 1 if audio["running"] else 0)],
+    )  # fmt: skip
+    e.family(
+        "appliance_audio_source_restarts_total", "counter", "Audio source restarts.",
+        [(None, audio["restarts"])],
+    )  # fmt: skip
+    e.family(
+        "appliance_audio_packets_total", "counter", "Opus packets encoded.",
+        [(None, track.packets if track is not None else 0)],
+    )  # fmt: skip
     targets = st.egress.targets
     if targets:
         e.family(
@@ -415,6 +451,7 @@ def make_app(
     viewers: SessionRegistry,
     publishers: SessionRegistry,
     source: SourceSlot,
+    audio: AudioSlot,
     egress: EgressSet,
 ) -> web.Application:
     camera = streams.camera.name if streams.camera is not None else ""
@@ -426,7 +463,7 @@ def make_app(
             make_error_middleware(),
         ],
     )
-    app[STATUS_KEY] = Status(config, streams, viewers, publishers, source, egress)
+    app[STATUS_KEY] = Status(config, streams, viewers, publishers, source, audio, egress)
     app[SNAPSHOTS_KEY] = {}
     root = web_root(config)
     rate = RateLimiter(config.http.sessions_per_minute, config.http.sessions_burst)

@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 VIDEO_CLOCK_RATE = 90_000
+AUDIO_CLOCK_RATE = 48_000  # Opus's RTP clock, whatever the capture rate (RFC 7587 section 4.1)
 
 
 @dataclass(frozen=True, slots=True)
@@ -24,3 +25,20 @@ class EncodedFrame:
 def pts_from_ns(monotonic_ns: int) -> int:
     """90 kHz pts of a CLOCK_MONOTONIC time: one clock for every source, continuous across restarts."""
     return monotonic_ns * 9 // 100_000
+
+
+@dataclass(frozen=True, slots=True)
+class EncodedAudio:
+    """One encoded audio frame (an Opus packet, 20 ms by default), as an encoder hands it over.
+
+    `pts` counts 48 kHz samples on the monotonic clock (`audio_pts_from_ns`), so that audio and
+    video times compare; `capture_ns` is the wall-clock time of its first sample."""
+
+    data: bytes
+    pts: int
+    capture_ns: int
+
+
+def audio_pts_from_ns(monotonic_ns: int) -> int:
+    """48 kHz pts of a CLOCK_MONOTONIC time: the audio twin of `pts_from_ns`."""
+    return monotonic_ns * 6 // 125_000

@@ -53,7 +53,7 @@ import asyncio
 import logging
 import random
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from fractions import Fraction
 from typing import Any
 
@@ -88,9 +88,11 @@ from aiortc.rtp import (
 from aiortc.sdp import candidate_from_sdp
 
 from appliance import h264, rtp, sdp
+from appliance.audio import AudioTrack
 from appliance.config import IceServer
 from appliance.errors import BadOffer, NoCommonCodec
-from appliance.media import VIDEO_CLOCK_RATE, EncodedFrame, pts_from_ns
+from appliance.media import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, EncodedFrame, pts_from_ns
+from appliance.ring import PacketRing
 from appliance.sender import Negotiated, Output, RtpSender, UdpOutput
 from appliance.stream import Reader, ReaderClosed, Stream
 
@@ -100,6 +102,15 @@ _TIME_BASE = Fraction(1, VIDEO_CLOCK_RATE)
 _BASELINE = "4200"
 _CONSTRAINED_BASELINE = "42e0"
 _EXTRA_VIDEO_EXTENSIONS = {rtp.URI_PLAYOUT_DELAY: 4, rtp.URI_ABS_CAPTURE_TIME: 5}
+
+
+class EncodedAudioTrack(MediaStreamTrack):
+    """The audio track aiortc's sender is given on the fast path: its own send loop never runs."""
+
+    kind = "audio"
+
+    async def recv(self) -> Any:
+        raise MediaStreamError
 
 
 class EncodedVideoTrack(MediaStreamTrack):
@@ -146,43 +157,101 @@ class AiortcVideo:
         self.reader.close()
 
 
-class FastVideo:
-    """A viewer's video on the fast path; its sender exists once DTLS is up."""
+class FastTrack:
+    """One track of a viewer on the fast path; its sender exists once DTLS is up."""
 
-    def __init__(self, stream: Stream, name: str) -> None:
-        self.stream = stream
+    kind = ""
+
+    def __init__(
+        self,
+        name: str,
+        ring: PacketRing,
+        clock_rate: int,
+        request_keyframe: Callable[[], None],
+        sinks: Any,
+    ) -> None:
         self.name = name
+        self.ring = ring
+        self.clock_rate = clock_rate
+        self.request_keyframe = request_keyframe
+        self._sinks = sinks  # what add_sink/remove_sink are called on: a Stream or an AudioTrack
         self.sender: RtpSender | None = None
 
     def start(self, sender: RtpSender) -> None:
         self.sender = sender
-        self.stream.add_sink(sender)
+        self._sinks.add_sink(sender)
+
+    def close(self) -> None:
+        if self.sender is not None:
+            self._sinks.remove_sink(self.sender)
+            self.sender.close()
+
+
+class FastAudio(FastTrack):
+    kind = "audio"
+
+    def __init__(self, track: AudioTrack, name: str) -> None:
+        super().__init__(name, track.ring, AUDIO_CLOCK_RATE, _no_keyframes, track)
 
     def describe(self) -> dict[str, Any]:
         s = self.sender.stats if self.sender else None
         if s is None:
-            return {"path": "fast", "frames": 0, "bytes": 0, "packets": 0, "dropped": 0}
-        return {
-            "path": "fast",
-            "first_frame_at": s.first_frame_at,
-            "frames": s.frames,
-            "bytes": s.bytes,
-            "packets": s.packets,
-            "retransmits": s.retransmits,
-            "nacks": s.nacks,
-            "plis": s.plis,
-            "firs": s.firs,
-            "dropped": s.send_drops,
-            "send_error": s.send_error,
-            "fraction_lost": s.fraction_lost,
-            "packets_lost": s.packets_lost,
-            "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 2),
-        }
+            return {"packets": 0, "bytes": 0, "dropped": 0}
+        return {"packets": s.packets, "bytes": s.bytes, "dropped": s.send_drops}
+
+
+def _no_keyframes() -> None:
+    """Audio has no keyframes to ask for."""
+
+
+class FastVideo(FastTrack):
+    """A viewer's video on the fast path, and its audio (`audio`) when the stream has some."""
+
+    kind = "video"
+
+    def __init__(self, stream: Stream, name: str) -> None:
+        super().__init__(name, stream.ring, VIDEO_CLOCK_RATE, stream.request_keyframe, stream)
+        self.stream = stream
+        self.audio: FastAudio | None = None
+
+    def describe(self) -> dict[str, Any]:
+        s = self.sender.stats if self.sender else None
+        audio = self.audio.describe() if self.audio is not None else None
+        a_bytes = audio["bytes"] if audio else 0
+        a_packets = audio["packets"] if audio else 0
+        if s is None:
+            out: dict[str, Any] = {
+                "path": "fast",
+                "frames": 0,
+                "bytes": a_bytes,
+                "packets": a_packets,
+                "dropped": 0,
+            }
+        else:
+            out = {
+                "path": "fast",
+                "first_frame_at": s.first_frame_at,
+                "frames": s.frames,
+                "bytes": s.bytes + a_bytes,  # audio included: what this viewer costs the link
+                "packets": s.packets + a_packets,
+                "retransmits": s.retransmits,
+                "nacks": s.nacks,
+                "plis": s.plis,
+                "firs": s.firs,
+                "dropped": s.send_drops,
+                "send_error": s.send_error,
+                "fraction_lost": s.fraction_lost,
+                "packets_lost": s.packets_lost,
+                "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 2),
+            }
+        if audio is not None:
+            out["audio"] = audio
+        return out
 
     def close(self) -> None:
-        if self.sender is not None:
-            self.stream.remove_sink(self.sender)
-            self.sender.close()
+        super().close()
+        if self.audio is not None:
+            self.audio.close()
 
 
 class MarkerJitterBuffer(JitterBuffer):
@@ -440,11 +509,15 @@ async def answer(
     answer_plid = choose_h264_format(offer, stream.profile_level_id)
     pc = RTCPeerConnection(ice_configuration(ice_servers))
     media: AiortcVideo | FastVideo
+    audio_transceiver = None
     if path == "fast":
         _accept_extra_extensions()
         media = FastVideo(stream, name)
         transceiver = pc.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
         _take_over_sender(transceiver.sender, media)
+        if stream.audio is not None and sdp.has_media(offer, "audio"):
+            media.audio = FastAudio(stream.audio, name)
+            audio_transceiver = _add_audio(pc, media.audio)
     else:
         reader = stream.subscribe(name)
         media = AiortcVideo(reader)
@@ -453,6 +526,8 @@ async def answer(
         transceiver.sender._send_keyframe = stream.request_keyframe  # type: ignore[method-assign]
     try:
         transceiver.setCodecPreferences(_codec_preferences(answer_plid))
+        if audio_transceiver is not None:
+            audio_transceiver.setCodecPreferences(_opus())
         try:
             await pc.setRemoteDescription(
                 RTCSessionDescription(sdp=sdp.strip_mdns_candidates(offer), type="offer")
@@ -552,6 +627,9 @@ async def offer(
         transceiver = pc.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
         _take_over_sender(transceiver.sender, media)
         transceiver.setCodecPreferences(_codec_preferences(stream.profile_level_id))
+        if stream.audio is not None:
+            media.audio = FastAudio(stream.audio, name)
+            _add_audio(pc, media.audio).setCodecPreferences(_opus())
         await pc.setLocalDescription(await pc.createOffer())
         text = sdp.set_h264_profile_level_id(pc.localDescription.sdp, stream.profile_level_id)
         return pc, text, media
@@ -573,7 +651,26 @@ async def accept_answer(pc: RTCPeerConnection, answer: str) -> None:
         raise ValueError(f"the answer cannot be used: {str(e) or type(e).__name__}") from None
 
 
-def _negotiated(sender: Any, parameters: Any) -> Negotiated:
+def _add_audio(pc: RTCPeerConnection, media: FastAudio) -> Any:
+    """A sendonly audio transceiver on the fast path. aiortc gives every transceiver of a peer
+    connection the same msid stream id, so the viewer plays audio and video as one stream and
+    lip-syncs them by their sender reports."""
+    transceiver = pc.addTransceiver(EncodedAudioTrack(), direction="sendonly")
+    _take_over_sender(transceiver.sender, media)
+    return transceiver
+
+
+def _opus() -> list[Any]:
+    capabilities = RTCRtpSender.getCapabilities("audio")
+    assert capabilities is not None
+    return [c for c in capabilities.codecs if c.mimeType.lower() == "audio/opus"]
+
+
+def _negotiated(sender: Any, parameters: Any, lip_sync: bool = False) -> Negotiated:
+    """What the viewer's SDP settled for one sender. `lip_sync`: the viewer also gets audio, so
+    the video goes without playout-delay 0/0, which would forbid the receiver to hold video
+    back to match its audio buffer (measured: sound 105 ms behind the picture in Chromium with
+    it; see tests/perf/bench_audio.py)."""
     codec = parameters.codecs[0]
     rtx_pt = next(
         (
@@ -586,7 +683,11 @@ def _negotiated(sender: Any, parameters: Any) -> Negotiated:
     return Negotiated(
         payload_type=codec.payloadType,
         ssrc=sender._ssrc,
-        extension_ids={e.uri: e.id for e in parameters.headerExtensions},
+        extension_ids={
+            e.uri: e.id
+            for e in parameters.headerExtensions
+            if not (lip_sync and e.uri == rtp.URI_PLAYOUT_DELAY)
+        },
         mid=parameters.muxId,
         cname=parameters.rtcp.cname or "appliance",
         rtx_payload_type=rtx_pt,
@@ -626,7 +727,7 @@ def _output(dtls: Any) -> Output:
     return _IceOutput(connection)
 
 
-def _take_over_sender(sender: Any, media: FastVideo) -> None:
+def _take_over_sender(sender: Any, media: FastTrack) -> None:
     """Replace, on this one RTCRtpSender, aiortc's RTP and RTCP loops with ours."""
     started_rtp = sender._RTCRtpSender__rtp_started
     exited_rtp = sender._RTCRtpSender__rtp_exited
@@ -641,22 +742,24 @@ def _take_over_sender(sender: Any, media: FastVideo) -> None:
 
     async def run_rtp(codec: Any) -> None:
         started_rtp.set()
-        stream = media.stream
         try:
             ours = RtpSender(
                 media.name,
-                stream.ring,
-                _negotiated(sender, negotiated["parameters"]),
+                media.ring,
+                _negotiated(
+                    sender, negotiated["parameters"], getattr(media, "audio", None) is not None
+                ),
                 sender.transport._tx_srtp,
                 _output(sender.transport),
-                stream.request_keyframe,
+                media.request_keyframe,
+                media.clock_rate,
             )
             media.start(ours)
             await asyncio.Event().wait()  # until stop() cancels us
         except asyncio.CancelledError:
             pass
         except Exception as e:  # no sender, no video for this viewer: say why, once
-            logger.error("viewer %s: cannot send video: %s", media.name, e)
+            logger.error("viewer %s: cannot send %s: %s", media.name, media.kind, e)
         finally:
             media.close()
             exited_rtp.set()

@@ -42,7 +42,16 @@ def webrtc_offer_problem(offer: str) -> str | None:
 
 def has_video(sdp: str) -> bool:
     """True when the SDP has a video media section."""
-    return any(line.startswith("m=video ") for line in _lines(sdp))
+    return has_media(sdp, "video")
+
+
+def has_media(sdp: str, kind: str) -> bool:
+    """True when the SDP has a media section of `kind` ("audio", "video") with a port (0 is
+    a section the offerer rejected)."""
+    return any(
+        line.startswith(f"m={kind} ") and not line.startswith(f"m={kind} 0 ")
+        for line in _lines(sdp)
+    )
 
 
 def _video_section(sdp: str) -> list[str]:

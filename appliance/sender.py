@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from typing import Any, Protocol
 
 from appliance import rtp
+from appliance.media import VIDEO_CLOCK_RATE
 from appliance.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
 from appliance.srtp import TRAILER_ROOM, InPlaceProtector
 from appliance.stats import DropReporter
@@ -144,8 +145,10 @@ class RtpSender:
         session: Any,
         output: Output,
         request_keyframe: Callable[[], None],
+        clock_rate: int = VIDEO_CLOCK_RATE,
     ) -> None:
         self.name = name
+        self._clock_rate = clock_rate
         self._ring = ring
         self._n = negotiated
         self._layout = rtp.HeaderLayout.build(
@@ -223,7 +226,7 @@ class RtpSender:
         header = len(au_header)
         buf, length, slot_views = self._buffer, ring.length, ring.slot_views
         protect, pack_seq = self._protector.protect, _U16.pack_into
-        last = indices[-1]
+        flags = ring.flags
         seq = first_seq = self._seq
         stride = self._stride
         positions = self._positions
@@ -234,8 +237,8 @@ class RtpSender:
             at, at_seq, at_payload, at_end = positions[k]
             buf[at:at_payload] = au_header
             pack_seq(buf, at_seq, seq)
-            if index == last:
-                buf[at + 1] |= 0x80  # marker: the access unit's last packet
+            if flags[slot] & FLAG_MARKER:
+                buf[at + 1] |= 0x80  # the access unit's last packet (video)
             # The payload's one copy. The whole slot is copied (no view made per packet): what
             # lies past the payload is overwritten by the tag and the next packet.
             buf[at_payload:at_end] = slot_views[slot]
@@ -371,8 +374,8 @@ class RtpSender:
         ring = self._ring
         newest = ring.slot(ring.head - 1)
         now_ns = time.time_ns()
-        elapsed_90k = (now_ns - ring.capture_ns[newest]) * 90_000 // 1_000_000_000
-        rtp_now = self._ts_offset + ring.timestamp[newest] + elapsed_90k
+        elapsed = (now_ns - ring.capture_ns[newest]) * self._clock_rate // 1_000_000_000
+        rtp_now = self._ts_offset + ring.timestamp[newest] + elapsed
         ntp = rtp.ntp_from_unix_ns(now_ns)
         self._last_sr_mid32 = (ntp >> 16) & 0xFFFFFFFF
         return rtp.sender_report(

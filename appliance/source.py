@@ -111,6 +111,7 @@ class SourceSlot:
     def __init__(self, saved: Path | None = None) -> None:
         self.current: Source | None = None
         self.kind = ""
+        self.resolved = asyncio.Event()  # set once "auto" is decided (or could not be)
         self.device = ""
         self.restarts = 0
         self.last_error = ""
@@ -177,7 +178,10 @@ async def supervise(config: Config, stream: Stream, slot: SourceSlot) -> None:
     while True:
         try:
             if not slot.kind:
-                slot.kind, slot.device = resolve(video)
+                try:
+                    slot.kind, slot.device = resolve(video)
+                finally:
+                    slot.resolved.set()
                 logger.info("video source: %s %s", slot.kind, slot.device)
             source = open_source(
                 video, slot.kind, slot.device, video.source == "auto", slot.wanted_controls

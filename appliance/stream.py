@@ -16,7 +16,7 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol
 
 from appliance import h264
 from appliance.media import EncodedFrame
@@ -156,6 +156,8 @@ class Stream:
         # (snapshots decode them on request; nothing is decoded when nobody asks).
         self.gop: list[EncodedFrame] = []
         self._meter = RateMeter()
+        # Its audio (audio.AudioTrack), when the stream has some; sent to the same viewers.
+        self.audio: Any = None
 
     def attach_encoder(self, force_keyframe: Callable[[], None] | None) -> None:
         """Where keyframe requests go: a thread-safe callable of the encoder, or None."""

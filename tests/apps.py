@@ -5,6 +5,7 @@ from __future__ import annotations
 from aiohttp import web
 
 from appliance import config
+from appliance.audiosource import AudioSlot
 from appliance.egress import EgressSet
 from appliance.http import make_app
 from appliance.sessions import SessionRegistry
@@ -24,5 +25,6 @@ def app_for(
         viewers if viewers is not None else SessionRegistry(),
         SessionRegistry(),
         SourceSlot(),
+        AudioSlot(),
         EgressSet(cfg, streams),
     )

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import socket
 import subprocess
@@ -72,7 +73,7 @@ def test_serve_answers_and_stops_cleanly_on_sigterm() -> None:
 
 
 def test_probe_reports_the_machine_as_json() -> None:
-    out = run("probe", "--json")
+    out = run("probe", "--json", env={**os.environ, "APPLIANCE_AUDIO_SOURCE": "testsrc"})
     assert out.returncode == 0, out.stderr
     report = json.loads(out.stdout)
     assert set(report) >= {"board", "video_devices", "encoders", "sound_capture", "selected"}
@@ -83,6 +84,7 @@ def test_probe_reports_the_machine_as_json() -> None:
             "source": "testsrc",
             "mode": "test pattern 1280x720@30",
             "encoder": "libx264",
+            "audio": "testsrc (configured)",
         }
 
 

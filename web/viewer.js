@@ -16,7 +16,7 @@ function initialToken(url) {
   return sessionStorage.getItem(`token:${url}`);
 }
 
-export function startViewer({ video, overlay, status, url, login }) {
+export function startViewer({ video, overlay, status, url, login, unmute }) {
   const state = {
     url,
     state: "idle",
@@ -32,6 +32,8 @@ export function startViewer({ video, overlay, status, url, login }) {
     connectStartedAt: null,
     firstFrameMs: null,  // from the start of the last connection attempt to its first presented frame
     sessions: 0,
+    audio: false,        // the stream has sound
+    muted: true,         // browsers start playback muted; the unmute button turns it on
   };
   window.viewer = state;
   const canvas = document.createElement("canvas");
@@ -52,6 +54,8 @@ export function startViewer({ video, overlay, status, url, login }) {
     },
     onTrack(stream) {
       video.srcObject = stream;
+      state.audio = stream.getAudioTracks().length > 0;
+      if (unmute) unmute.hidden = !state.audio;
       video.play().catch(() => {});
     },
   });
@@ -95,6 +99,11 @@ export function startViewer({ video, overlay, status, url, login }) {
             state.bitrate = (8 * (s.bytesReceived - last.bytesReceived)) / dt;
           }
           last = { timestamp: s.timestamp, framesDecoded: s.framesDecoded, bytesReceived: s.bytesReceived };
+        } else if (s.type === "inbound-rtp" && s.kind === "audio") {
+          state.audioEnergy = s.totalAudioEnergy;
+          state.audioSamples = s.totalSamplesReceived;
+          state.concealedSamples = s.concealedSamples;
+          state.audioPackets = s.packetsReceived;
         } else if (s.type === "candidate-pair" && s.nominated && s.currentRoundTripTime !== undefined) {
           state.rttMs = s.currentRoundTripTime * 1000;
         }
@@ -117,6 +126,16 @@ export function startViewer({ video, overlay, status, url, login }) {
       `rtt ${fmt(state.rttMs, "ms", 1)}`,
       `latency ${fmt(state.latencyMs, "ms")}`,
     ].join("  ·  ");
+  }
+
+  if (unmute) {
+    // Autoplay with sound needs a user gesture: the page starts muted and offers this button.
+    unmute.addEventListener("click", () => {
+      video.muted = !video.muted;
+      state.muted = video.muted;
+      unmute.textContent = video.muted ? "🔇 Unmute" : "🔊 Mute";
+      video.play().catch(() => {});
+    });
   }
 
   if (login) {

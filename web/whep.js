@@ -141,6 +141,7 @@ export class WhepClient extends SessionClient {
 
   _prepare(pc) {
     pc.addTransceiver("video", { direction: "recvonly" });
+    pc.addTransceiver("audio", { direction: "recvonly" });
     pc.ontrack = (event) => this.onTrack(event.streams[0] || new MediaStream([event.track]), event);
   }
 }

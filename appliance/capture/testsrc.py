@@ -18,7 +18,13 @@ from typing import Any, Protocol
 import numpy as np
 
 from appliance.controls import Control, ControlError
-from appliance.media import VIDEO_CLOCK_RATE, EncodedFrame
+from appliance.media import (
+    AUDIO_CLOCK_RATE,
+    VIDEO_CLOCK_RATE,
+    EncodedAudio,
+    EncodedFrame,
+    audio_pts_from_ns,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -62,13 +68,27 @@ def read_stamp(luma: np.ndarray[Any, Any], width: int) -> int | None:
     return value
 
 
+FLASH_EVERY_MS = 1000  # the sync marks: a flash in the picture and a tone burst in the sound
+TONE_MS = 100
+TONE_HZ = 1000
+
+
+def flash_box(width: int, height: int) -> tuple[int, int, int]:
+    """(top, left, size) of the square that flashes white, bottom right."""
+    size = (height // 6) & ~1
+    return (height - size - 2 * max(2, height // 90)) & ~1, (width - size - 8) & ~1, size
+
+
 class TestPattern:
-    """Draws I420 pictures: gradient background, moving bar and box, clock, latency stamp."""
+    """Draws I420 pictures: gradient background, moving bar and box, clock, latency stamp, and a
+    flash (a white square, bottom right) in the first frame of each wall-clock second, when the
+    test tone starts its burst (ToneSource): what A/V sync is measured against."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, width: int, height: int) -> None:
+    def __init__(self, width: int, height: int, fps: int = 30) -> None:
         self.width, self.height = width, height
+        self._frame_ms = max(1, 1000 // fps)
         self._b = stamp_block_size(width)
         xs = np.linspace(40, 200, width, dtype=np.float32)
         ys = np.linspace(0, 40, height, dtype=np.float32)[:, None]
@@ -97,7 +117,15 @@ class TestPattern:
         self._draw_motion(y, u, v, index)
         self._draw_clock(y, u, v, capture_ms, index)
         self._draw_stamp(y, u, v, capture_ms)
+        self._draw_flash(y, u, v, capture_ms)
         return self._buf
+
+    def _draw_flash(self, y: Any, u: Any, v: Any, capture_ms: int) -> None:
+        top, left, size = flash_box(self.width, self.height)
+        lit = capture_ms % FLASH_EVERY_MS < self._frame_ms
+        y[top : top + size, left : left + size] = Y_WHITE if lit else Y_BLACK
+        u[top // 2 : (top + size) // 2, left // 2 : (left + size) // 2] = 128
+        v[top // 2 : (top + size) // 2, left // 2 : (left + size) // 2] = 128
 
     def _draw_motion(self, y: Any, u: Any, v: Any, index: int) -> None:
         w, h = self.width, self.height
@@ -222,7 +250,7 @@ class TestSource:
             self.encoder.close()
 
     def _capture(self, stop: threading.Event, hand_off: Callable[[EncodedFrame], Any]) -> None:
-        pattern = TestPattern(self.width, self.height)
+        pattern = TestPattern(self.width, self.height, self.fps)
         interval = 1.0 / self.fps
         t0 = time.monotonic()
         index = 0
@@ -245,3 +273,62 @@ class TestSource:
                 hand_off(frame)
             index += 1
             self.frames += 1
+
+
+def tone(first_wall_ns: int, samples: int, channels: int, rate: int = 48_000) -> bytes:
+    """S16LE samples from the wall-clock time of the first one: a TONE_HZ sine (half scale) in
+    the first TONE_MS of each second, silence otherwise. The phase follows the wall clock, so
+    that consecutive periods join without a click."""
+    t_ns = first_wall_ns + np.arange(samples, dtype=np.int64) * 1_000_000_000 // rate
+    in_second = t_ns % (FLASH_EVERY_MS * 1_000_000)
+    on = in_second < TONE_MS * 1_000_000
+    phase = 2 * np.pi * TONE_HZ * (in_second.astype(np.float64) / 1e9)
+    mono = (np.sin(phase) * 16384 * on).astype("<i2")
+    return (np.repeat(mono, channels) if channels > 1 else mono).tobytes()
+
+
+class ToneSource:
+    """The test source's sound: `tone()` in real time, a period at a time, encoded to Opus on the
+    event loop. The tone bursts start on whole wall-clock seconds, with the picture's flash."""
+
+    __test__ = False  # not a pytest test class
+
+    def __init__(self, channels: int, period_ms: int, encoder: Any) -> None:
+        self.channels = channels
+        self.period = AUDIO_CLOCK_RATE * period_ms // 1000
+        self.encoder = encoder
+        self.name = f"testsrc tone {TONE_HZ} Hz"
+        self.packets = 0
+        self.skipped = 0  # samples not made because the event loop was held up
+
+    def describe(self) -> dict[str, Any]:
+        return {
+            "source": "testsrc",
+            "encoder": self.encoder.name,
+            "packets": self.packets,
+            "skipped_samples": self.skipped,
+        }
+
+    async def run(self, publish: Callable[[EncodedAudio], None]) -> None:
+        start_ns = time.monotonic_ns()
+        wall_minus_monotonic = time.time_ns() - start_ns
+        pts0 = audio_pts_from_ns(start_ns)
+        n = 0
+        try:
+            while True:
+                # A period is "captured" once its last sample's time has passed.
+                end_ns = start_ns + (n + self.period) * 1_000_000_000 // AUDIO_CLOCK_RATE
+                delay = (end_ns - time.monotonic_ns()) / 1e9
+                if delay > 0:
+                    await asyncio.sleep(delay)
+                first_ns = start_ns + n * 1_000_000_000 // AUDIO_CLOCK_RATE
+                pcm = tone(first_ns + wall_minus_monotonic, self.period, self.channels)
+                for packet in self.encoder.encode(pcm, pts0 + n):
+                    self.packets += 1
+                    publish(packet)
+                n += self.period
+                if delay < -0.2:  # the loop was held up: skip what is past, as a device would
+                    self.skipped += int(-delay * AUDIO_CLOCK_RATE) // self.period * self.period
+                    n += int(-delay * AUDIO_CLOCK_RATE) // self.period * self.period
+        finally:
+            self.encoder.close()

@@ -147,6 +147,9 @@ class Device:
         try:
             fcntl.ioctl(self.fd, _ioc(request), arg)
         except OSError as e:
+            if e.errno == errno.ENODEV:  # whichever call notices first (QBUF from the encoder
+                # thread, or DQBUF on the loop), an unplugged camera is said the same way
+                raise DeviceError(f"{self.path}: the device went away ({e.strerror})") from e
             raise DeviceError(
                 f"{self.path}: {what} failed: {e.strerror}",
             ) from e

@@ -36,6 +36,7 @@ class Session:
 
     def __init__(self, offer: str) -> None:
         self.frames = 0
+        self.audio_buffers = 0
         self.width = 0
         self.height = 0
         self.answer: str | None = None
@@ -83,6 +84,16 @@ class Session:
     def _on_pad(self, _: Gst.Element, pad: Gst.Pad) -> None:
         if pad.direction != Gst.PadDirection.SRC:
             return
+        caps = pad.get_current_caps() or pad.query_caps(None)
+        if caps.get_structure(0).get_value("media") == "audio":
+            audio = Gst.parse_bin_from_description(
+                "rtpopusdepay ! opusdec ! fakesink name=sink signal-handoffs=true sync=false", True
+            )
+            audio.get_by_name("sink").connect("handoff", self._on_audio)
+            self.pipeline.add(audio)
+            audio.sync_state_with_parent()
+            pad.link(audio.get_static_pad("sink"))
+            return
         branch = Gst.parse_bin_from_description(
             "rtph264depay ! h264parse ! avdec_h264 ! videoconvert ! "
             "fakesink name=sink signal-handoffs=true sync=false",
@@ -92,6 +103,9 @@ class Session:
         self.pipeline.add(branch)
         branch.sync_state_with_parent()
         pad.link(branch.get_static_pad("sink"))
+
+    def _on_audio(self, sink: Gst.Element, buffer: Gst.Buffer, pad: Gst.Pad) -> None:
+        self.audio_buffers += 1
 
     def _on_frame(self, sink: Gst.Element, buffer: Gst.Buffer, pad: Gst.Pad) -> None:
         self.frames += 1
@@ -164,6 +178,7 @@ def make_handler(token: str) -> type[BaseHTTPRequestHandler]:
             stats = {
                 "session": s is not None,
                 "frames": s.frames if s else 0,
+                "audio_buffers": s.audio_buffers if s else 0,
                 "width": s.width if s else 0,
                 "height": s.height if s else 0,
                 "closed_frames": State.closed_frames,

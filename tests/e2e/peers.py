@@ -33,25 +33,34 @@ FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-st
 
 
 class AiortcViewer:
-    """A WHEP viewer built on aiortc: recvonly H.264 video, frames decoded by aiortc with PyAV."""
+    """A WHEP viewer built on aiortc: recvonly H.264 video (and Opus audio with `audio=True`),
+    decoded by aiortc with PyAV."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, token: str | None = None) -> None:
+    def __init__(
+        self, http: aiohttp.ClientSession, url: str, token: str | None = None, audio: bool = False
+    ) -> None:
         self.http = http
         self.url = url
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.audio = audio
         self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
         self.location: str | None = None
         self.etag: str | None = None
         self.answer: str | None = None
-        self._track: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        loop = asyncio.get_running_loop()
+        self._track: asyncio.Future[Any] = loop.create_future()
+        self._audio_track: asyncio.Future[Any] = loop.create_future()
 
         @self.pc.on("track")
         def on_track(track: Any) -> None:
-            if not self._track.done():
-                self._track.set_result(track)
+            future = self._audio_track if track.kind == "audio" else self._track
+            if not future.done():
+                future.set_result(track)
 
     async def offer(self) -> str:
         self.pc.addTransceiver("video", direction="recvonly")
+        if self.audio:
+            self.pc.addTransceiver("audio", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
         return str(self.pc.localDescription.sdp)
 
@@ -75,6 +84,21 @@ class AiortcViewer:
         async def collect() -> None:
             while len(frames) < count:
                 frames.append(await track.recv())
+
+        await asyncio.wait_for(collect(), timeout)
+        return frames
+
+    async def audio_frames(self, seconds: float, timeout: float = 20.0) -> list[Any]:
+        """Decoded audio (av.AudioFrame) covering `seconds`."""
+        track = await asyncio.wait_for(self._audio_track, timeout)
+        frames: list[Any] = []
+
+        async def collect() -> None:
+            total = 0.0
+            while total < seconds:
+                frame = await track.recv()
+                frames.append(frame)
+                total += frame.samples / frame.sample_rate
 
         await asyncio.wait_for(collect(), timeout)
         return frames

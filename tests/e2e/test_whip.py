@@ -374,6 +374,7 @@ async def test_egress_to_gstreamer_webrtcbin_an_independent_whip_endpoint(
             await wait_until(decoded, 30, "GStreamer decoded too few frames from the egress")
             stats = await gst()
             assert (stats["width"], stats["height"]) == (640, 360)
+            assert stats["audio_buffers"] > 0  # the test tone's Opus, decoded by GStreamer
             egress = (await status(http, d.url))["egress"][0]
             assert egress["state"] == "connected", egress
         # On the way out the daemon ended its session with DELETE (RFC 9725 section 4.3).

@@ -163,7 +163,8 @@ async def test_vivid_camera_controls_and_replug(
         assert controls["brightness"]["value"] == 220
         await viewer.close()
     log = machine.log("daemon-8080.log")
-    assert "the device went away" in log
+    errors = [line for line in log.splitlines() if "ERROR" in line]
+    assert any("the device went away" in line for line in errors), errors
     assert "controls set: {'brightness': 220}" in log
 
     # A daemon restart (or a reboot): the setting comes back from the state directory.
@@ -261,3 +262,48 @@ def test_m2m_encoder_against_a_real_stateful_driver(machine: Machine, multiplana
     i_frames = [i for i, h in enumerate(headers) if h[5] & 0x400]  # FWHT_FL_I_FRAME
     assert i_frames == [0, 10, 20]  # the GOP control (video.gop = 10) reached the driver
     assert "cannot force a keyframe" in out  # vicodec has no FORCE_KEY_FRAME: said, not hidden
+
+
+async def test_microphone_through_snd_aloop_starts_with_its_device(
+    machine: Machine, http: aiohttp.ClientSession
+) -> None:
+    """A real ALSA kernel driver: snd-aloop, with a 660 Hz sine played into one end
+    (speaker-test) and the daemon capturing the other. The daemon starts before the sound card
+    exists: video plays meanwhile, and audio starts when the card appears."""
+    from tests.e2e.test_audio import pcm_of, peak_hz
+
+    machine.run("modprobe -r snd-aloop 2>/dev/null; true")
+    env = "APPLIANCE_AUDIO_SOURCE=alsa APPLIANCE_AUDIO_DEVICE=hw:Loopback,1,0"
+    async with guest_daemon(machine, http, 8084, "--source testsrc", env) as url:
+
+        async def missing() -> bool:
+            audio = (await status(http, url))["audio"]
+            return "cannot open ALSA capture device" in audio.get("last_error", "")
+
+        await wait_until(missing, 30, "the missing sound card was not reported", 0.5)
+        viewer = AiortcViewer(http, f"{url}/cam/whep", audio=True)
+        try:
+            await viewer.connect()
+            assert len(await viewer.frames(5, timeout=60)) == 5  # video meanwhile
+            machine.run(
+                "modprobe snd-aloop && (speaker-test -D hw:Loopback,0,0 -t sine -f 660 -r 48000 "
+                "-c 1 -F S16_LE > /mnt/run/speaker-test.log 2>&1 &)"
+            )
+
+            async def capturing() -> bool:
+                audio = (await status(http, url))["audio"]
+                return bool(audio["running"] and audio.get("packets", 0) > 50)
+
+            await wait_until(capturing, 60, "audio did not start with its device", 0.5)
+            frames = await viewer.audio_frames(3.0, timeout=60)
+            mono, rate = pcm_of(frames)
+            tail = mono[-rate:]  # the last second: the sine, past the start
+            assert abs(peak_hz(tail, rate) - 660) < 5
+            assert float(np.sqrt(np.mean(tail**2))) > 0.05
+            st = await status(http, url)
+            assert st["audio"]["restarts"] >= 1 and st["audio"]["kind"] == "alsa"
+        finally:
+            await viewer.close()
+            machine.run("pkill speaker-test; true")
+    log = machine.log("daemon-8084.log")
+    assert "the video goes on" in log

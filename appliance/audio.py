@@ -1,0 +1,76 @@
+"""The audio track of a stream: Opus packets in, RTP payloads out to every viewer, once.
+
+Core module: standard library only. The same design as the video path (stream.py, packetizer.py),
+smaller: RFC 7587 puts one Opus packet in one RTP payload, so "packetizing" is one copy into a
+preallocated ring slot; each fast-path viewer's sender (sender.RtpSender, as for video) then adds
+its own header and SRTP. Every slot is flagged as a start point (audio has no keyframes), and none
+carries the marker bit (RFC 7587 section 4.1: it marks only the first packet after a silence the
+encoder did not send, which ours never skips).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from appliance.media import EncodedAudio
+from appliance.ring import FLAG_KEYFRAME, PacketRing
+from appliance.stats import RateMeter
+from appliance.stream import PacketSink
+
+logger = logging.getLogger(__name__)
+
+OPUS_MAX_PACKET = 1275  # bytes (RFC 6716 section 3.4, R1..R2)
+AUDIO_RING_PACKETS = 256  # about 5 s of 20 ms packets, for late joiners' first sender report
+
+
+class AudioTrack:
+    """One encoded audio track, sent alongside a stream's video."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.ring = PacketRing(AUDIO_RING_PACKETS, OPUS_MAX_PACKET)
+        self._sinks: list[PacketSink] = []
+        self._clock = clock
+        self.packets = 0
+        self.bytes = 0
+        self.last_packet_at: float | None = None
+        self._meter = RateMeter()
+
+    def publish(self, packet: EncodedAudio) -> None:
+        """One Opus packet to every viewer. Called on the event loop; never waits."""
+        data = packet.data
+        size = len(data)
+        if not 0 < size <= OPUS_MAX_PACKET:
+            logger.warning("audio: dropped a packet of %d bytes (Opus allows 1 to 1275)", size)
+            return
+        ring = self.ring
+        start = ring.offset(ring.head)
+        ring.buffer[start : start + size] = data
+        index = ring.commit(size, packet.pts, packet.capture_ns, FLAG_KEYFRAME)
+        self.packets += 1
+        self.bytes += size
+        self.last_packet_at = self._clock()
+        self._meter.add(size)
+        indices = range(index, index + 1)
+        for sink in list(self._sinks):
+            try:
+                sink.send_range(indices)
+            except Exception:  # one viewer's bug must not cost the others their audio
+                logger.exception("audio: a viewer's sender failed; it gets no more audio")
+                self.remove_sink(sink)
+
+    def add_sink(self, sink: PacketSink) -> None:
+        self._sinks.append(sink)
+
+    def remove_sink(self, sink: PacketSink) -> None:
+        if sink in self._sinks:
+            self._sinks.remove(sink)
+
+    @property
+    def sinks(self) -> int:
+        return len(self._sinks)
+
+    def rates(self) -> tuple[float, float]:
+        """(packets per second, bits per second) over the last two seconds."""
+        return self._meter.rates()
