@@ -75,7 +75,7 @@ async def running(config: Config) -> AsyncIterator[Running]:
         )
     source_task = asyncio.create_task(supervise(config, stream, slot), name="source")
     audio_slot = AudioSlot()
-    stream.audio = AudioTrack()
+    stream.audio = AudioTrack(config.audio.channels)
 
     def no_audio() -> None:
         stream.audio = None

@@ -28,7 +28,8 @@ AUDIO_RING_PACKETS = 256  # about 5 s of 20 ms packets, for late joiners' first 
 class AudioTrack:
     """One encoded audio track, sent alongside a stream's video."""
 
-    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, channels: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+        self.channels = channels
         self.ring = PacketRing(AUDIO_RING_PACKETS, OPUS_MAX_PACKET)
         self._sinks: list[PacketSink] = []
         self._clock = clock

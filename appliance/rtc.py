@@ -539,6 +539,8 @@ async def answer(
             raise BadOffer(f"the offer cannot be answered: {detail}") from None
         await pc.setLocalDescription(await pc.createAnswer())
         text = sdp.set_h264_profile_level_id(pc.localDescription.sdp, answer_plid)
+        if audio_transceiver is not None and stream.audio is not None and stream.audio.channels > 1:
+            text = sdp.set_opus_stereo(text)
         return pc, text, media
     except BaseException:
         media.close()

@@ -160,6 +160,28 @@ def set_h264_profile_level_id(sdp: str, profile_level_id: str) -> str:
     return _join(out)
 
 
+def set_opus_stereo(sdp: str) -> str:
+    """Declare stereo Opus in the audio section (RFC 7587 section 7.1: `stereo=1` asks the
+    receiver to decode both channels, `sprop-stereo=1` says we send them)."""
+    lines = _lines(sdp)
+    pts = [
+        m.group(1)
+        for line in lines
+        if (m := re.match(r"^a=rtpmap:(\d+) opus/48000", line, re.IGNORECASE))
+    ]
+    if not pts:
+        return sdp
+    pt = pts[0]
+    out = []
+    for line in lines:
+        if line.startswith(f"a=fmtp:{pt} "):
+            continue
+        out.append(line)
+        if line.startswith(f"a=rtpmap:{pt} "):
+            out.append(f"a=fmtp:{pt} minptime=10;stereo=1;sprop-stereo=1")
+    return _join(out)
+
+
 def ice_credentials(sdp: str) -> tuple[str | None, str | None]:
     """The first `a=ice-ufrag` and `a=ice-pwd` values of an SDP (session or media level)."""
     ufrag = pwd = None

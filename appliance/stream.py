@@ -16,13 +16,16 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Protocol
 
 from appliance import h264
 from appliance.media import EncodedFrame
 from appliance.packetizer import H264Packetizer
 from appliance.ring import PacketRing
 from appliance.stats import DropReporter, RateMeter
+
+if TYPE_CHECKING:  # audio.py imports this module
+    from appliance.audio import AudioTrack
 
 logger = logging.getLogger(__name__)
 
@@ -156,8 +159,8 @@ class Stream:
         # (snapshots decode them on request; nothing is decoded when nobody asks).
         self.gop: list[EncodedFrame] = []
         self._meter = RateMeter()
-        # Its audio (audio.AudioTrack), when the stream has some; sent to the same viewers.
-        self.audio: Any = None
+        # Its audio, when the stream has some; sent to the same viewers.
+        self.audio: AudioTrack | None = None
 
     def attach_encoder(self, force_keyframe: Callable[[], None] | None) -> None:
         """Where keyframe requests go: a thread-safe callable of the encoder, or None."""

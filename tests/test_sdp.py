@@ -99,3 +99,16 @@ def test_video_direction_and_ssrc() -> None:
     assert sdp.video_ssrc(plain) == 42
     assert sdp.video_direction("v=0\r\nm=audio 9 RTP/AVP 0\r\n") is None
     assert sdp.video_ssrc("v=0\r\nm=video 9 RTP/AVP 96\r\n") is None
+
+
+def test_opus_stereo_is_declared_in_the_answer() -> None:
+    answer = (
+        "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=rtpmap:111 opus/48000/2\r\n"
+        "a=fmtp:111 minptime=10\r\nm=video 9 UDP/TLS/RTP/SAVPF 96\r\na=rtpmap:96 H264/90000\r\n"
+    )
+    out = sdp.set_opus_stereo(answer)
+    assert "a=fmtp:111 minptime=10;stereo=1;sprop-stereo=1\r\n" in out
+    assert out.count("a=fmtp:111") == 1 and out.index("a=rtpmap:111") < out.index("a=fmtp:111")
+    assert (
+        sdp.set_opus_stereo("v=0\r\nm=video 9 RTP/AVP 96\r\n") == "v=0\r\nm=video 9 RTP/AVP 96\r\n"
+    )

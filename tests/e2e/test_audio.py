@@ -207,3 +207,21 @@ async def test_alsa_capture_through_a_userspace_pcm(
     finally:
         proc.terminate()
         await proc.wait()
+
+
+async def test_stereo_is_declared_and_mono_is_not(
+    daemon: DaemonFactory, http: aiohttp.ClientSession
+) -> None:
+    for channels, stereo in ((2, True), (1, False)):
+        async with daemon(**{"audio.source": "testsrc", "audio.channels": channels}) as d:
+            await wait_ready(d)
+            viewer = AiortcViewer(http, f"{d.url}/cam/whep", audio=True)
+            try:
+                await viewer.connect()
+                assert viewer.answer is not None
+                assert ("stereo=1;sprop-stereo=1" in viewer.answer) is stereo
+                frames = await viewer.audio_frames(1.5)
+                mono, rate = pcm_of(frames)
+                assert len(bursts(mono, rate)) >= 1  # the tone, in either layout
+            finally:
+                await viewer.close()
