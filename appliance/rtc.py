@@ -91,7 +91,14 @@ from appliance import h264, rtp, sdp
 from appliance.audio import AudioTrack
 from appliance.config import IceServer
 from appliance.errors import BadOffer, NoCommonCodec
-from appliance.media import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, EncodedFrame, pts_from_ns
+from appliance.media import (
+    AUDIO_CLOCK_RATE,
+    VIDEO_CLOCK_RATE,
+    EncodedAudio,
+    EncodedFrame,
+    audio_pts_from_ns,
+    pts_from_ns,
+)
 from appliance.ring import PacketRing
 from appliance.sender import Negotiated, Output, RtpSender, UdpOutput
 from appliance.stream import Reader, ReaderClosed, Stream
@@ -282,6 +289,56 @@ class MarkerJitterBuffer(JitterBuffer):
         return super()._remove_frame(sequence_number)
 
 
+class PassThroughAudioBuffer(JitterBuffer):
+    """For a publisher's Opus: every RTP packet is a whole frame, handed on as it arrives (aiortc's
+    audio buffer holds four packets back, 80 ms, for its decoder). A packet older than the last
+    one handed on (late, or a duplicate) is dropped; a lost one is a gap the viewers' own jitter
+    buffers conceal."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None and not 0 < (seq - self._last) & 0xFFFF < 0x8000:
+            return False, None
+        self._last = seq
+        return False, JitterFrame(packet._data, packet.timestamp)
+
+
+class IngestAudio:
+    """A publisher's Opus, into the stream's audio track as it arrives, not decoded. Its first
+    packet is placed at "now" on the daemon's clocks and later ones keep the publisher's spacing,
+    as IngestVideo does for the video (so the two are as far apart as their arrival makes them:
+    the publisher's sender reports are not used)."""
+
+    def __init__(self, track: AudioTrack) -> None:
+        self.track = track
+        self.active = True
+        self._origin: tuple[int, int, int] | None = None  # (timestamp, pts, wall ns)
+        self.packets = 0
+
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+    def put(self, item: Any) -> None:
+        if item is None or not self.active:
+            return
+        _codec, frame = item
+        if not frame.data:
+            return
+        if self._origin is None:
+            self._origin = (frame.timestamp, audio_pts_from_ns(time.monotonic_ns()), time.time_ns())
+        ts0, pts0, wall0 = self._origin
+        elapsed = frame.timestamp - ts0
+        self.packets += 1
+        self.track.publish(EncodedAudio(frame.data, pts0 + elapsed, wall0 + elapsed * 125_000 // 6))
+
+    def close(self) -> None:
+        self.active = False
+
+
 class IngestVideo:
     """A publisher's video, from aiortc's jitter buffer into a stream, not decoded (WHIP ingest).
 
@@ -305,6 +362,7 @@ class IngestVideo:
         self.plis_sent = 0
         self.first_frame_at: float | None = None
         self.on_close: list[Any] = []
+        self.audio: IngestAudio | None = None
 
     # aiortc's decoder queue, as the receiver uses it.
     def get(self, *args: Any, **kwargs: Any) -> None:
@@ -358,12 +416,15 @@ class IngestVideo:
             "bytes": self.bytes,
             "keyframes": self.keyframes,
             "plis_sent": self.plis_sent,
+            "audio_packets": self.audio.packets if self.audio is not None else None,
         }
 
     def close(self) -> None:
         if not self.active:
             return
         self.active = False
+        if self.audio is not None:
+            self.audio.close()
         for task in self._tasks:
             task.cancel()
         for callback in self.on_close:
@@ -570,8 +631,9 @@ async def receive(
 ) -> tuple[RTCPeerConnection, str, IngestVideo]:
     """A peer connection that takes a publisher's H.264 video into `stream`, and the SDP answer.
 
-    Raises BadOffer (400) or NoCommonCodec (406). On error, nothing is left open. Other media
-    sections (audio) are answered inactive: this daemon does not take them.
+    Raises BadOffer (400) or NoCommonCodec (406). On error, nothing is left open. An Opus audio
+    section that sends is taken into the stream's audio track (made when the first publisher
+    with sound comes); any other section is answered inactive.
     """
     problem = sdp.webrtc_offer_problem(offer)
     if problem is not None:
@@ -595,6 +657,16 @@ async def receive(
         transceiver.receiver._RTCRtpReceiver__jitter_buffer = MarkerJitterBuffer()  # type: ignore[attr-defined]
         media.receiver = transceiver.receiver
         transceiver.setCodecPreferences(_ingest_preferences())
+        audio_transceiver = None
+        if sdp.sends_opus(offer):
+            if stream.audio is None:
+                stream.audio = AudioTrack()
+            media.audio = IngestAudio(stream.audio)
+            audio_transceiver = pc.addTransceiver("audio", direction="recvonly")
+            receiver = audio_transceiver.receiver
+            receiver._RTCRtpReceiver__decoder_queue = media.audio  # type: ignore[attr-defined]
+            receiver._RTCRtpReceiver__jitter_buffer = PassThroughAudioBuffer()  # type: ignore[attr-defined]
+            audio_transceiver.setCodecPreferences(_opus())
         try:
             await pc.setRemoteDescription(
                 RTCSessionDescription(sdp=sdp.strip_mdns_candidates(offer), type="offer")
@@ -605,7 +677,7 @@ async def receive(
                 raise NoCommonCodec(f"no common codec: {detail}") from None
             raise BadOffer(f"the offer cannot be answered: {detail}") from None
         for other in pc.getTransceivers():
-            if other is not transceiver:
+            if other not in (transceiver, audio_transceiver):
                 other.direction = "inactive"
         await pc.setLocalDescription(await pc.createAnswer())
         return pc, str(pc.localDescription.sdp), media

@@ -54,15 +54,15 @@ def has_media(sdp: str, kind: str) -> bool:
     )
 
 
-def _video_section(sdp: str) -> list[str]:
-    """The lines of the first video media section (empty if there is none)."""
+def _section(sdp: str, kind: str) -> list[str]:
+    """The lines of the first media section of `kind` that is not rejected (port 0)."""
     section: list[str] = []
     inside = False
     for line in _lines(sdp):
         if line.startswith("m="):
             if inside:
                 break
-            inside = line.startswith("m=video ")
+            inside = line.startswith(f"m={kind} ") and not line.startswith(f"m={kind} 0 ")
         if inside:
             section.append(line)
     return section
@@ -73,7 +73,7 @@ DIRECTIONS = ("sendrecv", "sendonly", "recvonly", "inactive")
 
 def video_direction(sdp: str) -> str | None:
     """The direction of the first video section (`sendrecv` when unsaid); None without video."""
-    section = _video_section(sdp)
+    section = _section(sdp, "video")
     if not section:
         return None
     for line in section:
@@ -82,10 +82,20 @@ def video_direction(sdp: str) -> str | None:
     return "sendrecv"
 
 
+def sends_opus(sdp: str) -> bool:
+    """True when the offer has an audio section that sends (sendonly, sendrecv) and offers Opus."""
+    section = _section(sdp, "audio")
+    if not section:
+        return False
+    direction = next((line[2:] for line in section if line[2:] in DIRECTIONS), "sendrecv")
+    opus = any(re.match(r"^a=rtpmap:\d+ opus/48000", line, re.IGNORECASE) for line in section)
+    return opus and direction in ("sendonly", "sendrecv")
+
+
 def video_ssrc(sdp: str) -> int | None:
     """The SSRC the first video section declares for its media (the first of an FID group, whose
     second is its retransmission stream), or None when it declares none."""
-    section = _video_section(sdp)
+    section = _section(sdp, "video")
     for line in section:
         m = re.match(r"^a=ssrc-group:FID (\d+)", line)
         if m:

@@ -2,7 +2,8 @@
 
 WHEP viewers of the stream then watch it through the same packet ring and fan-out as the camera's,
 with no transcoding: the publisher's access units are re-packetized once, and every viewer's
-keyframe request (a join, a PLI) reaches the publisher as one PLI. One publisher per stream: a
+keyframe request (a join, a PLI) reaches the publisher as one PLI. Its Opus audio, if it sends
+some, goes to the stream's audio track the same way (rtc.IngestAudio). One publisher per stream: a
 second one gets 409, or replaces the first (`whip.on_conflict`). When the publisher leaves, the
 stream and its viewers wait `whip.linger` seconds for another one (a relay reconnecting), then the
 viewers' sessions are closed and the stream is gone.

@@ -1,10 +1,11 @@
 // A small WHIP client (RFC 9725): publishes a camera's video track, H.264 preferred (the daemon
-// takes H.264 and passes it to its viewers without transcoding), reconnects with backoff.
+// takes H.264 and passes it to its viewers without transcoding), and its microphone (Opus), and
+// reconnects with backoff.
 //
 //   const client = new WhipClient(url, mediaStream, { onState, token });
 //   client.start();  client.stop();
 //
-// States as WhepClient's (whep.js). Audio tracks are not sent: the daemon does not take them yet.
+// States as WhepClient's (whep.js).
 
 import { SessionClient } from "./whep.js";
 
@@ -30,6 +31,9 @@ export class WhipClient extends SessionClient {
     for (const track of this.mediaStream.getVideoTracks()) {
       const transceiver = pc.addTransceiver(track, { direction: "sendonly", streams: [this.mediaStream] });
       if (codecs.length) transceiver.setCodecPreferences(codecs);
+    }
+    for (const track of this.mediaStream.getAudioTracks()) {
+      pc.addTransceiver(track, { direction: "sendonly", streams: [this.mediaStream] });
     }
   }
 }

@@ -14,6 +14,7 @@ import pytest
 
 from tests.e2e.conftest import DaemonFactory, wait_ready, wait_until
 from tests.e2e.peers import FAKE_CAMERA, AiortcPublisher, AiortcViewer, chromium
+from tests.e2e.test_audio import bursts, pcm_of, peak_hz
 from tests.e2e.test_browser import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -279,6 +280,14 @@ async def test_chromium_publishes_and_chromium_watches(daemon: DaemonFactory) ->
         await publisher.wait_for_function(
             "window.publisher.pliCount >= 1", timeout=10000, polling=100
         )
+        # And its fake microphone's beeps are heard on the other page.
+        assert watched["audio"] is True
+        await viewer.click("#unmute")
+        await viewer.wait_for_function(
+            "window.viewer.audioEnergy > 0 && window.viewer.audioPackets > 100",
+            timeout=20000,
+            polling=100,
+        )
 
 
 async def test_daemon_relays_to_daemon_over_whip_egress_and_reconnects(
@@ -290,15 +299,20 @@ async def test_daemon_relays_to_daemon_over_whip_egress_and_reconnects(
     central = {"http.port": port, "auth.tokens": TOKENS, "auth.public_read": True}
 
     async def watch(url: str) -> None:
-        viewer = AiortcViewer(http, f"{url}/relay/whep")
+        viewer = AiortcViewer(http, f"{url}/relay/whep", audio=True)
         try:
             await viewer.connect()
             frames = await viewer.frames(10)
             assert (frames[-1].width, frames[-1].height) == (640, 360)
+            # The camera's test tone came along: 1 kHz bursts, through egress and ingest.
+            mono, rate = pcm_of(await viewer.audio_frames(3.5))
+            whole = [(a, b) for a, b in bursts(mono, rate) if 0 < a and b < len(mono)]
+            peaks = [peak_hz(mono[a:b], rate) for a, b in whole]
+            assert any(abs(p - 1000) < 20 for p in peaks), (whole, peaks)
         finally:
             await viewer.close()
 
-    async with daemon(egress=[target, wrong]) as camera:
+    async with daemon(egress=[target, wrong], **{"audio.source": "testsrc"}) as camera:
         async with daemon(**central) as hub:
             await wait_published(http, hub.url, "relay", ADMIN)
             await watch(hub.url)
