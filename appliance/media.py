@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 
 VIDEO_CLOCK_RATE = 90_000
@@ -42,3 +43,21 @@ class EncodedAudio:
 def audio_pts_from_ns(monotonic_ns: int) -> int:
     """48 kHz pts of a CLOCK_MONOTONIC time: the audio twin of `pts_from_ns`."""
     return monotonic_ns * 6 // 125_000
+
+
+class Timeline:
+    """Places another clock's timestamps (a publisher's RTP time, unwrapped) on ours: the first one
+    at "now" (pts on the monotonic clock at `clock_rate`, and the wall-clock capture time), the
+    later ones at their own spacing from it. Returns (pts, capture_ns)."""
+
+    def __init__(self, clock_rate: int) -> None:
+        self.clock_rate = clock_rate
+        self._origin: tuple[int, int, int] | None = None  # (timestamp, pts, wall ns)
+
+    def place(self, timestamp: int) -> tuple[int, int]:
+        if self._origin is None:
+            now = time.monotonic_ns()
+            self._origin = (timestamp, now * self.clock_rate // 1_000_000_000, time.time_ns())
+        ts0, pts0, wall0 = self._origin
+        elapsed = timestamp - ts0
+        return pts0 + elapsed, wall0 + elapsed * 1_000_000_000 // self.clock_rate

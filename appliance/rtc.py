@@ -91,16 +91,9 @@ from appliance import h264, rtp, sdp
 from appliance.audio import AudioTrack
 from appliance.config import IceServer
 from appliance.errors import BadOffer, NoCommonCodec
-from appliance.media import (
-    AUDIO_CLOCK_RATE,
-    VIDEO_CLOCK_RATE,
-    EncodedAudio,
-    EncodedFrame,
-    audio_pts_from_ns,
-    pts_from_ns,
-)
+from appliance.media import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, EncodedAudio, EncodedFrame, Timeline
 from appliance.ring import PacketRing
-from appliance.sender import Negotiated, Output, RtpSender, UdpOutput
+from appliance.sender import Negotiated, Output, RtpSender, SenderStats, UdpOutput
 from appliance.stream import Reader, ReaderClosed, Stream
 
 logger = logging.getLogger(__name__)
@@ -201,9 +194,7 @@ class FastAudio(FastTrack):
         super().__init__(name, track.ring, AUDIO_CLOCK_RATE, _no_keyframes, track)
 
     def describe(self) -> dict[str, Any]:
-        s = self.sender.stats if self.sender else None
-        if s is None:
-            return {"packets": 0, "bytes": 0, "dropped": 0}
+        s = self.sender.stats if self.sender else SenderStats()
         return {"packets": s.packets, "bytes": s.bytes, "dropped": s.send_drops}
 
 
@@ -222,35 +213,25 @@ class FastVideo(FastTrack):
         self.audio: FastAudio | None = None
 
     def describe(self) -> dict[str, Any]:
-        s = self.sender.stats if self.sender else None
+        s = self.sender.stats if self.sender else SenderStats()
         audio = self.audio.describe() if self.audio is not None else None
-        a_bytes = audio["bytes"] if audio else 0
-        a_packets = audio["packets"] if audio else 0
-        if s is None:
-            out: dict[str, Any] = {
-                "path": "fast",
-                "frames": 0,
-                "bytes": a_bytes,
-                "packets": a_packets,
-                "dropped": 0,
-            }
-        else:
-            out = {
-                "path": "fast",
-                "first_frame_at": s.first_frame_at,
-                "frames": s.frames,
-                "bytes": s.bytes + a_bytes,  # audio included: what this viewer costs the link
-                "packets": s.packets + a_packets,
-                "retransmits": s.retransmits,
-                "nacks": s.nacks,
-                "plis": s.plis,
-                "firs": s.firs,
-                "dropped": s.send_drops,
-                "send_error": s.send_error,
-                "fraction_lost": s.fraction_lost,
-                "packets_lost": s.packets_lost,
-                "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 2),
-            }
+        out: dict[str, Any] = {
+            "path": "fast",
+            "first_frame_at": s.first_frame_at,
+            "frames": s.frames,
+            # audio included: what this viewer costs the link
+            "bytes": s.bytes + (audio["bytes"] if audio else 0),
+            "packets": s.packets + (audio["packets"] if audio else 0),
+            "retransmits": s.retransmits,
+            "nacks": s.nacks,
+            "plis": s.plis,
+            "firs": s.firs,
+            "dropped": s.send_drops,
+            "send_error": s.send_error,
+            "fraction_lost": s.fraction_lost,
+            "packets_lost": s.packets_lost,
+            "rtt_ms": None if s.rtt is None else round(s.rtt * 1000, 2),
+        }
         if audio is not None:
             out["audio"] = audio
         return out
@@ -307,20 +288,29 @@ class PassThroughAudioBuffer(JitterBuffer):
         return False, JitterFrame(packet._data, packet.timestamp)
 
 
-class IngestAudio:
-    """A publisher's Opus, into the stream's audio track as it arrives, not decoded. Its first
-    packet is placed at "now" on the daemon's clocks and later ones keep the publisher's spacing,
-    as IngestVideo does for the video (so the two are as far apart as their arrival makes them:
-    the publisher's sender reports are not used)."""
+class _DecoderQueue:
+    """What replaces an aiortc receiver's decoder queue: `put()` takes each reassembled frame
+    (a JitterFrame, its timestamp unwrapped from 0) on the event loop; `get()` returns None, so
+    that aiortc's decoder thread exits at once. A publisher's frames are placed on the daemon's
+    clocks (`media.Timeline`): the first at "now", the later ones at the publisher's spacing."""
 
-    def __init__(self, track: AudioTrack) -> None:
-        self.track = track
+    def __init__(self, clock_rate: int) -> None:
+        self.timeline = Timeline(clock_rate)
         self.active = True
-        self._origin: tuple[int, int, int] | None = None  # (timestamp, pts, wall ns)
-        self.packets = 0
 
     def get(self, *args: Any, **kwargs: Any) -> None:
         return None
+
+
+class IngestAudio(_DecoderQueue):
+    """A publisher's Opus, into the stream's audio track as it arrives, not decoded. Placed on the
+    clock as the video is, each at its first packet's arrival (the publisher's sender reports are
+    not used: the two are as far apart as their arrival makes them)."""
+
+    def __init__(self, track: AudioTrack) -> None:
+        super().__init__(AUDIO_CLOCK_RATE)
+        self.track = track
+        self.packets = 0
 
     def put(self, item: Any) -> None:
         if item is None or not self.active:
@@ -328,18 +318,15 @@ class IngestAudio:
         _codec, frame = item
         if not frame.data:
             return
-        if self._origin is None:
-            self._origin = (frame.timestamp, audio_pts_from_ns(time.monotonic_ns()), time.time_ns())
-        ts0, pts0, wall0 = self._origin
-        elapsed = frame.timestamp - ts0
+        pts, capture_ns = self.timeline.place(frame.timestamp)
         self.packets += 1
-        self.track.publish(EncodedAudio(frame.data, pts0 + elapsed, wall0 + elapsed * 125_000 // 6))
+        self.track.publish(EncodedAudio(frame.data, pts, capture_ns))
 
     def close(self) -> None:
         self.active = False
 
 
-class IngestVideo:
+class IngestVideo(_DecoderQueue):
     """A publisher's video, from aiortc's jitter buffer into a stream, not decoded (WHIP ingest).
 
     Timestamps: the stream's pts and capture times continue on the daemon's clocks. The first
@@ -349,12 +336,11 @@ class IngestVideo:
     """
 
     def __init__(self, stream: Stream, name: str, ssrc: int | None) -> None:
+        super().__init__(VIDEO_CLOCK_RATE)
         self.stream = stream
         self.name = name
         self.receiver: Any = None
-        self.active = True
         self._ssrc = ssrc
-        self._origin: tuple[int, int, int] | None = None  # (timestamp, pts, wall ns) at keyframe 1
         self._tasks: set[asyncio.Task[None]] = set()
         self.frames = 0
         self.bytes = 0
@@ -364,10 +350,6 @@ class IngestVideo:
         self.on_close: list[Any] = []
         self.audio: IngestAudio | None = None
 
-    # aiortc's decoder queue, as the receiver uses it.
-    def get(self, *args: Any, **kwargs: Any) -> None:
-        return None
-
     def put(self, item: Any) -> None:
         if item is None or not self.active:
             return
@@ -376,21 +358,16 @@ class IngestVideo:
         if not data:
             return
         keyframe = h264.is_keyframe(data)
-        ts = jitter_frame.timestamp
-        if self._origin is None:
+        if self.first_frame_at is None:
             if not keyframe:
                 self.request_keyframe()
                 return
-            self._origin = (ts, pts_from_ns(time.monotonic_ns()), time.time_ns())
             self.first_frame_at = time.monotonic()
-        ts0, pts0, wall0 = self._origin
-        elapsed = ts - ts0
+        pts, capture_ns = self.timeline.place(jitter_frame.timestamp)
         self.frames += 1
         self.bytes += len(data)
         self.keyframes += keyframe
-        self.stream.publish(
-            EncodedFrame(data, pts0 + elapsed, keyframe, wall0 + elapsed * 100_000 // 9)
-        )
+        self.stream.publish(EncodedFrame(data, pts, keyframe, capture_ns))
 
     def request_keyframe(self) -> None:
         """Send a PLI to the publisher (the stream merges and rate-limits the requests)."""
