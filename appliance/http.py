@@ -279,11 +279,11 @@ SNAPSHOTS_KEY = web.AppKey("snapshots", dict[str, Snapshots])
 
 
 async def snapshot_handler(request: web.Request) -> web.Response:
-    stream = request.app[STATUS_KEY].streams.get(request.match_info["stream"])
+    streams = request.app[STATUS_KEY].streams
+    stream = streams.get(request.match_info["stream"])
     cache = request.app[SNAPSHOTS_KEY]
-    for name in [n for n, snaps in cache.items() if snaps.stream is not stream]:
-        if name == stream.name or name not in {s.name for s in request.app[STATUS_KEY].streams}:
-            del cache[name]  # a stream that is gone, or was replaced by a new one
+    for gone in [name for name, snaps in cache.items() if streams.find(name) is not snaps.stream]:
+        del cache[gone]  # a stream that ended, or was started again under its name
     if stream.name not in cache:
         cache[stream.name] = Snapshots(stream)
     jpeg = await cache[stream.name].latest()

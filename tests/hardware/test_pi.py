@@ -1,9 +1,11 @@
 """On a real Raspberry Pi (APPLIANCE_TEST_HARDWARE=1 sh tests/run.sh -m hardware): the Pi 4's
-hardware H.264 encoder and a camera module through picamera2. Skipped everywhere else."""
+hardware H.264 encoder, a camera module through picamera2, and a USB microphone. Skipped
+everywhere else."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 
 import pytest
@@ -107,3 +109,39 @@ def test_jetson_probe_reports_nvenc_and_python() -> None:
     # NVENC is listed (reached through libv4l2's plugin, which the daemon does not drive yet:
     # CHECKLIST.md); the stream itself is encoded by libx264.
     assert any("NVENC" in e["name"] for e in report["encoders"])
+
+
+def usb_microphone() -> str | None:
+    """plughw:<card> of the first USB sound card that captures, from /proc/asound."""
+    from appliance.probe import sound_cards
+
+    for card in sound_cards():
+        if "usb" in card["name"].lower() or os.path.exists(
+            f"/proc/asound/card{card['card']}/usbid"
+        ):
+            return f"plughw:{card['card']},0"
+    return None
+
+
+@pytest.mark.skipif(usb_microphone() is None, reason="no USB microphone")
+async def test_usb_microphone_is_captured_in_real_time_and_encoded() -> None:
+    from appliance.capture.alsa import AlsaSource
+    from appliance.encoders.opus import OpusEncoder
+    from appliance.media import EncodedAudio
+
+    device = usb_microphone()
+    assert device is not None
+    audio = config.load(None, env={}, overrides={"audio.device": device}).audio
+    source = AlsaSource(audio, OpusEncoder(audio))
+    packets: list[EncodedAudio] = []
+    task = asyncio.create_task(source.run(packets.append))
+    try:
+        await asyncio.sleep(3.0)
+    finally:
+        task.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await task
+    assert 130 <= len(packets) <= 160, len(packets)  # 50 a second, in real time
+    steps = {b.pts - a.pts for a, b in zip(packets, packets[1:], strict=False)}
+    assert steps == {960}
+    assert source.overruns == 0
