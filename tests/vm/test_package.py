@@ -47,7 +47,7 @@ def test_contents_and_maintainer_scripts(deb: Path) -> None:
     info = subprocess.run(
         ["dpkg-deb", "-I", str(deb)], capture_output=True, check=True, text=True
     ).stdout
-    assert "Depends: python3 (>= 3.10), python3-venv, adduser, systemd" in info
+    assert "Depends: python3 (>= 3.10), python3-venv, libasound2, adduser, systemd" in info
     control = subprocess.run(
         ["dpkg-deb", "--ctrl-tarfile", str(deb)], capture_output=True, check=True
     ).stdout
