@@ -16,7 +16,7 @@ function initialToken(url) {
   return sessionStorage.getItem(`token:${url}`);
 }
 
-export function startViewer({ video, overlay, status, url, login, unmute }) {
+export function startViewer({ video, overlay, status, url, login, unmute, audio = true }) {
   const state = {
     url,
     state: "idle",
@@ -40,6 +40,7 @@ export function startViewer({ video, overlay, status, url, login, unmute }) {
   let recent = [];
 
   const client = new WhepClient(url, {
+    audio,
     token: initialToken(url),
     onState(name, error) {
       state.state = name;

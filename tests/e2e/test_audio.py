@@ -113,6 +113,23 @@ async def test_chromium_plays_the_sound_with_the_picture(daemon: DaemonFactory) 
         assert state["concealedSamples"] / state["audioSamples"] < 0.05, state
 
 
+async def test_the_picture_alone_on_request(
+    daemon: DaemonFactory, http: aiohttp.ClientSession
+) -> None:
+    async with daemon(**{"audio.source": "testsrc"}) as d, chromium() as browser:
+        await wait_ready(d)
+        page = await browser.new_page()
+        await page.goto(f"{d.url}/?audio=0")
+        await page.wait_for_function(
+            "window.viewer && window.viewer.framesPresented > 10", timeout=20000, polling=100
+        )
+        assert await page.evaluate("window.viewer.audio") is False
+        assert not await page.is_visible("#unmute")
+        async with http.get(f"{d.url}/api/status") as r:
+            (viewer,) = (await r.json())["viewers"]
+        assert "audio" not in viewer  # no audio sender for this viewer
+
+
 async def test_no_microphone_leaves_the_video_running(
     daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:

@@ -40,8 +40,8 @@ from typing import Any
 import aiohttp
 
 from tests import netns
+from tests.e2e.test_browser import free_port
 from tests.perf.bench_join import measure_cpu, percentile
-from tests.perf.bench_relay import free_port
 
 PAGE_PROBE = """
 async ([seconds, warmup]) => {

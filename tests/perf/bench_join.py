@@ -106,12 +106,12 @@ async def joins(url: str, count: int, gop_seconds: float) -> list[float]:
     return results
 
 
-async def latency(url: str, seconds: float) -> list[float]:
+async def latency(url: str, seconds: float, query: str = "") -> list[float]:
     from tests.e2e.peers import chromium
 
     async with chromium() as browser:
         page = await browser.new_page()
-        await page.goto(f"{url}/")
+        await page.goto(f"{url}/{query}")
         await page.wait_for_function(
             "window.viewer && window.viewer.framesPresented > 30", polling=100
         )

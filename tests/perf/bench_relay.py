@@ -7,14 +7,20 @@ camera (test source, 1280x720 at 30 fps, libx264 veryfast, 2 Mbit/s, GOP `--gop`
 `[[egress]]` to the hub's `/relay/whip`, and the hub, which takes it in (WHIP ingest) and serves
 it at `/relay/`. The figures, each measured directly on the camera and through the hub:
 
-1. Time to first frame: `--joins` cold Chromium joins, at a random phase of the GOP, from the
-   start of the WHEP connection to the first presented frame. Through the hub, the join's
-   keyframe request travels hub -> camera as a PLI, and the keyframe comes back the same way.
+1. Time to first frame: `--joins` cold Chromium joins (viewers with sound), at a random phase
+   of the GOP, from the start of the WHEP connection to the first presented frame. Through the
+   hub, the join's keyframe request travels hub -> camera as a PLI, and the keyframe comes back
+   the same way.
 2. Glass-to-glass latency: one Chromium viewer on each for `--seconds`, from the capture-time
-   stamp in every frame to its presentation.
+   stamp in every frame to its presentation; and on the camera once more with `?audio=0`, the
+   picture alone, which the browser need not hold back for lip sync.
 3. CPU: the hub's CPU seconds per second while it ingests the stream with no viewer (aiortc's
    receive path, jitter buffer and depacketizer, then our packetizer once), per frame; and the
    camera's, which encodes and sends to the hub.
+4. Lip sync through the relay: the test tone against the picture's flash, as Chromium plays the
+   relayed stream (tests/perf/bench_audio.py measures the same on the camera directly). The hub
+   places the publisher's audio and video on its clock each at its first packet's arrival, not
+   through the publisher's sender reports: this says what that costs.
 
 Nothing here asserts a time; it prints figures (and JSON with --json).
 """
@@ -37,6 +43,7 @@ from pathlib import Path
 from typing import Any
 
 from tests import netns
+from tests.perf.bench_audio import av_offsets
 from tests.perf.bench_join import joins, latency, measure_cpu, percentile
 
 
@@ -143,6 +150,15 @@ async def main() -> None:
                 print(f"glass-to-glass, {where}: one Chromium viewer for {args.seconds:g} s")
                 lat = await latency(url, args.seconds)
                 result[where] = {"ttff_ms": summary(ttff), "glass_to_glass_ms": summary(lat)}
+            print(f"glass-to-glass, direct, picture only (?audio=0): {args.seconds:g} s")
+            quiet = await latency(f"{camera_url}/cam", args.seconds, "?audio=0")
+            result["direct_picture_only_glass_to_glass_ms"] = summary(quiet)
+            print(
+                f"A/V offset through the relay: one Chromium viewer, 20 s, then {args.seconds:g} s"
+            )
+            offsets, raw = await av_offsets(f"{hub_url}/relay", args.seconds, 20.0)
+            bridge = statistics.median(raw["bridge"])
+            result["relayed_av_offset_ms"] = summary([o - bridge for o in offsets])
             egress = status(camera_port)["egress"][0]
         finally:
             for proc in (camera, hub):
@@ -172,6 +188,12 @@ async def main() -> None:
         - result["direct"]["glass_to_glass_ms"]["median"]
     )
     print(f"the relay adds {added:.0f} ms of glass-to-glass latency (medians)")
+    q = result["direct_picture_only_glass_to_glass_ms"]
+    print(
+        f"direct, picture only (?audio=0, playout-delay 0/0): glass-to-glass median "
+        f"{q['median']:.0f} ms, p95 {q['p95']:.0f} ms (n={q['n']}): lip sync costs "
+        f"{result['direct']['glass_to_glass_ms']['median'] - q['median']:.0f} ms of picture latency"
+    )
     c = result["cpu"]
     print(
         f"hub CPU: {c['hub_s_per_s'] * 100:.1f} % of a core with the relay in, "
@@ -180,6 +202,12 @@ async def main() -> None:
         f"{c['ingest_us_per_frame']} us per frame"
     )
     print(f"camera CPU (encode + egress): {c['camera_s_per_s'] * 100:.1f} % of a core")
+    av = result["relayed_av_offset_ms"]
+    print(
+        f"A/V offset through the relay (audio later when positive, the page's own buffering "
+        f"taken off): median {av['median']:+.1f} ms, p5 {percentile(offsets, 5) - bridge:+.1f}, "
+        f"p95 {av['p95']:+.1f} (n={av['n']})"
+    )
     if args.json:
         print(json.dumps(result, indent=2))
 
