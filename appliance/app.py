@@ -22,7 +22,7 @@ from appliance.audio import AudioTrack
 from appliance.audiosource import AudioSlot, supervise_audio
 from appliance.config import Config, state_dir
 from appliance.egress import EgressSet
-from appliance.http import WHIP_KEY, make_app
+from appliance.http import WHIP_KEY, Status, make_app
 from appliance.sdnotify import Notifier
 from appliance.sessions import SessionRegistry
 from appliance.source import SourceSlot, supervise
@@ -83,7 +83,7 @@ async def running(config: Config) -> AsyncIterator[Running]:
     audio_task = asyncio.create_task(
         supervise_audio(config, stream.audio, audio_slot, slot, no_audio), name="audio"
     )
-    app = make_app(config, streams, sessions, publishers, slot, audio_slot, egress)
+    app = make_app(Status(config, streams, sessions, publishers, slot, audio_slot, egress))
     runner = web.AppRunner(app, access_log=None)
     try:
         await runner.setup()

@@ -445,15 +445,9 @@ def _add_cors(
         response.headers["Access-Control-Max-Age"] = "600"
 
 
-def make_app(
-    config: Config,
-    streams: Streams,
-    viewers: SessionRegistry,
-    publishers: SessionRegistry,
-    source: SourceSlot,
-    audio: AudioSlot,
-    egress: EgressSet,
-) -> web.Application:
+def make_app(status: Status) -> web.Application:
+    """The HTTP application over the daemon's parts, which `status` holds."""
+    config, streams = status.config, status.streams
     camera = streams.camera.name if streams.camera is not None else ""
     app = web.Application(
         client_max_size=MAX_BODY,
@@ -463,11 +457,11 @@ def make_app(
             make_error_middleware(),
         ],
     )
-    app[STATUS_KEY] = Status(config, streams, viewers, publishers, source, audio, egress)
+    app[STATUS_KEY] = status
     app[SNAPSHOTS_KEY] = {}
     root = web_root(config)
     rate = RateLimiter(config.http.sessions_per_minute, config.http.sessions_burst)
-    whip = WhipHandlers(config, streams, publishers, viewers, rate)
+    whip = WhipHandlers(config, streams, status.publishers, status.viewers, rate)
     app[WHIP_KEY] = whip
 
     async def index(request: web.Request) -> web.FileResponse:
@@ -489,7 +483,7 @@ def make_app(
             web.get("/metrics", metrics_handler),
             web.get("/openapi.yaml", openapi_handler),
             web.get("/{stream}/snapshot.jpg", snapshot_handler),
-            *WhepHandlers(config, streams, viewers, rate).routes(),
+            *WhepHandlers(config, streams, status.viewers, rate).routes(),
             *whip.routes(),
             web.get("/{stream}/", stream_page),
             web.static("/web", root),

@@ -566,15 +566,7 @@ async def answer(
         transceiver.setCodecPreferences(_codec_preferences(answer_plid))
         if audio_transceiver is not None:
             audio_transceiver.setCodecPreferences(_opus())
-        try:
-            await pc.setRemoteDescription(
-                RTCSessionDescription(sdp=sdp.strip_mdns_candidates(offer), type="offer")
-            )
-        except Exception as e:  # aiortc raises ValueError, InvalidAccessError, OperationError...
-            detail = str(e) or type(e).__name__
-            if "codec" in detail.lower():
-                raise NoCommonCodec(f"no common codec: {detail}") from None
-            raise BadOffer(f"the offer cannot be answered: {detail}") from None
+        await _apply_offer(pc, offer)
         await pc.setLocalDescription(await pc.createAnswer())
         text = sdp.set_h264_profile_level_id(pc.localDescription.sdp, answer_plid)
         if audio_transceiver is not None and stream.audio is not None and stream.audio.channels > 1:
@@ -644,15 +636,7 @@ async def receive(
             receiver._RTCRtpReceiver__decoder_queue = media.audio  # type: ignore[attr-defined]
             receiver._RTCRtpReceiver__jitter_buffer = PassThroughAudioBuffer()  # type: ignore[attr-defined]
             audio_transceiver.setCodecPreferences(_opus())
-        try:
-            await pc.setRemoteDescription(
-                RTCSessionDescription(sdp=sdp.strip_mdns_candidates(offer), type="offer")
-            )
-        except Exception as e:  # aiortc raises ValueError, InvalidAccessError, OperationError...
-            detail = str(e) or type(e).__name__
-            if "codec" in detail.lower():
-                raise NoCommonCodec(f"no common codec: {detail}") from None
-            raise BadOffer(f"the offer cannot be answered: {detail}") from None
+        await _apply_offer(pc, offer)
         for other in pc.getTransceivers():
             if other not in (transceiver, audio_transceiver):
                 other.direction = "inactive"
@@ -715,6 +699,20 @@ def _opus() -> list[Any]:
     capabilities = RTCRtpSender.getCapabilities("audio")
     assert capabilities is not None
     return [c for c in capabilities.codecs if c.mimeType.lower() == "audio/opus"]
+
+
+async def _apply_offer(pc: RTCPeerConnection, offer: str) -> None:
+    """Set a viewer's or publisher's offer (mDNS candidates taken out); what aiortc refuses
+    becomes NoCommonCodec (406) or BadOffer (400)."""
+    try:
+        await pc.setRemoteDescription(
+            RTCSessionDescription(sdp=sdp.strip_mdns_candidates(offer), type="offer")
+        )
+    except Exception as e:  # aiortc raises ValueError, InvalidAccessError, OperationError...
+        detail = str(e) or type(e).__name__
+        if "codec" in detail.lower():
+            raise NoCommonCodec(f"no common codec: {detail}") from None
+        raise BadOffer(f"the offer cannot be answered: {detail}") from None
 
 
 def _negotiated(sender: Any, parameters: Any, lip_sync: bool = False) -> Negotiated:

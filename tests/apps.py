@@ -7,7 +7,7 @@ from aiohttp import web
 from appliance import config
 from appliance.audiosource import AudioSlot
 from appliance.egress import EgressSet
-from appliance.http import make_app
+from appliance.http import Status, make_app
 from appliance.sessions import SessionRegistry
 from appliance.source import SourceSlot
 from appliance.stream import Stream
@@ -20,11 +20,13 @@ def app_for(
     streams = Streams(Stream, cfg.whip.max_streams)
     streams.add_camera(stream)
     return make_app(
-        cfg,
-        streams,
-        viewers if viewers is not None else SessionRegistry(),
-        SessionRegistry(),
-        SourceSlot(),
-        AudioSlot(),
-        EgressSet(cfg, streams),
+        Status(
+            cfg,
+            streams,
+            viewers if viewers is not None else SessionRegistry(),
+            SessionRegistry(),
+            SourceSlot(),
+            AudioSlot(),
+            EgressSet(cfg, streams),
+        )
     )

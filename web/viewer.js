@@ -4,17 +4,7 @@
 
 import { WhepClient } from "./whep.js";
 import { readStamp, stampLatency } from "./stamp.js";
-
-// A token for a protected stream: from the page's #token=... (never sent to the server in the
-// URL), else from this tab's earlier answer to the prompt.
-function initialToken(url) {
-  const fragment = new URLSearchParams(location.hash.slice(1)).get("token");
-  if (fragment) {
-    sessionStorage.setItem(`token:${url}`, fragment);
-    history.replaceState(null, "", location.pathname + location.search);
-  }
-  return sessionStorage.getItem(`token:${url}`);
-}
+import { bindLogin, initialToken } from "./token.js";
 
 export function startViewer({ video, overlay, status, url, login, unmute, audio = true }) {
   const state = {
@@ -139,16 +129,7 @@ export function startViewer({ video, overlay, status, url, login, unmute, audio 
     });
   }
 
-  if (login) {
-    login.addEventListener("submit", (event) => {
-      event.preventDefault();
-      const token = login.elements.token.value.trim();
-      if (!token) return;
-      sessionStorage.setItem(`token:${url}`, token);
-      login.hidden = true;
-      client.setToken(token);
-    });
-  }
+  if (login) bindLogin(login, url, client);
 
   window.viewerClient = client;
   client.start();

@@ -37,11 +37,9 @@ import time
 import urllib.request
 from typing import Any
 
-import aiohttp
-
 from tests import netns
 from tests.e2e.test_browser import free_port
-from tests.perf.bench_join import measure_cpu, percentile
+from tests.perf.bench_join import cpu_per_viewer, percentile
 
 PAGE_PROBE = """
 async ([seconds, warmup]) => {
@@ -189,26 +187,6 @@ def opus_us_per_frame(frames: int = 2000) -> float:
     return (time.perf_counter() - start) / frames * 1e6
 
 
-async def cpu_with_viewers(url: str, pid: int, n: int, audio: bool, seconds: float) -> float:
-    from tests.e2e.peers import AiortcViewer
-
-    async with aiohttp.ClientSession() as http:
-        viewers = [AiortcViewer(http, f"{url}/cam/whep", audio=audio) for _ in range(n)]
-        await asyncio.gather(*(v.connect() for v in viewers))
-        await asyncio.gather(*(v.frames(3) for v in viewers))
-        drains = [asyncio.create_task(v.frames(10**6, timeout=3600)) for v in viewers]
-        if audio:
-            drains += [asyncio.create_task(v.audio_frames(3600, timeout=3600)) for v in viewers]
-        cpu = await measure_cpu(pid, seconds)
-        for task in drains:
-            task.cancel()
-        for v in viewers:
-            await v.delete()
-            await v.close()
-    await asyncio.sleep(1)
-    return cpu
-
-
 async def main() -> None:
     p = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -230,8 +208,9 @@ async def main() -> None:
         print(f"A/V offset: one Chromium viewer, {args.warmup:g} s, then {args.seconds:g} s")
         offsets, raw = await av_offsets(url, args.seconds, args.warmup)
         print(f"daemon CPU: {args.viewers} aiortc viewers, video only, then video and audio")
-        video_only = await cpu_with_viewers(url, daemon.pid, args.viewers, False, 10)
-        with_audio = await cpu_with_viewers(url, daemon.pid, args.viewers, True, 10)
+        n = args.viewers
+        video_only = (await cpu_per_viewer(url, daemon.pid, [n], 10))[n]
+        with_audio = (await cpu_per_viewer(url, daemon.pid, [n], 10, audio=True))[n]
     finally:
         daemon.send_signal(signal.SIGTERM)
         daemon.wait(20)

@@ -120,16 +120,22 @@ async def latency(url: str, seconds: float, query: str = "") -> list[float]:
         return list(await page.evaluate("window.viewer.latencies"))
 
 
-async def cpu_per_viewer(url: str, pid: int, counts: list[int], seconds: float) -> dict[int, float]:
+async def cpu_per_viewer(
+    url: str, pid: int, counts: list[int], seconds: float, audio: bool = False
+) -> dict[int, float]:
+    """The daemon's CPU seconds per second with 0 and each of `counts` aiortc viewers (taking
+    the sound too with `audio`), each decoding in this process."""
     from tests.e2e.peers import AiortcViewer
 
     results = {0: await measure_cpu(pid, seconds)}
     async with aiohttp.ClientSession() as http:
         for n in counts:
-            viewers = [AiortcViewer(http, f"{url}/cam/whep") for _ in range(n)]
+            viewers = [AiortcViewer(http, f"{url}/cam/whep", audio=audio) for _ in range(n)]
             await asyncio.gather(*(v.connect() for v in viewers))
             await asyncio.gather(*(v.frames(3) for v in viewers))
             drains = [asyncio.create_task(v.frames(10**6, timeout=3600)) for v in viewers]
+            if audio:
+                drains += [asyncio.create_task(v.audio_frames(3600, 3600)) for v in viewers]
             results[n] = await measure_cpu(pid, seconds)
             for task in drains:
                 task.cancel()
