@@ -28,18 +28,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import os
 import signal
 import statistics
-import subprocess
-import sys
 import time
-import urllib.request
 from typing import Any
 
 from tests import netns
 from tests.e2e.test_browser import free_port
-from tests.perf.bench_join import cpu_per_viewer, percentile
+from tests.perf.bench_join import cpu_per_viewer, percentile, start_daemon
 
 PAGE_PROBE = """
 async ([seconds, warmup]) => {
@@ -138,27 +134,6 @@ def pair_offsets(tones: list[float], flashes: list[dict[str, float]]) -> list[fl
     return offsets
 
 
-def start_daemon(port: int) -> subprocess.Popen[bytes]:
-    env = {
-        **os.environ,
-        "APPLIANCE_LOG_LEVEL": "warning",
-        "APPLIANCE_AUDIO_SOURCE": "testsrc",
-        "APPLIANCE_HTTP_SESSIONS_BURST": "1000",  # the CPU runs open 16 sessions in a row
-    }
-    args = ["serve", "--source", "testsrc", "--host", "127.0.0.1", "--port", str(port)]
-    proc = subprocess.Popen([sys.executable, "-m", "appliance", *args], env=env)
-    for _ in range(200):
-        try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{port}/api/status", timeout=1) as r:
-                if json.load(r)["stream"]["ready"]:
-                    return proc
-        except OSError:
-            pass
-        time.sleep(0.05)
-    proc.kill()
-    raise RuntimeError("the daemon did not become ready")
-
-
 async def av_offsets(url: str, seconds: float, warmup: float) -> tuple[list[float], dict[str, Any]]:
     from tests.e2e.peers import chromium
 
@@ -203,7 +178,12 @@ async def main() -> None:
     encode_us = opus_us_per_frame()
     port = free_port()
     url = f"http://127.0.0.1:{port}"
-    daemon = start_daemon(port)
+    daemon = start_daemon(
+        port,
+        60,
+        APPLIANCE_AUDIO_SOURCE="testsrc",
+        APPLIANCE_HTTP_SESSIONS_BURST="1000",  # the CPU runs open 16 sessions in a row
+    )
     try:
         print(f"A/V offset: one Chromium viewer, {args.warmup:g} s, then {args.seconds:g} s")
         offsets, raw = await av_offsets(url, args.seconds, args.warmup)

@@ -56,8 +56,15 @@ async def measure_cpu(pid: int, seconds: float) -> float:
     return (cpu_seconds(pid) - c0) / (time.monotonic() - t0)
 
 
-def start_daemon(port: int, gop: int) -> subprocess.Popen[bytes]:
-    env = {**os.environ, "APPLIANCE_VIDEO_GOP": str(gop), "APPLIANCE_LOG_LEVEL": "warning"}
+def start_daemon(port: int, gop: int, **settings: str) -> subprocess.Popen[bytes]:
+    """The daemon on the test source, in its own process, once its stream is ready. `settings`
+    are more APPLIANCE_* variables."""
+    env = {
+        **os.environ,
+        "APPLIANCE_VIDEO_GOP": str(gop),
+        "APPLIANCE_LOG_LEVEL": "warning",
+        **settings,
+    }
     proc = subprocess.Popen(
         [
             sys.executable,
