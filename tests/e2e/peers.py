@@ -32,20 +32,36 @@ CHROMIUM_ARGS = [
 FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-stream")
 
 
-class AiortcViewer:
+class AiortcPeer:
+    """What the WHEP viewer and the WHIP publisher share: an aiortc peer connection with no ICE
+    servers, the endpoint, the bearer token, and the session resource to DELETE."""
+
+    def __init__(self, http: aiohttp.ClientSession, url: str, token: str | None) -> None:
+        self.http = http
+        self.url = url
+        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.location: str | None = None
+        self.etag: str | None = None
+
+    async def delete(self) -> int:
+        assert self.location is not None
+        async with self.http.delete(self.location, headers=self.auth) as response:
+            return response.status
+
+    async def close(self) -> None:
+        await self.pc.close()
+
+
+class AiortcViewer(AiortcPeer):
     """A WHEP viewer built on aiortc: recvonly H.264 video (and Opus audio with `audio=True`),
     decoded by aiortc with PyAV."""
 
     def __init__(
         self, http: aiohttp.ClientSession, url: str, token: str | None = None, audio: bool = False
     ) -> None:
-        self.http = http
-        self.url = url
-        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
+        super().__init__(http, url, token)
         self.audio = audio
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-        self.location: str | None = None
-        self.etag: str | None = None
         self.answer: str | None = None
         loop = asyncio.get_running_loop()
         self._track: asyncio.Future[Any] = loop.create_future()
@@ -103,14 +119,6 @@ class AiortcViewer:
         await asyncio.wait_for(collect(), timeout)
         return frames
 
-    async def delete(self) -> int:
-        assert self.location is not None
-        async with self.http.delete(self.location, headers=self.auth) as response:
-            return response.status
-
-    async def close(self) -> None:
-        await self.pc.close()
-
 
 class CountingTrack(VideoStreamTrack):
     """640x360 pictures at 30 fps whose brightness steps with each frame."""
@@ -129,17 +137,12 @@ class CountingTrack(VideoStreamTrack):
         return frame
 
 
-class AiortcPublisher:
+class AiortcPublisher(AiortcPeer):
     """A WHIP publisher built on aiortc: its own H.264 (libx264) encoder and send path."""
 
     def __init__(self, http: aiohttp.ClientSession, url: str, token: str | None = None) -> None:
-        self.http = http
-        self.url = url
-        self.auth = {"Authorization": f"Bearer {token}"} if token else {}
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        super().__init__(http, url, token)
         self.track = CountingTrack()
-        self.location: str | None = None
-        self.etag: str | None = None
         self.status: int | None = None
         self.body = ""
 
@@ -165,14 +168,6 @@ class AiortcPublisher:
     async def connect(self) -> None:
         status = await self.post(await self.offer())
         assert status == 201, f"WHIP POST: {status} {self.body}"
-
-    async def delete(self) -> int:
-        assert self.location is not None
-        async with self.http.delete(self.location, headers=self.auth) as response:
-            return response.status
-
-    async def close(self) -> None:
-        await self.pc.close()
 
 
 @contextlib.asynccontextmanager
