@@ -7,14 +7,8 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=""
-# qemu-system-x86, mmdebstrap, e2fsprogs: the test machine of tests/vm (real V4L2 drivers);
-# dosfstools, mtools, lintian, genimage and arm64 emulation: the package and the system images.
-# GStreamer's webrtcbin, on the system Python: an independent WHIP endpoint for the egress tests.
-for pkg in python3-venv python3-dev gcc chromium iproute2 nftables ethtool \
-    qemu-system-x86 mmdebstrap e2fsprogs dosfstools mtools lintian genimage \
-    qemu-user-static binfmt-support arch-test \
-    python3-gi gir1.2-gst-plugins-bad-1.0 gir1.2-gst-plugins-base-1.0 gstreamer1.0-plugins-bad \
-    gstreamer1.0-plugins-good gstreamer1.0-plugins-ugly gstreamer1.0-nice gstreamer1.0-libav; do
+# tests/packages.txt says why each is needed; tests/test_programs.py checks it is complete.
+for pkg in $(sed 's/#.*//' tests/packages.txt); do
     dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then

@@ -56,6 +56,23 @@ def unavailable() -> str | None:
     return None
 
 
+def require(path: Path, what: str) -> Path:
+    """`path` (something tests/run.sh builds), for a test that needs it. Where it cannot be
+    built here (not root, no tap device, no arm64 emulation for the SD card) the test skips and
+    says why; where it could be built and is not, the test fails: a skipped image test would
+    hide a broken product."""
+    import pytest
+
+    if path.exists():
+        return path
+    why = unavailable()
+    if why is None and path.is_relative_to(cached_sdcard()):
+        why = arm64_emulation_problem()
+    if why is not None:
+        pytest.skip(f"no {what}: {why}")
+    pytest.fail(f"no {what} at {path}: tests/run.sh builds it (python -m tests.vm.machine)")
+
+
 def _recipe_hash() -> str:
     """Of what goes into the image: the recipe, and the daemon's dependencies (not its code)."""
     h = hashlib.sha256()
@@ -116,51 +133,57 @@ def cached_sdcard() -> Path:
 
 def product() -> Path:
     """Build the .deb and the vm-amd64 image with it, unless cached."""
-    return _build(cached_product(), "amd64", "vm-amd64", "root.ext4")
+    return _build(cached_product(), "amd64", "vm-amd64", "root.ext4", 2)
 
 
 def sdcard() -> Path:
     """Build the arm64 .deb and the Raspberry Pi SD card with it, unless cached (about 8 min)."""
-    return _build(cached_sdcard(), "arm64", "debian", "sdcard.img")
+    return _build(cached_sdcard(), "arm64", "debian", "sdcard.img", 8)
 
 
-def _build(out: Path, arch: str, flavor: str, result: str) -> Path:
+def _build(out: Path, arch: str, flavor: str, result: str, minutes: int) -> Path:
     if (out / result).exists():
         return out
     CACHE.mkdir(parents=True, exist_ok=True)
     log = CACHE / f"{flavor}-build.log"
-    env = {**os.environ, "PYTHON": sys.executable}
-    with log.open("w") as f:
-        for step in (
-            ["sh", str(ROOT / "image/deb/build.sh"), arch, str(out / "deb")],
-            ["sh", str(ROOT / "image/build.sh"), flavor, str(out), "DEB"],
-        ):
-            if step[-1] == "DEB":
-                step[-1] = str(next((out / "deb").glob(f"appliance_*_{arch}.deb")))
-            if subprocess.run(step, stdout=f, stderr=subprocess.STDOUT, env=env).returncode:
-                raise RuntimeError(
-                    f"building the {flavor} image failed; see {log}:\n{log.read_text()[-3000:]}"
-                )
+    log.write_text("")
+    deb = out / "deb"
+    _step(f"the {arch} package", ["sh", str(ROOT / "image/deb/build.sh"), arch, str(deb)], log, 1)
+    package = str(next(deb.glob(f"appliance_*_{arch}.deb")))
+    image = ["sh", str(ROOT / "image/build.sh"), flavor, str(out), package]
+    _step(f"the {flavor} image", image, log, minutes)
     return out
+
+
+def _step(what: str, command: list[str], log: Path, minutes: int) -> None:
+    """Run one build step, its output appended to `log`, and say every 30 s that it is still
+    going: a first run builds for about 20 minutes and must never look hung."""
+    started = time.monotonic()
+    print(f"building {what} (about {minutes} min; log: {log})", flush=True)  # noqa: T201
+    env = {**os.environ, "PYTHON": sys.executable}
+    with log.open("a") as f:
+        proc = subprocess.Popen(command, stdout=f, stderr=subprocess.STDOUT, env=env)
+        while True:
+            try:
+                proc.wait(timeout=30)
+                break
+            except subprocess.TimeoutExpired:
+                last = log.read_text(errors="replace").strip().rsplit("\n", 1)[-1][:100]
+                elapsed = time.monotonic() - started
+                print(f"  ... {what}: {elapsed:.0f} s: {last}", flush=True)  # noqa: T201
+    if proc.returncode:
+        raise RuntimeError(f"building {what} failed; see {log}:\n{log.read_text()[-3000:]}")
+    print(f"built {what} in {time.monotonic() - started:.0f} s", flush=True)  # noqa: T201
 
 
 def image() -> Path:
     """The built machine (vmlinuz, initrd.img, root.ext4), built now if not cached."""
     out = cached_image()
     if not (out / "root.ext4").exists():
-        log = CACHE / "build.log"
         CACHE.mkdir(parents=True, exist_ok=True)
-        with log.open("w") as f:
-            result = subprocess.run(
-                ["sh", str(ROOT / "image/vm/build.sh"), str(out)],
-                stdout=f,
-                stderr=subprocess.STDOUT,
-                env={**os.environ, "PYTHON": sys.executable},
-            )
-        if result.returncode != 0:
-            raise RuntimeError(
-                f"building the test machine failed; see {log}:\n{log.read_text()[-3000:]}"
-            )
+        log = CACHE / "build.log"
+        log.write_text("")
+        _step("the test machine", ["sh", str(ROOT / "image/vm/build.sh"), str(out)], log, 2)
     return out
 
 

@@ -25,7 +25,7 @@ import pytest
 from appliance.capture.testsrc import read_stamp
 from tests.e2e.conftest import wait_until
 from tests.e2e.peers import AiortcViewer
-from tests.vm.machine import GUEST, Machine, cached_image, unavailable
+from tests.vm.machine import GUEST, Machine, cached_image, require
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -40,11 +40,7 @@ PYTHON = (
 
 @pytest.fixture(scope="module")
 def machine() -> Iterator[Machine]:
-    why = unavailable()
-    if why is None and not (cached_image() / "root.ext4").exists():
-        why = "the test machine is not built: python -m tests.vm.machine (tests/run.sh does it)"
-    if why is not None:
-        pytest.skip(why)
+    require(cached_image() / "root.ext4", "test machine")
     with Machine() as m:
         m.run(
             "modprobe vivid n_devs=1 && "

@@ -20,7 +20,7 @@ import pytest
 
 from tests.e2e.conftest import wait_until
 from tests.e2e.peers import AiortcViewer
-from tests.vm.machine import GUEST, HOST, Machine, cached_product, unavailable
+from tests.vm.machine import GUEST, HOST, Machine, cached_product, require
 
 pytestmark = [pytest.mark.vm, pytest.mark.e2e, pytest.mark.timeout(600)]
 
@@ -58,11 +58,7 @@ def bootfs(tmp: Path) -> Path:
 
 @pytest.fixture(scope="module")
 def machine(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Machine]:
-    why = unavailable()
-    if why is None and not (cached_product() / "root.ext4").exists():
-        why = "the product image is not built: python -m tests.vm.machine (tests/run.sh does it)"
-    if why is not None:
-        pytest.skip(why)
+    require(cached_product() / "root.ext4", "product image")
     disk = bootfs(tmp_path_factory.mktemp("bootfs"))
     # systemd-network-generator turns ip= into a .network file: the guest's static address on the
     # test's tap link (the image itself uses DHCP and link-local addressing).

@@ -9,17 +9,15 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.machine import cached_product
+from tests.vm.machine import cached_product, require
 
 pytestmark = [pytest.mark.image]
 
 
 @pytest.fixture(scope="module")
 def deb() -> Path:
-    found = sorted((cached_product() / "deb").glob("appliance_*_amd64.deb"))
-    if not found:
-        pytest.skip("the package is not built: python -m tests.vm.machine (tests/run.sh does)")
-    return found[0]
+    require(cached_product() / "root.ext4", "product image and package")
+    return sorted((cached_product() / "deb").glob("appliance_*_amd64.deb"))[0]
 
 
 def test_lintian_is_clean(deb: Path) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.vm.machine import cached_sdcard
+from tests.vm.machine import cached_sdcard, require
 
 pytestmark = [pytest.mark.image]
 
@@ -21,12 +21,7 @@ SECTOR = 512
 
 @pytest.fixture(scope="module")
 def card() -> Path:
-    image = cached_sdcard() / "sdcard.img"
-    if not image.exists():
-        pytest.skip(
-            "no SD card image: python -m tests.vm.machine builds it where arm64 can be emulated"
-        )
-    return image
+    return require(cached_sdcard() / "sdcard.img", "Raspberry Pi SD card")
 
 
 def run(*args: str) -> str:
