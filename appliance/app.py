@@ -18,9 +18,11 @@ from dataclasses import dataclass
 
 from aiohttp import web
 
+from appliance import rtc
 from appliance.audio import AudioTrack
 from appliance.audiosource import AudioSlot, supervise_audio
 from appliance.config import Config, state_dir
+from appliance.connections import ConnectionLimit, QuietAcceptErrors, raise_open_files_limit
 from appliance.egress import EgressSet
 from appliance.http import WHIP_KEY, Status, make_app
 from appliance.sdnotify import Notifier
@@ -52,6 +54,7 @@ class Running:
 @contextlib.asynccontextmanager
 async def running(config: Config) -> AsyncIterator[Running]:
     """Start the daemon; on exit, stop it in reverse order."""
+    rtc.install(config.webrtc.interfaces)
 
     def make_stream(name: str) -> Stream:
         return Stream(
@@ -84,9 +87,11 @@ async def running(config: Config) -> AsyncIterator[Running]:
         supervise_audio(config, stream.audio, audio_slot, slot, no_audio), name="audio"
     )
     app = make_app(Status(config, streams, sessions, publishers, slot, audio_slot, egress))
-    runner = web.AppRunner(app, access_log=None)
+    runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.http.idle_timeout)
     try:
         await runner.setup()
+        assert runner.server is not None
+        ConnectionLimit(runner.server, config.http.max_connections_per_client)
         tls = tls_context(config.http)
         site = web.TCPSite(runner, config.http.host, config.http.port, ssl_context=tls)
         await site.start()
@@ -119,6 +124,9 @@ async def running(config: Config) -> AsyncIterator[Running]:
 async def serve(config: Config) -> None:
     """Run until SIGINT or SIGTERM, telling systemd (when it runs us) how it goes."""
     loop = asyncio.get_running_loop()
+    loop.set_exception_handler(QuietAcceptErrors())
+    files = raise_open_files_limit()
+    logger.debug("open files limit: %d", files)
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)

@@ -43,7 +43,7 @@ class Authorizer:
         if presented is None:
             return Decision(False, 401, "")
         found = None
-        candidate = presented.encode()
+        candidate = presented.encode("utf-8", "surrogateescape")  # any bytes the client sent
         for secret, token in self._tokens:  # every one, always: constant time in the match
             if hmac.compare_digest(candidate, secret) and found is None:
                 found = token

@@ -8,7 +8,9 @@ file `appliance.example.toml` beside this module documents every key; a test kee
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import os
+import re
 import sys
 import typing
 from collections.abc import Mapping
@@ -57,10 +59,12 @@ WHIP_CONFLICTS = ("reject", "replace")
 class HttpConfig:
     host: str = "0.0.0.0"
     port: int = 8080
-    cors_origins: tuple[str, ...] = ("*",)
+    cors_origins: tuple[str, ...] = ()
     web_root: str = ""
     sessions_per_minute: float = 30.0
     sessions_burst: int = 10
+    idle_timeout: float = 15.0
+    max_connections_per_client: int = 32
     tls_cert: str = ""
     tls_key: str = ""
     tls_self_signed: bool = False
@@ -77,8 +81,10 @@ class IceServer:
 @dataclass(frozen=True, slots=True)
 class WebRTCConfig:
     ice_servers: tuple[IceServer, ...] = ()
-    connect_timeout: float = 15.0
+    connect_timeout: float = 10.0
     sender: str = "fast"
+    interfaces: tuple[str, ...] = ()
+    half_open_per_client: int = 4
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,8 +220,14 @@ def _read_toml(path: Path) -> dict[str, Any]:
             return tree
     except FileNotFoundError:
         raise ConfigError(str(path), "file not found") from None
+    except IsADirectoryError:
+        raise ConfigError(str(path), "is a directory, not a TOML file") from None
+    except OSError as e:
+        raise ConfigError(str(path), f"cannot be read: {e.strerror}") from None
     except tomllib.TOMLDecodeError as e:
         raise ConfigError(str(path), f"not valid TOML: {e}") from None
+    except UnicodeDecodeError as e:
+        raise ConfigError(str(path), f"not UTF-8 text (byte {e.start})") from None
 
 
 def _env_items(env: Mapping[str, str]) -> list[tuple[str, str]]:
@@ -324,8 +336,41 @@ def _in_range(key: str, value: float, low: float, high: float) -> None:
         raise ConfigError(key, f"must be between {low:g} and {high:g}; got {value!r}")
 
 
+def _is_host(host: str) -> bool:
+    """An IP address, or a name a resolver could take (RFC 1123 labels)."""
+    if host == "":
+        return True
+    try:
+        ipaddress.ip_address(host)
+        return True
+    except ValueError:
+        pass
+    labels = host.rstrip(".").split(".")
+    return len(host) <= 253 and all(
+        re.fullmatch(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?", label) for label in labels
+    )
+
+
 def _validate(c: Config) -> None:
     _in_range("http.port", c.http.port, 0, 65535)
+    if not _is_host(c.http.host):
+        raise ConfigError("http.host", f"must be an IP address or a host name; got {c.http.host!r}")
+    if c.http.state_dir and not Path(c.http.state_dir).is_absolute():
+        raise ConfigError("http.state_dir", f"must be an absolute path; got {c.http.state_dir!r}")
+    if c.http.state_dir and Path(c.http.state_dir).exists() and not Path(c.http.state_dir).is_dir():
+        raise ConfigError("http.state_dir", f"not a directory: {c.http.state_dir}")
+    for i, origin in enumerate(c.http.cors_origins):
+        if origin != "*" and not re.fullmatch(r"https?://[^/\s]+", origin):
+            raise ConfigError(
+                f"http.cors_origins[{i}]",
+                f'must be "*" or an origin such as "https://example.net"; got {origin!r}',
+            )
+    _in_range("http.idle_timeout", c.http.idle_timeout, 1, 3600)
+    _in_range("http.max_connections_per_client", c.http.max_connections_per_client, 1, 100_000)
+    _in_range("webrtc.half_open_per_client", c.webrtc.half_open_per_client, 1, 10_000)
+    for i, name in enumerate(c.webrtc.interfaces):
+        if not re.fullmatch(r"[\w.:@-]{1,15}", name):
+            raise ConfigError(f"webrtc.interfaces[{i}]", f"not a network interface name: {name!r}")
     _in_range("http.sessions_per_minute", c.http.sessions_per_minute, 0.1, 100_000)
     _in_range("http.sessions_burst", c.http.sessions_burst, 1, 10_000)
     for key, path in (("http.tls_cert", c.http.tls_cert), ("http.tls_key", c.http.tls_key)):

@@ -8,6 +8,7 @@ camera. `validate` turns a JSON value into what the device accepts, or says prec
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,8 @@ class Control:
             raise ControlError(f"{self.name} is a button: send true to press it")
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ControlError(f"{self.name} takes a number; got {value!r}")
+        if not math.isfinite(value):
+            raise ControlError(f"{self.name} takes a finite number; got {value!r}")
         if self.type == "int" and value != int(value):
             raise ControlError(f"{self.name} takes a whole number; got {value!r}")
         if not self.minimum <= value <= self.maximum:

@@ -43,8 +43,16 @@ class RequestError(ApplianceError):
     retry_after: int | None = None
 
 
-class BadOffer(RequestError):
+class BadRequest(RequestError):
     status = 400
+
+
+class BadOffer(BadRequest):
+    """An SDP offer or trickle fragment that cannot be answered."""
+
+
+class UriTooLong(RequestError):
+    status = 414
 
 
 class NoCommonCodec(RequestError):
@@ -91,3 +99,11 @@ class TooManyRequests(RequestError):
     def __init__(self, message: str, retry_after: int) -> None:
         super().__init__(message)
         self.retry_after = retry_after
+
+
+def printable(text: str, limit: int = 200) -> str:
+    """Text from a request as a log line may carry it: control characters (a `%0a` in a path would
+    forge a line), quotes and non-ASCII escaped, and at most `limit` characters."""
+    escaped = text.encode("ascii", "backslashreplace").decode("ascii")
+    escaped = "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in escaped)
+    return escaped if len(escaped) <= limit else escaped[:limit] + "..."

@@ -6,6 +6,8 @@ This is the one place where RequestError subclasses become HTTP statuses.
 
 from __future__ import annotations
 
+import asyncio
+import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
@@ -20,9 +22,10 @@ from appliance.auth import Authorizer
 from appliance.config import Config
 from appliance.controls import ControlError
 from appliance.egress import EgressSet
-from appliance.errors import RequestError, SessionNotFound
+from appliance.errors import BadRequest, RequestError, SessionNotFound, UriTooLong, printable
 from appliance.metrics import Exposition
 from appliance.ratelimit import RateLimiter
+from appliance.resource import body_text
 from appliance.sessions import SessionRegistry
 from appliance.snapshot import Snapshots
 from appliance.source import SourceSlot
@@ -153,6 +156,8 @@ VIEWER_COUNTERS = (
     ("appliance_sent_bytes_total", "Bytes sent to viewers, SRTP included.", "bytes"),
     ("appliance_sent_packets_total", "RTP packets sent to viewers.", "packets"),
     ("appliance_retransmitted_packets_total", "Packets resent on NACK.", "retransmits"),
+    ("appliance_retransmissions_refused_total",
+     "NACKed packets not resent: over the viewer's retransmission budget.", "retransmits_refused"),
     ("appliance_nacks_received_total", "RTCP NACKs received from viewers.", "nacks"),
     ("appliance_plis_received_total", "RTCP PLIs received from viewers.", "plis"),
     ("appliance_firs_received_total", "RTCP FIRs received from viewers.", "firs"),
@@ -310,16 +315,14 @@ async def controls_handler(request: web.Request) -> web.Response:
     slot = request.app[STATUS_KEY].source
     try:
         if request.method == "PATCH":
-            if request.content_type != "application/json":
-                return _json_error(415, "send the controls as application/json")
             try:
-                values = await request.json()
-            except ValueError as e:
-                return _json_error(400, f"not JSON: {e}")
+                values = parse_json(await body_text(request, "application/json"))
+            except RequestError as e:
+                return _json_error(e.status, str(e))
             if not isinstance(values, dict) or not values:
                 return _json_error(400, 'send an object of control values: {"brightness": 128}')
             controls = slot.set_controls(values)
-            logger.info("controls set: %s", values)
+            logger.info("controls set: %s", printable(json.dumps(values)))
         else:
             controls = slot.controls()
     except ControlError as e:
@@ -327,6 +330,41 @@ async def controls_handler(request: web.Request) -> web.Response:
             return _json_error(503, str(e), retry_after=2)
         return _json_error(400, str(e))
     return web.json_response({"controls": [c.as_json() for c in controls]})
+
+
+MAX_JSON_DEPTH = 32
+
+
+def parse_json(text: str) -> Any:
+    """A JSON document (RFC 8259) as the API takes it: nested at most MAX_JSON_DEPTH deep, and no
+    NaN or Infinity (not JSON, though Python's parser takes them); BadRequest says why not."""
+    depth = deepest = 0
+    in_string = escaped = False
+    for char in text:  # the nesting, counted before the parser recurses into it
+        if in_string:
+            if escaped:
+                escaped = False
+            elif char == "\\":
+                escaped = True
+            elif char == '"':
+                in_string = False
+        elif char == '"':
+            in_string = True
+        elif char in "[{":
+            depth += 1
+            deepest = max(deepest, depth)
+            if deepest > MAX_JSON_DEPTH:
+                raise BadRequest(f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
+        elif char in "]}":
+            depth -= 1
+
+    def constant(name: str) -> Any:
+        raise ValueError(f"{name} is not JSON")
+
+    try:
+        return json.loads(text, parse_constant=constant)
+    except ValueError as e:
+        raise BadRequest(f"not JSON: {e}") from None
 
 
 def _json_error(status: int, message: str, retry_after: int | None = None) -> web.Response:
@@ -378,8 +416,8 @@ def make_auth_middleware(authorizer: Authorizer, default_stream: str) -> Any:
             text = f"a bearer token with the {right} right is needed\n"
         logger.info(
             "%s %s: %d (%s)",
-            request.method,
-            request.path,
+            printable(request.method),
+            printable(request.path),
             decision.status,
             f"token {decision.who!r}" if decision.who else decision.error or "no token",
         )
@@ -391,23 +429,41 @@ def make_auth_middleware(authorizer: Authorizer, default_stream: str) -> Any:
 
 
 def make_error_middleware() -> Any:
+    """RequestError to its status with its one-line reason. Anything else a handler raises is a
+    bug of ours: 500, one log line (the traceback at debug level), and the daemon goes on."""
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
+        what = f"{printable(request.method)} {printable(request.path)}"
         try:
             return await handler(request)
         except RequestError as e:
             if e.status >= 500:
-                logger.warning("%s %s: %d %s", request.method, request.path, e.status, e)
+                logger.warning("%s: %d %s", what, e.status, e)
             response = web.Response(status=e.status, text=f"{e}\n")
             if e.retry_after is not None:
                 response.headers["Retry-After"] = str(e.retry_after)
             return response
+        except (web.HTTPException, asyncio.CancelledError, ConnectionError):
+            raise
+        except Exception as e:
+            logger.error("%s: 500: %s: %s", what, type(e).__name__, printable(str(e)))
+            logger.debug("%s: 500", what, exc_info=True)
+            return web.Response(status=500, text="internal error; the daemon's log says more\n")
 
     return errors
 
 
+def cors_restricted(path: str) -> bool:
+    """What answers other origins' pages only when `http.cors_origins` lists them: the picture
+    (snapshots), the daemon's state and controls (/api/*) and /metrics. A page someone on the LAN
+    opens must not read those through their browser. WHEP and WHIP answer any origin: that is what
+    WHEP players on other sites need, and the read and publish tokens guard them."""
+    return path.startswith("/api/") or path == "/metrics" or path.endswith("/snapshot.jpg")
+
+
 def make_cors_middleware(origins: tuple[str, ...]) -> Any:
-    allow_any = "*" in origins
+    listed_any = "*" in origins
 
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
@@ -415,34 +471,51 @@ def make_cors_middleware(origins: tuple[str, ...]) -> Any:
         preflight = (
             request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
         )
+        allow: str | None = "*"
+        if cors_restricted(request.path):
+            allow = "*" if listed_any else origin if origin in origins else None
         try:
             response = await handler(request)
         except web.HTTPException as e:
-            _add_cors(e, origin, allow_any, origins, preflight)
+            _add_cors(e, origin, allow, preflight)
             raise
-        _add_cors(response, origin, allow_any, origins, preflight)
+        _add_cors(response, origin, allow, preflight)
         return response
 
     return cors
 
 
 def _add_cors(
-    response: web.StreamResponse,
-    origin: str | None,
-    allow_any: bool,
-    origins: tuple[str, ...],
-    preflight: bool,
+    response: web.StreamResponse, origin: str | None, allow: str | None, preflight: bool
 ) -> None:
-    if not origin or not (allow_any or origin in origins):
+    if not origin or allow is None:
         return
-    response.headers["Access-Control-Allow-Origin"] = "*" if allow_any else origin
+    response.headers["Access-Control-Allow-Origin"] = allow
     response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
-    if not allow_any:
+    if allow != "*":
         response.headers["Vary"] = "Origin"
     if preflight:
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = "Content-Type, If-Match, Authorization"
         response.headers["Access-Control-Max-Age"] = "600"
+
+
+MAX_PATH = 1024
+
+
+def make_limits_middleware() -> Any:
+    """Request targets no route of ours can have: a path over MAX_PATH characters (a long /web/
+    name was a 500 from the file system), or one that is not a path at all (`*`)."""
+
+    @web.middleware
+    async def limits(request: web.Request, handler: Handler) -> web.StreamResponse:
+        if len(request.raw_path) > MAX_PATH:
+            raise UriTooLong(f"the request target is longer than {MAX_PATH} characters")
+        if not request.path.startswith("/"):
+            raise BadRequest("the request target must be a path")
+        return await handler(request)
+
+    return limits
 
 
 def make_app(status: Status) -> web.Application:
@@ -453,8 +526,9 @@ def make_app(status: Status) -> web.Application:
         client_max_size=MAX_BODY,
         middlewares=[
             make_cors_middleware(config.http.cors_origins),
-            make_auth_middleware(Authorizer(config.auth), camera),
             make_error_middleware(),
+            make_limits_middleware(),
+            make_auth_middleware(Authorizer(config.auth), camera),
         ],
     )
     app[STATUS_KEY] = status

@@ -17,6 +17,7 @@ from appliance import rtc, sdp
 from appliance.config import Config
 from appliance.errors import (
     BadOffer,
+    BadRequest,
     PreconditionFailed,
     SessionNotFound,
     TooManyRequests,
@@ -30,6 +31,22 @@ logger = logging.getLogger(__name__)
 
 SDP = "application/sdp"
 SDPFRAG = "application/trickle-ice-sdpfrag"
+
+
+async def body_text(request: web.Request, content_type: str) -> str:
+    """The request's body as text of `content_type`, which SDP (RFC 8866 section 5) and JSON
+    (RFC 8259) both write in UTF-8: another media type is 415, a charset other than UTF-8 is
+    415, bytes that are not UTF-8 are 400."""
+    if request.content_type != content_type:
+        raise UnsupportedMedia(f"Content-Type must be {content_type}, got {request.content_type!r}")
+    charset = request.charset
+    if charset is not None and charset.lower() not in ("utf-8", "utf8", "us-ascii"):
+        raise UnsupportedMedia(f"{content_type} is UTF-8 text; charset={charset[:40]!r} is not")
+    body = await request.read()
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise BadRequest(f"the body is not UTF-8 text (byte {e.start})") from None
 
 
 def ice_server_links(config: Config) -> list[str]:
@@ -71,16 +88,24 @@ class SessionResources:
         return session
 
     def _take_rate(self, request: web.Request) -> None:
-        wait = self._rate.take(request.remote or "?")
+        """The per-client limits, checked before any await of the POST: sessions that have not
+        connected yet (each holds sockets and a slot), then the session rate."""
+        peer = request.remote or "?"
+        limit = self._config.webrtc.half_open_per_client
+        if self._sessions.half_open(peer) >= limit:
+            raise TooManyRequests(
+                f"{limit} sessions from this address are still connecting; try again when "
+                "they have connected or timed out",
+                math.ceil(self._config.webrtc.connect_timeout),
+            )
+        wait = self._rate.take(peer)
         if wait:
             raise TooManyRequests(
                 "too many sessions from this address; try again later", math.ceil(wait)
             )
 
     async def _offer(self, request: web.Request) -> str:
-        if request.content_type != SDP:
-            raise UnsupportedMedia(f"Content-Type must be {SDP}, got {request.content_type!r}")
-        offer = await request.text()
+        offer = await body_text(request, SDP)
         if not offer.strip():
             raise BadOffer("empty body: expected an SDP offer")
         return offer
@@ -96,13 +121,12 @@ class SessionResources:
 
     async def patch(self, request: web.Request) -> web.Response:
         session = self._session(request)
-        if request.content_type != SDPFRAG:
-            raise UnsupportedMedia(f"Content-Type must be {SDPFRAG}, got {request.content_type!r}")
+        text = await body_text(request, SDPFRAG)
         if_match = request.headers.get("If-Match")
         if if_match is not None and if_match != "*" and if_match != session.etag:
             raise PreconditionFailed(f"If-Match {if_match} does not match the session's ETag")
         try:
-            frag = sdp.SdpFrag.parse(await request.text())
+            frag = sdp.SdpFrag.parse(text)
         except ValueError as e:
             raise BadOffer(f"malformed sdpfrag: {e}") from None
         if frag.ufrag is not None and frag.ufrag != session.remote_ufrag:

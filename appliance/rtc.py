@@ -55,10 +55,12 @@ import random
 import time
 from collections.abc import Callable, Sequence
 from fractions import Fraction
+from pathlib import Path
 from typing import Any
 
+import aioice.ice
 import av
-from aioice.ice import StunProtocol
+from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import (
     RTCCertificate,
     RTCConfiguration,
@@ -94,6 +96,7 @@ from appliance.errors import BadOffer, NoCommonCodec
 from appliance.media import AUDIO_CLOCK_RATE, VIDEO_CLOCK_RATE, EncodedAudio, EncodedFrame, Timeline
 from appliance.ring import PacketRing
 from appliance.sender import Negotiated, Output, RtpSender, SenderStats, UdpOutput
+from appliance.stats import DropReporter
 from appliance.stream import Reader, ReaderClosed, Stream
 
 logger = logging.getLogger(__name__)
@@ -223,6 +226,7 @@ class FastVideo(FastTrack):
             "bytes": s.bytes + (audio["bytes"] if audio else 0),
             "packets": s.packets + (audio["packets"] if audio else 0),
             "retransmits": s.retransmits,
+            "retransmits_refused": s.retransmits_refused,
             "nacks": s.nacks,
             "plis": s.plis,
             "firs": s.firs,
@@ -567,7 +571,7 @@ async def answer(
         if audio_transceiver is not None:
             audio_transceiver.setCodecPreferences(_opus())
         await _apply_offer(pc, offer)
-        await pc.setLocalDescription(await pc.createAnswer())
+        await _create_answer(pc)
         text = sdp.set_h264_profile_level_id(pc.localDescription.sdp, answer_plid)
         if audio_transceiver is not None and stream.audio is not None and stream.audio.channels > 1:
             text = sdp.set_opus_stereo(text)
@@ -640,7 +644,7 @@ async def receive(
         for other in pc.getTransceivers():
             if other not in (transceiver, audio_transceiver):
                 other.direction = "inactive"
-        await pc.setLocalDescription(await pc.createAnswer())
+        await _create_answer(pc)
         return pc, str(pc.localDescription.sdp), media
     except BaseException:
         media.on_close.clear()
@@ -709,9 +713,23 @@ async def _apply_offer(pc: RTCPeerConnection, offer: str) -> None:
             RTCSessionDescription(sdp=sdp.strip_mdns_candidates(offer), type="offer")
         )
     except Exception as e:  # aiortc raises ValueError, InvalidAccessError, OperationError...
-        detail = str(e) or type(e).__name__
+        detail = str(e)[:200] or type(e).__name__
         if "codec" in detail.lower():
             raise NoCommonCodec(f"no common codec: {detail}") from None
+        raise BadOffer(f"the offer cannot be answered: {detail}") from None
+
+
+# What aiortc raises on an offer it cannot answer (an empty, duplicated or un-bundled a=mid, an
+# audio section without a direction, ...): each was a 500 with a traceback before.
+_OFFER_ERRORS = (ValueError, AttributeError, KeyError, IndexError, TypeError, AssertionError)
+
+
+async def _create_answer(pc: RTCPeerConnection) -> None:
+    """Create and set the answer to the offer just applied; BadOffer (400) when aiortc cannot."""
+    try:
+        await pc.setLocalDescription(await pc.createAnswer())
+    except _OFFER_ERRORS as e:
+        detail = str(e)[:200] or type(e).__name__
         raise BadOffer(f"the offer cannot be answered: {detail}") from None
 
 
@@ -863,6 +881,9 @@ async def add_candidates(pc: RTCPeerConnection, frag: sdp.SdpFrag) -> int:
         for line in media.candidates:
             if sdp.is_mdns_candidate("a=" + line):
                 continue
+            problem = sdp.candidate_problem("a=" + line)
+            if problem is not None:
+                raise BadOffer(f"malformed candidate: {problem}")
             try:
                 candidate = candidate_from_sdp(line.split(":", 1)[1])
             except (AssertionError, ValueError, IndexError):
@@ -874,3 +895,125 @@ async def add_candidates(pc: RTCPeerConnection, frag: sdp.SdpFrag) -> int:
         if media.end_of_candidates:
             await pc.addIceCandidate(None)
     return added
+
+
+# --- What strangers send to our ICE ports ----------------------------------------------------
+
+
+class StrayDatagrams:
+    """Datagrams dropped before aiortc saw them: not STUN, and not from an address this
+    connection's ICE has validated. Counted process-wide, logged at most once a second."""
+
+    def __init__(self) -> None:
+        self.reporter = DropReporter(logger, "ICE ports: datagrams from no validated peer")
+
+    @property
+    def total(self) -> int:
+        return self.reporter.total
+
+
+STRAY = StrayDatagrams()
+
+
+def _validated(connection: Any, protocol: Any, addr: tuple[str, int]) -> bool:
+    """Whether `addr` may send media to `protocol`: a candidate pair on that socket whose remote
+    end is `addr` has succeeded or is nominated, or `addr` sent an authenticated ICE check."""
+    if (id(protocol), addr) in getattr(connection, "_appliance_checked", ()):
+        return True
+    for pair in connection._check_list:
+        if pair.protocol is protocol and pair.remote_addr == addr:
+            if pair.state == CandidatePair.State.SUCCEEDED or pair.nominated:
+                return True
+    return any(
+        p.protocol is protocol and p.remote_addr == addr for p in connection._nominated.values()
+    )
+
+
+def _guard_datagrams() -> None:
+    """Non-STUN datagrams reach aiortc's DTLS/SRTP only from validated peers (see `install`)."""
+    if getattr(StunProtocol.datagram_received, "appliance_guard", False):
+        return
+    received = StunProtocol.datagram_received
+    check_incoming = Connection.check_incoming
+
+    def datagram_received(self: StunProtocol, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        if not data:
+            STRAY.reporter.add()
+            return
+        # STUN messages start with two zero bits (RFC 7983): aioice reads and answers them.
+        if isinstance(data, bytes) and data[0] > 3:
+            connection = self.receiver
+            if isinstance(connection, Connection) and not _validated(
+                connection, self, (addr[0], addr[1])
+            ):
+                STRAY.reporter.add()
+                return
+        received(self, data, addr)
+
+    def checked(self: Connection, message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        """Called by aioice for an ICE check that passed authentication."""
+        trusted = self.__dict__.setdefault("_appliance_checked", set())
+        trusted.add((id(protocol), (addr[0], addr[1])))
+        check_incoming(self, message, addr, protocol)
+
+    datagram_received.appliance_guard = True  # type: ignore[attr-defined]
+    StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
+    Connection.check_incoming = checked  # type: ignore[method-assign]
+
+
+_ICE_INTERFACES: tuple[str, ...] = ()
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """The addresses ICE gathers on: aioice's, less IPv6 temporary (privacy) and deprecated
+    addresses, which only add sockets (a Pi may have many), and limited to `webrtc.interfaces`
+    when that is set."""
+    import ifaddr  # aioice's own dependency
+
+    skip = _temporary_ipv6()
+    out = []
+    for adapter in ifaddr.get_adapters():
+        if _ICE_INTERFACES and adapter.nice_name not in _ICE_INTERFACES:
+            continue
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                if use_ipv4 and not ip.ip.startswith("127."):
+                    out.append(ip.ip)
+            elif use_ipv6 and ip.ip[0] != "::1" and ip.ip[2] == 0 and ip.ip[0] not in skip:
+                out.append(ip.ip[0])
+    return out
+
+
+def _temporary_ipv6() -> set[str]:
+    """IPv6 addresses the kernel flags temporary (0x01) or deprecated (0x20): /proc/net/if_inet6."""
+    import ipaddress
+
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return set()
+    out = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 5 and int(fields[4], 16) & 0x21:
+            out.add(str(ipaddress.IPv6Address(bytes.fromhex(fields[0]))))
+    return out
+
+
+def install(interfaces: Sequence[str] = ()) -> None:
+    """Change aioice for the whole process, once, at start-up (app.py; tests that run a daemon):
+
+    - **Only validated peers reach DTLS and SRTP.** aioice hands every datagram that is not STUN,
+      from any address, to aiortc's DTLS transport, which reads `data[0]` and ends the session on
+      an IndexError: one empty datagram from anyone on the LAN closed a viewer, a publisher or an
+      egress. Now an empty datagram, and a non-STUN one from an address that has not passed an
+      authenticated ICE check or a succeeded candidate pair on that socket, is dropped and counted
+      (`STRAY`), logged at most once a second.
+    - **ICE gathers on the addresses that matter**: not on IPv6 temporary or deprecated addresses
+      (each is one more socket per session), and only on `interfaces` when given
+      (`webrtc.interfaces`).
+    """
+    global _ICE_INTERFACES
+    _ICE_INTERFACES = tuple(interfaces)
+    _guard_datagrams()
+    aioice.ice.get_host_addresses = _host_addresses

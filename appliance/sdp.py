@@ -9,6 +9,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import re
 from dataclasses import dataclass, field
 
@@ -113,9 +114,35 @@ def is_mdns_candidate(line: str) -> bool:
     return bool(m and m.group(1).lower().endswith(".local"))
 
 
+def candidate_problem(line: str) -> str | None:
+    """Why an `a=candidate` line cannot name a UDP or TCP address to check, or None: its address
+    must be an IP address and its port 1 to 65535 (a port beyond that once made asyncio close the
+    ICE socket with an OverflowError)."""
+    fields = line.split()
+    if len(fields) < 8 or fields[6] != "typ":
+        return "a candidate needs foundation, component, transport, priority, address, port, typ"
+    address, port = fields[4], fields[5]
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        return f"candidate port {port[:12]!r} is not 1 to 65535"
+    try:
+        ipaddress.ip_address(address)
+    except ValueError:
+        return f"candidate address {address[:64]!r} is not an IP address"
+    if not fields[1].isdigit() or not fields[3].isdigit():
+        return "candidate component and priority must be numbers"
+    return None
+
+
 def strip_mdns_candidates(sdp: str) -> str:
-    """The offer without its `.local` host candidates."""
-    lines = [line for line in _lines(sdp) if line and not is_mdns_candidate(line)]
+    """The offer without its `.local` host candidates, and without candidates that name no usable
+    address (see `candidate_problem`): ICE goes on with the others, as browsers do."""
+    lines = [
+        line
+        for line in _lines(sdp)
+        if line
+        and not is_mdns_candidate(line)
+        and not (line.startswith("a=candidate:") and candidate_problem(line))
+    ]
     return _join(lines)
 
 

@@ -109,6 +109,7 @@ class SenderStats:
     bytes: int = 0  # datagram bytes, SRTP included
     frames: int = 0
     retransmits: int = 0
+    retransmits_refused: int = 0  # NACKed packets over the viewer's retransmission budget
     nacks: int = 0
     plis: int = 0
     firs: int = 0
@@ -119,6 +120,33 @@ class SenderStats:
     jitter: int = 0
     rtt: float | None = None
     first_frame_at: float | None = None  # time.monotonic() of the first access unit sent
+
+
+class RetransmitBudget:
+    """How many bytes one viewer may have resent per second: `SHARE` of what it was sent in the
+    last second (resent bytes included), and at least `FLOOR`. Real loss (a few percent) is
+    repaired in full; a viewer that NACKs the whole ring over and over (measured: ×74 its own
+    traffic before this budget) gets at most 1 / (1 - SHARE) = 4/3 of its bitrate, so one viewer
+    cannot starve the uplink."""
+
+    SHARE = 0.25
+    FLOOR = 16_000
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self._clock = clock
+        self._window = clock()
+        self._sent_at_window = 0
+        self.left = float(self.FLOOR)
+
+    def roll(self, sent: int) -> None:
+        """Start a new one-second window when the last one is over (`sent`: bytes sent so far)."""
+        now = self._clock()
+        if now - self._window < 1.0:
+            return
+        elapsed = now - self._window
+        per_second = (sent - self._sent_at_window) / elapsed
+        self._window, self._sent_at_window = now, sent
+        self.left = max(float(self.FLOOR), self.SHARE * per_second)
 
 
 @dataclass(frozen=True)
@@ -193,6 +221,8 @@ class RtpSender:
         self._capture_ntp = 0
         self.stats = SenderStats()
         self.drops = DropReporter(logger, f"viewer {name}: packets the kernel refused")
+        self.refused = DropReporter(logger, f"viewer {name}: retransmissions over budget")
+        self._budget = RetransmitBudget()
         self.closed = False
 
     @property
@@ -318,14 +348,27 @@ class RtpSender:
     # --- RTCP from the viewer ---------------------------------------------------------------
 
     def on_nack(self, lost: list[int]) -> None:
-        """Retransmit what the ring still holds of the lost sequence numbers (RFC 4585 Generic NACK)."""
+        """Retransmit what the ring still holds of the lost sequence numbers (RFC 4585 Generic
+        NACK), within this viewer's budget: a viewer that NACKs everything gets a share of its
+        own bitrate again, not the ring's worth (RetransmitBudget)."""
         self.stats.nacks += 1
+        budget = self._budget
+        budget.roll(self.stats.bytes)
+        refused = 0
         for seq in lost:
             index = self._ring_index(seq)
-            if index is not None and self._ring.valid(index):
-                self._retransmit(index, seq)
+            if index is None or not self._ring.valid(index):
+                continue
+            if budget.left <= 0:
+                refused += 1
+                continue
+            budget.left -= self._retransmit(index, seq)
+        if refused:
+            self.stats.retransmits_refused += refused
+            self.refused.add(refused)
 
-    def _retransmit(self, index: int, seq: int) -> None:
+    def _retransmit(self, index: int, seq: int) -> int:
+        """Send one packet again; the bytes it cost on the wire."""
         ring, buf = self._ring, self._buffer
         slot = ring.slot(index)
         size = ring.length[slot]
@@ -344,6 +387,7 @@ class RtpSender:
         if not self._output.send(self._view[:wire], 0):
             self.stats.retransmits += 1
             self.stats.bytes += wire
+        return wire
 
     def on_keyframe_request(self, fir: bool) -> None:
         if fir:

@@ -9,9 +9,11 @@ when the daemon stops. Whatever the cause, `close()` runs once and the others ke
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import secrets
 import time
+from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -19,7 +21,10 @@ from appliance.errors import SessionNotFound
 from appliance.metrics import Histogram
 
 # What the registry sums over sessions for /metrics (keys of a session's describe()).
-COUNTED = ("frames", "bytes", "packets", "retransmits", "nacks", "plis", "firs", "dropped")
+COUNTED = (
+    "frames", "bytes", "packets", "retransmits", "retransmits_refused", "nacks", "plis", "firs",
+    "dropped",
+)  # fmt: skip
 FIRST_FRAME_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 logger = logging.getLogger(__name__)
@@ -142,16 +147,38 @@ class SessionRegistry:
         self.retired: dict[str, dict[str, float]] = {}  # closed sessions' totals, by stream
         self.first_frame: dict[str, Histogram] = {}  # by stream
         self._observed: set[str] = set()
+        self._reserved: Counter[str] = Counter()  # by stream: POSTs being answered
+        self._reserved_by_peer: Counter[str] = Counter()
 
     def add(self, session: Session) -> None:
         self._sessions[session.id] = session
         self.created[session.stream] = self.created.get(session.stream, 0) + 1
 
     def count(self, stream: str | None = None) -> int:
-        """Live sessions, of one stream or of all."""
+        """Sessions of one stream or of all: live ones, and those being set up (`reserve`)."""
         if stream is None:
-            return len(self._sessions)
-        return sum(1 for s in self._sessions.values() if s.stream == stream)
+            return len(self._sessions) + self._reserved.total()
+        live = sum(1 for s in self._sessions.values() if s.stream == stream)
+        return live + self._reserved[stream]
+
+    def half_open(self, peer: str) -> int:
+        """Sessions of one client address that have not connected yet, set-ups included."""
+        waiting = sum(1 for s in self._sessions.values() if s.peer == peer and not s.connected_at)
+        return waiting + self._reserved_by_peer[peer]
+
+    @contextlib.contextmanager
+    def reserve(self, stream: str, peer: str) -> Iterator[None]:
+        """Hold a place for a session while its offer is answered, so that limits checked before
+        the first await cannot be overrun by concurrent requests. `add` the session inside."""
+        self._reserved[stream] += 1
+        self._reserved_by_peer[peer] += 1
+        try:
+            yield
+        finally:
+            self._reserved[stream] -= 1
+            self._reserved_by_peer[peer] -= 1
+            self._reserved += Counter()  # drop the zeros: the table stays as small as the load
+            self._reserved_by_peer += Counter()
 
     def of_stream(self, stream: str) -> list[Session]:
         return [s for s in self._sessions.values() if s.stream == stream]

@@ -53,16 +53,18 @@ class WhepHandlers(SessionResources):
             raise Overloaded(f"viewer limit reached ({limits.max_viewers_total})")
         self._take_rate(request)
         session_id = new_session_id()
-        pc, answer, media = await rtc.answer(
-            offer,
-            stream,
-            self._config.webrtc.ice_servers,
-            self._config.webrtc.sender,
-            session_id[:8],
-        )
-        ufrag, _ = sdp.ice_credentials(offer)
-        session = Session(session_id, pc, media, ufrag, request.remote or "?", stream.name)
-        self._sessions.add(session)
+        peer = request.remote or "?"
+        with self._sessions.reserve(stream.name, peer):  # the limits hold across the await
+            pc, answer, media = await rtc.answer(
+                offer,
+                stream,
+                self._config.webrtc.ice_servers,
+                self._config.webrtc.sender,
+                session_id[:8],
+            )
+            ufrag, _ = sdp.ice_credentials(offer)
+            session = Session(session_id, pc, media, ufrag, peer, stream.name)
+            self._sessions.add(session)
         session.watch(self._sessions, self._config.webrtc.connect_timeout)
         logger.info(
             "viewer %s: new session on %s from %s", session.id[:8], stream.name, session.peer

@@ -85,10 +85,12 @@ class WhipHandlers(SessionResources):
             stream = self._streams.create(name)
         self._pending.add(name)
         session_id = new_session_id()
+        peer = request.remote or "?"
         try:
-            pc, answer, media = await rtc.receive(
-                offer, stream, self._config.webrtc.ice_servers, session_id[:8]
-            )
+            with self._sessions.reserve(name, peer):
+                pc, answer, media = await rtc.receive(
+                    offer, stream, self._config.webrtc.ice_servers, session_id[:8]
+                )
         except BaseException:
             if created and self.publisher(name) is None:
                 self._streams.remove(stream)
@@ -102,9 +104,7 @@ class WhipHandlers(SessionResources):
         media.on_close.append(lambda gone: self._publisher_left(stream, gone))
         stream.attach_encoder(media.request_keyframe)
         ufrag, _ = sdp.ice_credentials(offer)
-        session = Session(
-            session_id, pc, media, ufrag, request.remote or "?", name, role="publisher"
-        )
+        session = Session(session_id, pc, media, ufrag, peer, name, role="publisher")
         self._sessions.add(session)
         session.watch(self._sessions, self._config.webrtc.connect_timeout)
         logger.info("publisher %s: new session on %s from %s", session_id[:8], name, session.peer)

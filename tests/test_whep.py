@@ -175,8 +175,26 @@ async def test_cors_restricted_to_configured_origins() -> None:
         assert good.headers["Access-Control-Allow-Origin"] == "http://good.example"
         bad = await client.get("/api/status", headers={"Origin": "http://bad.example"})
         assert "Access-Control-Allow-Origin" not in bad.headers
+        whep = await client.options("/cam/whep", headers={"Origin": "http://bad.example"})
+        assert whep.headers["Access-Control-Allow-Origin"] == "*"
     finally:
         await client.close()
+
+
+async def test_by_default_no_other_origin_reads_the_picture_or_the_api(client: TestClient) -> None:
+    """A web page someone on the LAN opens cannot read the camera or the daemon's state through
+    their browser: snapshots, /api/* and /metrics send no CORS headers unless configured."""
+    page = {"Origin": "http://evil.example"}
+    for path in ("/api/status", "/api/controls", "/metrics", "/cam/snapshot.jpg"):
+        r = await client.get(path, headers=page)
+        assert "Access-Control-Allow-Origin" not in r.headers, path
+        preflight = await client.options(
+            path, headers={**page, "Access-Control-Request-Method": "DELETE"}
+        )
+        assert "Access-Control-Allow-Origin" not in preflight.headers, path
+    for path in ("/cam/whep", "/whep", "/cam/whip", "/web/whep.js"):
+        r = await client.options(path, headers=page)
+        assert r.headers["Access-Control-Allow-Origin"] == "*", path
 
 
 async def test_status_describes_stream_and_source(client: TestClient) -> None:

@@ -113,8 +113,15 @@ async def test_first_boot_file_is_applied_and_the_service_serves(
     finally:
         await viewer.close()
 
-    props = show(machine, "ActiveState", "SubState", "User", "Type", "StatusText", "NRestarts")
+    props = show(
+        machine, "ActiveState", "SubState", "User", "Type", "StatusText", "NRestarts",
+        "LimitNOFILE", "LimitNOFILESoft",
+    )  # fmt: skip
     assert props["ActiveState"] == "active" and props["SubState"] == "running"
+    assert props["LimitNOFILE"] == props["LimitNOFILESoft"] == "16384"
+    pid = show(machine, "MainPID")["MainPID"]
+    limits = machine.run(f"grep 'Max open files' /proc/{pid}/limits").split()
+    assert limits[3:5] == ["16384", "16384"], limits
     assert props["User"] == "appliance" and props["Type"] == "notify"
     assert props["StatusText"] == "serving stream 'door' on port 8080"  # READY from the daemon
     assert props["NRestarts"] == "0"
