@@ -96,7 +96,7 @@ class QuietAcceptErrors:
         if now - self._last >= self.interval:
             error = context.get("exception")
             logger.error(
-                "cannot accept connections: %s (%d times since the last line); the open files "
+                "cannot accept connections: %s (%d since the last line); the open files "
                 "limit is %d",
                 getattr(error, "strerror", None) or error,
                 self._pending,

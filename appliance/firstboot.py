@@ -61,6 +61,8 @@ def apply(path: Path, root: Path = Path("/"), config_path: Path | None = None) -
             wanted = tomllib.load(f)
     except (OSError, tomllib.TOMLDecodeError) as e:
         raise FirstBootError(f"{path}: {e}") from None
+    except UnicodeDecodeError as e:
+        raise FirstBootError(f"{path}: not UTF-8 text (byte {e.start})") from None
     target = config_path or root / "etc/appliance/appliance.toml"
     plan = _validate(wanted, target)
     done: list[str] = []

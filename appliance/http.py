@@ -26,9 +26,11 @@ from appliance.errors import BadRequest, RequestError, SessionNotFound, UriTooLo
 from appliance.metrics import Exposition
 from appliance.ratelimit import RateLimiter
 from appliance.resource import body_text
+from appliance.rtc import STRAY
 from appliance.sessions import SessionRegistry
 from appliance.snapshot import Snapshots
 from appliance.source import SourceSlot
+from appliance.stats import LogLimiter
 from appliance.stream import Stream
 from appliance.streams import Streams, name_problem
 from appliance.whep import WhepHandlers
@@ -192,6 +194,11 @@ async def metrics_handler(request: web.Request) -> web.Response:
         [(None, time.monotonic() - st.started)],
     )  # fmt: skip
     e.family("appliance_streams", "gauge", "Streams served now.", [(None, len(streams))])
+    e.family(
+        "appliance_ice_stray_datagrams_total", "counter",
+        "Datagrams to ICE ports dropped: empty, or not STUN and from no validated peer.",
+        [(None, STRAY.total)],
+    )  # fmt: skip
     e.family(
         "appliance_viewers", "gauge", "Viewers connected now.",
         [({"stream": n}, viewers.count(n)) for n in names],
@@ -432,14 +439,16 @@ def make_error_middleware() -> Any:
     """RequestError to its status with its one-line reason. Anything else a handler raises is a
     bug of ours: 500, one log line (the traceback at debug level), and the daemon goes on."""
 
+    refusals = LogLimiter(logger)
+
     @web.middleware
     async def errors(request: web.Request, handler: Handler) -> web.StreamResponse:
         what = f"{printable(request.method)} {printable(request.path)}"
         try:
             return await handler(request)
         except RequestError as e:
-            if e.status >= 500:
-                logger.warning("%s: %d %s", what, e.status, e)
+            if e.status >= 500:  # overload and unready streams: worth a line, never a flood
+                refusals.log(logging.WARNING, "%s: %d %s", what, e.status, e)
             response = web.Response(status=e.status, text=f"{e}\n")
             if e.retry_after is not None:
                 response.headers["Retry-After"] = str(e.retry_after)

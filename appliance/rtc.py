@@ -52,6 +52,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
+import struct
 import time
 from collections.abc import Callable, Sequence
 from fractions import Fraction
@@ -60,6 +61,7 @@ from typing import Any
 
 import aioice.ice
 import av
+from aioice import stun
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import (
     RTCCertificate,
@@ -578,7 +580,7 @@ async def answer(
         return pc, text, media
     except BaseException:
         media.close()
-        await pc.close()
+        await close_quietly(pc)
         raise
 
 
@@ -649,7 +651,7 @@ async def receive(
     except BaseException:
         media.on_close.clear()
         media.close()
-        await pc.close()
+        await close_quietly(pc)
         raise
 
 
@@ -674,7 +676,7 @@ async def offer(
         return pc, text, media
     except BaseException:
         media.close()
-        await pc.close()
+        await close_quietly(pc)
         raise
 
 
@@ -722,6 +724,20 @@ async def _apply_offer(pc: RTCPeerConnection, offer: str) -> None:
 # What aiortc raises on an offer it cannot answer (an empty, duplicated or un-bundled a=mid, an
 # audio section without a direction, ...): each was a 500 with a traceback before.
 _OFFER_ERRORS = (ValueError, AttributeError, KeyError, IndexError, TypeError, AssertionError)
+
+
+async def close_quietly(pc: RTCPeerConnection) -> None:
+    """Close a peer connection that an offer left half made. aiortc's own close() stops at a
+    transceiver that never got a transport (an offer whose answer failed midway: AttributeError),
+    which would leave the others' sockets open; here every transport that exists is stopped."""
+    try:
+        await pc.close()
+    except AttributeError:
+        for transceiver in pc.getTransceivers():
+            dtls = transceiver.receiver.transport
+            if dtls is not None:
+                await dtls.stop()
+                await dtls.transport.stop()
 
 
 async def _create_answer(pc: RTCPeerConnection) -> None:
@@ -794,6 +810,25 @@ def _output(dtls: Any) -> Output:
     return _IceOutput(connection)
 
 
+def deliver_rtcp(ours: RtpSender, packet: Any) -> None:
+    """One RTCP packet aiortc parsed (and SRTCP authenticated) for our sender's SSRC, routed to
+    it: receiver reports, NACK, PLI and FIR."""
+    if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
+        for report in packet.reports:
+            if report.ssrc == ours.ssrc:
+                ours.on_receiver_report(
+                    report.fraction_lost,
+                    report.packets_lost,
+                    report.jitter,
+                    report.lsr,
+                    report.dlsr,
+                )
+    elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
+        ours.on_nack(packet.lost)
+    elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
+        ours.on_keyframe_request(fir=packet.fmt == RTCP_PSFB_FIR)
+
+
 def _take_over_sender(sender: Any, media: FastTrack) -> None:
     """Replace, on this one RTCRtpSender, aiortc's RTP and RTCP loops with ours."""
     started_rtp = sender._RTCRtpSender__rtp_started
@@ -850,23 +885,8 @@ def _take_over_sender(sender: Any, media: FastTrack) -> None:
             exited_rtcp.set()
 
     async def handle_rtcp(packet: Any) -> None:
-        ours = media.sender
-        if ours is None:
-            return
-        if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
-            for report in packet.reports:
-                if report.ssrc == ours.ssrc:
-                    ours.on_receiver_report(
-                        report.fraction_lost,
-                        report.packets_lost,
-                        report.jitter,
-                        report.lsr,
-                        report.dlsr,
-                    )
-        elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-            ours.on_nack(packet.lost)
-        elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-            ours.on_keyframe_request(fir=packet.fmt == RTCP_PSFB_FIR)
+        if media.sender is not None:
+            deliver_rtcp(media.sender, packet)
 
     sender.send = send
     sender._run_rtp = run_rtp
@@ -901,31 +921,42 @@ async def add_candidates(pc: RTCPeerConnection, frag: sdp.SdpFrag) -> int:
 
 
 class StrayDatagrams:
-    """Datagrams dropped before aiortc saw them: not STUN, and not from an address this
-    connection's ICE has validated. Counted process-wide, logged at most once a second."""
+    """Datagrams dropped before aiortc saw them: empty ones, and those not STUN and from no
+    address this connection's ICE has validated (`reporter`); and STUN that aioice could not
+    parse (`malformed`: its parser raises struct.error on a short attribute, which asyncio
+    logged with a traceback for every such datagram). Counted process-wide, each logged at most
+    once a second."""
 
     def __init__(self) -> None:
         self.reporter = DropReporter(logger, "ICE ports: datagrams from no validated peer")
+        self.malformed = DropReporter(logger, "ICE ports: malformed STUN")
 
     @property
     def total(self) -> int:
-        return self.reporter.total
+        return self.reporter.total + self.malformed.total
+
+
+# What aioice's STUN parser raises on bad input.
+_MALFORMED = (ValueError, struct.error, KeyError, IndexError)
 
 
 STRAY = StrayDatagrams()
 
 
 def _validated(connection: Any, protocol: Any, addr: tuple[str, int]) -> bool:
-    """Whether `addr` may send media to `protocol`: a candidate pair on that socket whose remote
-    end is `addr` has succeeded or is nominated, or `addr` sent an authenticated ICE check."""
+    """Whether `addr` may send media to `protocol`: the nominated pair, or a candidate pair on
+    that socket whose remote end is `addr` and has succeeded, or `addr` sent an authenticated ICE
+    check (the peer may start DTLS before our own check of that pair comes back)."""
+    for pair in connection._nominated.values():
+        if pair.protocol is protocol and pair.remote_addr == addr:
+            return True
     if (id(protocol), addr) in getattr(connection, "_appliance_checked", ()):
         return True
-    for pair in connection._check_list:
-        if pair.protocol is protocol and pair.remote_addr == addr:
-            if pair.state == CandidatePair.State.SUCCEEDED or pair.nominated:
-                return True
     return any(
-        p.protocol is protocol and p.remote_addr == addr for p in connection._nominated.values()
+        pair.protocol is protocol
+        and pair.remote_addr == addr
+        and pair.state == CandidatePair.State.SUCCEEDED
+        for pair in connection._check_list
     )
 
 
@@ -940,15 +971,25 @@ def _guard_datagrams() -> None:
         if not data:
             STRAY.reporter.add()
             return
-        # STUN messages start with two zero bits (RFC 7983): aioice reads and answers them.
-        if isinstance(data, bytes) and data[0] > 3:
-            connection = self.receiver
-            if isinstance(connection, Connection) and not _validated(
-                connection, self, (addr[0], addr[1])
-            ):
+        connection = self.receiver
+        if (
+            isinstance(data, bytes)
+            and isinstance(connection, Connection)
+            and not _validated(connection, self, (addr[0], addr[1]))
+        ):
+            # From a stranger only STUN goes on (RFC 7983: it starts with two zero bits), for
+            # aioice to answer or refuse; aioice would hand anything else to DTLS.
+            try:
+                if data[0] > 3:
+                    raise ValueError
+                stun.parse_message(data)
+            except _MALFORMED:
                 STRAY.reporter.add()
                 return
-        received(self, data, addr)
+        try:
+            received(self, data, addr)
+        except _MALFORMED:  # aioice's STUN parser raises struct.error on a short attribute
+            STRAY.malformed.add()
 
     def checked(self: Connection, message: Any, addr: tuple[str, int], protocol: Any) -> None:
         """Called by aioice for an ICE check that passed authentication."""

@@ -38,6 +38,39 @@ def webrtc_offer_problem(offer: str) -> str | None:
         return "the offer has no ICE credentials (a=ice-ufrag and a=ice-pwd)"
     if not any(line.startswith("a=fingerprint:") for line in lines):
         return "the offer has no DTLS fingerprint (a=fingerprint)"
+    return _sections_problem(lines)
+
+
+_DIRECTIONS = ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive")
+
+
+def _sections_problem(lines: list[str]) -> str | None:
+    """What aiortc would trip over in the media sections (each was a 500 before): a missing,
+    empty or repeated a=mid, a section outside the BUNDLE group, a section with no direction."""
+    bundle: list[str] | None = None
+    for line in lines:
+        if line.startswith("a=group:BUNDLE"):
+            bundle = line.split()[1:]
+    sections: list[list[str]] = []
+    for line in lines:
+        if line.startswith("m="):
+            sections.append([line])
+        elif sections:
+            sections[-1].append(line)
+    seen: set[str] = set()
+    for number, section in enumerate(sections):
+        kind = section[0][2:].split(" ", 1)[0][:20]
+        what = f"media section {number} ({kind})"
+        mids = [line[6:].strip() for line in section if line.startswith("a=mid:")]
+        if len(mids) != 1 or not mids[0]:
+            return f"{what} needs exactly one non-empty a=mid"
+        if mids[0] in seen:
+            return f"{what} repeats a=mid:{mids[0][:32]}"
+        seen.add(mids[0])
+        if bundle is not None and mids[0] not in bundle:
+            return f"{what}: a=mid:{mids[0][:32]} is not in the BUNDLE group"
+        if not any(line in _DIRECTIONS for line in section):
+            return f"{what} has no direction (a=sendrecv, a=sendonly, a=recvonly or a=inactive)"
     return None
 
 

@@ -69,3 +69,31 @@ class DropReporter:
             )
             self._pending = 0
             self._last_log = now
+
+
+class LogLimiter:
+    """Logs at most one line per `interval` seconds; the next line that goes out says how many were
+    held back. For what a client can cause at will (refusals under load), so that no request
+    pattern can flood the log."""
+
+    def __init__(
+        self,
+        logger: logging.Logger,
+        interval: float = 1.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self._logger = logger
+        self._interval = interval
+        self._clock = clock
+        self._last = float("-inf")
+        self.held = 0
+
+    def log(self, level: int, message: str, *args: object) -> None:
+        now = self._clock()
+        if now - self._last < self._interval:
+            self.held += 1
+            return
+        if self.held:
+            message += f" (and {self.held} more like it held back)"
+        self._logger.log(level, message, *args)
+        self._last, self.held = now, 0

@@ -15,7 +15,7 @@ from pylibsrtp import Policy, Session
 from appliance import rtp
 from appliance.packetizer import H264Packetizer
 from appliance.ring import PacketRing
-from appliance.sender import Negotiated, RtpSender, UdpOutput
+from appliance.sender import Negotiated, RetransmitBudget, RtpSender, UdpOutput
 
 IDS = {rtp.URI_MID: 9, rtp.URI_ABS_SEND_TIME: 2, rtp.URI_PLAYOUT_DELAY: 5}
 NEGOTIATED = Negotiated(
@@ -215,3 +215,36 @@ def test_full_kernel_buffer_drops_counts_and_asks_for_a_keyframe() -> None:
         sender.close()
         sock.close()
         receiver.close()
+
+
+def test_a_viewer_that_nacks_everything_gets_a_budget_not_the_ring(setup) -> None:
+    """Before the budget, one viewer NACKing the whole ring ten times a second got ×74 its own
+    traffic; now, within one second, it gets RetransmitBudget.FLOOR bytes at most."""
+    sender, packetizer, viewer, _ = setup
+    sender.send_range(packetizer.packetize(annexb(nal(5, 1000)), 0, 0, True))
+    for i in range(1, 200):
+        sender.send_range(packetizer.packetize(annexb(nal(1, 1000)), i * 3000, 0, False))
+    seqs = [p.sequence_number for p in viewer.packets()]
+    assert len(seqs) == 200
+    for _ in range(10):
+        sender.on_nack(seqs)
+    resent = viewer.datagrams()
+    largest = max(len(d) for d in resent)
+    assert sum(len(d) for d in resent) <= RetransmitBudget.FLOOR + largest
+    assert len(resent) == sender.stats.retransmits >= 10  # real loss is still repaired
+    assert sender.stats.retransmits_refused == 10 * 200 - len(resent)
+
+
+def test_retransmit_budget_is_a_share_of_what_the_viewer_was_sent() -> None:
+    now = [0.0]
+    budget = RetransmitBudget(clock=lambda: now[0])
+    assert budget.left == RetransmitBudget.FLOOR  # before anything was sent
+    budget.left = 0
+    budget.roll(sent=400_000)  # within the first second: no new budget
+    assert budget.left == 0
+    now[0] = 2.0
+    budget.roll(sent=400_000)  # 200 kB/s over the last two seconds
+    assert budget.left == RetransmitBudget.SHARE * 200_000
+    now[0] = 3.0
+    budget.roll(sent=401_000)  # a quiet second: the floor
+    assert budget.left == RetransmitBudget.FLOOR
