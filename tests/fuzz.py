@@ -136,6 +136,11 @@ class _RtcpTarget:
         for i in range(8):
             self.sender.send_range(packetizer.packetize(nal, i * 3000, 0, i == 0))
 
+    def close(self) -> None:
+        self.sender.close()
+        self.sink.close()
+        self.out.close()
+
     def __call__(self, data: bytes) -> None:
         try:
             packets = RtcpPacket.parse(data)
@@ -171,6 +176,11 @@ class _DatagramTarget:
             port=port, type="host",
         )  # fmt: skip
 
+    def close(self) -> None:
+        self.protocol.transport.close()
+        self.loop.run_until_complete(asyncio.sleep(0))
+        self.loop.close()
+
     def __call__(self, data: bytes) -> None:
         self.protocol.datagram_received(data, ("127.0.0.1", 9))
         queue = self.connection._queue
@@ -200,7 +210,7 @@ def _firstboot(path: Path) -> object:
 
 
 def targets() -> dict[str, Callable[[bytes], None]]:
-    """Every target by name, built now (the stateful ones hold sockets)."""
+    """Every target by name, built now (the stateful ones hold sockets: `close()` them)."""
     return {
         "offer": offer,
         "trickle": trickle,

@@ -4,7 +4,7 @@ deeper than random bytes do. The long, coverage-guided run is tests/perf/bench_f
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 
 import pytest
 from hypothesis import HealthCheck, given, settings
@@ -12,7 +12,6 @@ from hypothesis import strategies as st
 
 from tests.fuzz import SEEDS, mutate, targets
 
-TARGETS = targets()
 SETTINGS = settings(
     max_examples=300, deadline=None, database=None, suppress_health_check=list(HealthCheck)
 )
@@ -24,21 +23,31 @@ def inputs(name: str) -> st.SearchStrategy[bytes]:
     return st.one_of(st.binary(max_size=512), *mutated)
 
 
-@pytest.mark.parametrize("name", sorted(TARGETS))
-def test_target_takes_its_seeds(name: str) -> None:
+@pytest.fixture(scope="module")
+def built() -> Iterator[dict[str, Callable[[bytes], None]]]:
+    made = targets()
+    yield made
+    for target in made.values():
+        close = getattr(target, "close", None)
+        if close is not None:
+            close()
+
+
+@pytest.mark.parametrize("name", sorted(SEEDS))
+def test_target_takes_its_seeds(name: str, built: dict[str, Callable[[bytes], None]]) -> None:
     for seed in SEEDS[name]:
-        TARGETS[name](seed)
+        built[name](seed)
 
 
-def _fuzz(name: str) -> Callable[[], None]:
+@pytest.mark.parametrize("name", sorted(SEEDS))
+def test_target_survives_random_and_mutated_input(
+    name: str, built: dict[str, Callable[[bytes], None]]
+) -> None:
+    target = built[name]
+
     @SETTINGS
     @given(data=inputs(name))
     def run(data: bytes) -> None:
-        TARGETS[name](data)
+        target(data)
 
-    return run
-
-
-@pytest.mark.parametrize("name", sorted(TARGETS))
-def test_target_survives_random_and_mutated_input(name: str) -> None:
-    _fuzz(name)()
+    run()
