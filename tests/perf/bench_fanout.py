@@ -126,6 +126,8 @@ async def case(
             "webrtc.connect_timeout": 120.0,
             "http.sessions_per_minute": 100_000,  # every viewer comes from 127.0.0.1
             "http.sessions_burst": 10_000,
+            "webrtc.half_open_per_client": 10_000,  # ... and connects ten at a time
+            "stream.max_viewers_total": 1000,
         },
     )
     stream = Stream("cam", mtu=cfg.stream.mtu, ring_packets=cfg.stream.ring_packets)
