@@ -19,18 +19,17 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from appliance import rtc
-from appliance.audio import AudioTrack
-from appliance.audiosource import AudioSlot, supervise_audio
+from appliance.capture.audio_sources import AudioSlot, supervise_audio
+from appliance.capture.sources import SourceSlot, supervise
 from appliance.config import Config, state_dir
-from appliance.connections import ConnectionLimit, QuietAcceptErrors, raise_open_files_limit
-from appliance.egress import EgressSet
-from appliance.http import WHIP_KEY, Status, make_app
+from appliance.core.stream import Stream
+from appliance.core.streams import Streams
+from appliance.http.connections import ConnectionLimit, QuietAcceptErrors, raise_open_files_limit
+from appliance.http.egress import EgressSet
+from appliance.http.server import WHIP_KEY, Status, make_app
+from appliance.http.sessions import SessionRegistry
+from appliance.http.tls import context as tls_context
 from appliance.sdnotify import Notifier
-from appliance.sessions import SessionRegistry
-from appliance.source import SourceSlot, supervise
-from appliance.stream import Stream
-from appliance.streams import Streams
-from appliance.tls import context as tls_context
 
 logger = logging.getLogger(__name__)
 
@@ -78,13 +77,11 @@ async def running(config: Config) -> AsyncIterator[Running]:
         )
     source_task = asyncio.create_task(supervise(config, stream, slot), name="source")
     audio_slot = AudioSlot()
-    stream.audio = AudioTrack(config.audio.channels)
-
-    def no_audio() -> None:
-        stream.audio = None
+    stream.ensure_audio(config.audio.channels)
 
     audio_task = asyncio.create_task(
-        supervise_audio(config, stream.audio, audio_slot, slot, no_audio), name="audio"
+        supervise_audio(config, stream.ensure_audio(), audio_slot, slot, stream.drop_audio),
+        name="audio",
     )
     app = make_app(Status(config, streams, sessions, publishers, slot, audio_slot, egress))
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.http.idle_timeout)

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import __version__, config
-from appliance.errors import ConfigError
+from appliance.core.errors import ConfigError
 
 
 def setup_logging(level: str) -> None:
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
         print(f"appliance: {e}", file=sys.stderr)  # noqa: T201
         return 2
     if args.command == "probe":
-        from appliance.probe import probe, render
+        from appliance.capture.probe import probe, render
 
         report = probe(cfg)
         print(json.dumps(report, indent=2) if args.json else render(report))  # noqa: T201

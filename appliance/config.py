@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from appliance.errors import ConfigError
-from appliance.streams import name_problem
-from appliance.videomode import COMPRESSED_FORMATS, PASSTHROUGH_FORMATS, RAW_FORMATS
+from appliance.core.errors import ConfigError
+from appliance.core.streams import name_problem
+from appliance.core.videomode import COMPRESSED_FORMATS, PASSTHROUGH_FORMATS, RAW_FORMATS
 
 if sys.version_info >= (3, 11):
     import tomllib

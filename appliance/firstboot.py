@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance import config
-from appliance.errors import ConfigError
+from appliance.core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

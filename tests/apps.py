@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 from aiohttp import web
 
 from appliance import config
-from appliance.audiosource import AudioSlot
-from appliance.egress import EgressSet
-from appliance.http import Status, make_app
-from appliance.sessions import SessionRegistry
-from appliance.source import SourceSlot
-from appliance.stream import Stream
-from appliance.streams import Streams
+from appliance.capture.audio_sources import AudioSlot
+from appliance.capture.sources import SourceSlot
+from appliance.core.stream import Stream
+from appliance.core.streams import Streams
+from appliance.http.egress import EgressSet
+from appliance.http.server import Status, make_app
+from appliance.http.sessions import SessionRegistry
 
 
 def app_for(
@@ -30,3 +32,10 @@ def app_for(
             EgressSet(cfg, streams),
         )
     )
+
+
+def yuv420p(picture: Any) -> Any:
+    """An av.VideoFrame of an I420 picture (the test pattern's `(h*3/2, w)` array)."""
+    import av
+
+    return av.VideoFrame.from_ndarray(picture, format="yuv420p")

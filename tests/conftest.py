@@ -12,6 +12,16 @@ from tests import netns
 _netns_problem = netns.enter()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def rtc_installed() -> None:
+    """What app.py does at start-up, for the whole session: tests drive rtc without a daemon too,
+    and their own aiortc peers share the process (tests/test_imports.py checks that importing
+    appliance alone changes nothing)."""
+    from appliance import rtc
+
+    rtc.install()
+
+
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     for item in items:
         if "hardware" in item.keywords and os.environ.get("APPLIANCE_TEST_HARDWARE") != "1":

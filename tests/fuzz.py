@@ -33,11 +33,13 @@ from aiortc.rtp import RtcpPacket
 from aiortc.sdp import candidate_from_sdp
 from pylibsrtp import Policy, Session
 
-from appliance import config, firstboot, rtc, sdp
-from appliance.errors import ConfigError, RequestError
-from appliance.packetizer import H264Packetizer
-from appliance.ring import PacketRing
-from appliance.sender import Negotiated, RtpSender, UdpOutput
+from appliance import config, firstboot, rtc
+from appliance.core import sdp
+from appliance.core.errors import ConfigError, RequestError
+from appliance.core.packetizer import H264Packetizer
+from appliance.core.ring import PacketRing
+from appliance.send.sender import Negotiated, RtpSender
+from appliance.send.udp import UdpOutput
 
 DATA = Path(__file__).parent / "data"
 SEEDS = {

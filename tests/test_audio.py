@@ -11,13 +11,14 @@ import time
 import numpy as np
 from pylibsrtp import Policy, Session
 
-from appliance import rtp
-from appliance.audio import OPUS_MAX_PACKET, AudioTrack
 from appliance.capture.testsrc import TONE_HZ, TestPattern, flash_box, tone
 from appliance.config import AudioConfig
+from appliance.core import rtp
+from appliance.core.audio import OPUS_MAX_PACKET, AudioTrack
+from appliance.core.media import EncodedAudio, audio_pts_from_ns
 from appliance.encoders.opus import OpusEncoder
-from appliance.media import EncodedAudio, audio_pts_from_ns
-from appliance.sender import Negotiated, RtpSender, UdpOutput
+from appliance.send.sender import Negotiated, RtpSender
+from appliance.send.udp import UdpOutput
 from tests.test_sender import Viewer
 
 

@@ -12,9 +12,9 @@ import pytest
 
 from appliance import config
 from appliance.app import Running, running
-from appliance.auth import Authorizer
-from appliance.errors import ConfigError
-from appliance.http import required_right
+from appliance.core.errors import ConfigError
+from appliance.http.auth import Authorizer
+from appliance.http.server import required_right
 
 VIEWER = "v" * 20
 PUBLISHER = "p" * 20

@@ -8,7 +8,7 @@ import pytest
 
 from appliance import config
 from appliance.config import Config, IceServer
-from appliance.errors import ConfigError
+from appliance.core.errors import ConfigError
 
 if sys.version_info >= (3, 11):
     import tomllib

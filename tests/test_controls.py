@@ -1,6 +1,6 @@
 import pytest
 
-from appliance.controls import Control, ControlError, control_name, validate_all
+from appliance.core.controls import Control, ControlError, control_name, validate_all
 
 BRIGHTNESS = Control("brightness", "int", 0, 255, 1, 128, 128)
 EXPOSURE = Control("exposure_time_absolute", "int", 3, 2047, 2, 250, 250, inactive=True)

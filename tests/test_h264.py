@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from appliance import h264
+from appliance.core import h264
 
 SPS_CB_31 = bytes.fromhex("6742c01fda014016")  # libx264 baseline, level 3.1
 PPS = bytes.fromhex("68ce3c80")

@@ -25,7 +25,7 @@ import pytest
 
 from appliance import config
 from appliance.app import Running, running
-from appliance.errors import ConfigError, printable
+from appliance.core.errors import ConfigError, printable
 
 OFFER = (Path(__file__).parent / "data/chromium-recvonly-offer.sdp").read_text()
 SDP = "application/sdp"
@@ -193,7 +193,7 @@ def test_a_directory_as_the_config_says_so(tmp_path: Path) -> None:
 
 
 def test_json_depth_is_counted_outside_strings() -> None:
-    from appliance.http import MAX_JSON_DEPTH, parse_json
+    from appliance.http.server import MAX_JSON_DEPTH, parse_json
 
     assert parse_json(json.dumps({"a": "[[[[" * 100})) == {"a": "[[[[" * 100}
     deep = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH

@@ -8,9 +8,10 @@ import time
 from aiortc.jitterbuffer import JitterFrame
 from aiortc.rtp import RtpPacket
 
-from appliance.media import pts_from_ns
-from appliance.rtc import IngestVideo, MarkerJitterBuffer
-from appliance.stream import Stream
+from appliance.core.media import pts_from_ns
+from appliance.core.stream import Stream
+from appliance.rtc import IngestVideo
+from appliance.rtc.internals import MarkerJitterBuffer
 
 IDR = b"\x00\x00\x00\x01\x67\x42\xe0\x1f\xaa\x00\x00\x00\x01\x68\xce\x00\x00\x00\x01\x65\x88\x84"
 P = b"\x00\x00\x00\x01\x41\x9a\x00"
@@ -67,9 +68,10 @@ def test_ingest_starts_at_a_keyframe_and_keeps_the_publishers_spacing() -> None:
 
 
 def test_opus_packets_pass_at_once_in_order_and_late_ones_are_dropped() -> None:
-    from appliance.audio import AudioTrack
-    from appliance.media import audio_pts_from_ns
-    from appliance.rtc import IngestAudio, PassThroughAudioBuffer
+    from appliance.core.audio import AudioTrack
+    from appliance.core.media import audio_pts_from_ns
+    from appliance.rtc import IngestAudio
+    from appliance.rtc.internals import PassThroughAudioBuffer
 
     buffer = PassThroughAudioBuffer()
     got = [buffer.add(packet(seq, ts, False))[1] for seq, ts in ((1, 0), (3, 1920), (2, 960))]

@@ -8,11 +8,13 @@ import av
 import pytest
 from aiortc.codecs.h264 import H264PayloadDescriptor, h264_depayload
 
-from appliance import config, h264
+from appliance import config
 from appliance.capture.testsrc import TestPattern
+from appliance.core import h264
+from appliance.core.packetizer import NAL_FU_A, NAL_STAP_A, H264Packetizer
+from appliance.core.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
 from appliance.encoders.software import X264Encoder
-from appliance.packetizer import NAL_FU_A, NAL_STAP_A, H264Packetizer
-from appliance.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
+from tests.apps import yuv420p
 
 MAX = 1200
 
@@ -116,7 +118,7 @@ def test_real_encoder_output_decodes_after_the_roundtrip() -> None:
     decoder = av.CodecContext.create("h264", "r")
     decoded = 0
     for i in range(30):
-        for frame in encoder.encode(pattern.render(i, i), i * 3000, i):
+        for frame in encoder.encode_frame(yuv420p(pattern.render(i, i)), i * 3000, i):
             indices = packetizer.packetize(frame.data, frame.pts, 0, frame.keyframe)
             au = depayload(packets(ring, indices))
             assert h264.nal_types(au) == h264.nal_types(frame.data)

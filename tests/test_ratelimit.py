@@ -1,4 +1,4 @@
-from appliance.ratelimit import MAX_CLIENTS, RateLimiter
+from appliance.http.ratelimit import MAX_CLIENTS, RateLimiter
 
 
 class Clock:

@@ -6,7 +6,7 @@ import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
 from aiortc.rtp import HeaderExtensionsMap, RtcpPacket, RtpPacket
 
-from appliance import rtp
+from appliance.core import rtp
 
 IDS = {rtp.URI_MID: 9, rtp.URI_ABS_SEND_TIME: 2, rtp.URI_PLAYOUT_DELAY: 5}
 

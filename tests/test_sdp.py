@@ -4,7 +4,7 @@ from pathlib import Path
 
 import pytest
 
-from appliance import sdp
+from appliance.core import sdp
 
 OFFER = (Path(__file__).parent / "data" / "chromium-recvonly-offer.sdp").read_bytes().decode()
 

@@ -12,10 +12,11 @@ from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParam
 from aiortc.rtp import HeaderExtensionsMap, RtcpPacket, RtpPacket
 from pylibsrtp import Policy, Session
 
-from appliance import rtp
-from appliance.packetizer import H264Packetizer
-from appliance.ring import PacketRing
-from appliance.sender import Negotiated, RetransmitBudget, RtpSender, UdpOutput
+from appliance.core import rtp
+from appliance.core.packetizer import H264Packetizer
+from appliance.core.ring import PacketRing
+from appliance.send.sender import Negotiated, RetransmitBudget, RtpSender
+from appliance.send.udp import UdpOutput
 
 IDS = {rtp.URI_MID: 9, rtp.URI_ABS_SEND_TIME: 2, rtp.URI_PLAYOUT_DELAY: 5}
 NEGOTIATED = Negotiated(

@@ -11,7 +11,7 @@ import aiohttp
 
 from appliance import config
 from appliance.app import running
-from appliance.source import SourceSlot
+from appliance.capture.sources import SourceSlot
 
 
 def settings(**extra: Any) -> config.Config:

@@ -5,7 +5,7 @@ import os
 import pytest
 from pylibsrtp import Policy, Session
 
-from appliance.srtp import TRAILER_ROOM, InPlaceProtector, SrtpError
+from appliance.send.srtp import TRAILER_ROOM, InPlaceProtector, SrtpError
 
 PROFILES = [Policy.SRTP_PROFILE_AES128_CM_SHA1_80, Policy.SRTP_PROFILE_AEAD_AES_128_GCM]
 KEY_LENGTH = {Policy.SRTP_PROFILE_AES128_CM_SHA1_80: 30, Policy.SRTP_PROFILE_AEAD_AES_128_GCM: 28}

@@ -5,8 +5,8 @@ import logging
 
 import pytest
 
-from appliance.media import EncodedFrame
-from appliance.stream import ReaderClosed, Stream
+from appliance.core.media import EncodedFrame
+from appliance.core.stream import ReaderClosed, Stream
 
 SPS = bytes.fromhex("000000016742c01fda014016")
 IDR = SPS + bytes.fromhex("0000000168ce3c80") + bytes.fromhex("0000000165888400")

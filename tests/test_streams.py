@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
-from appliance.egress import display_url
-from appliance.errors import Overloaded, SessionNotFound
-from appliance.stream import Stream
-from appliance.streams import BadStreamName, Streams, name_problem
+from appliance.core.errors import Overloaded, SessionNotFound
+from appliance.core.stream import Stream
+from appliance.core.streams import BadStreamName, Streams, name_problem
+from appliance.http.egress import display_url
 
 
 def test_names() -> None:

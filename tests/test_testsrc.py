@@ -7,10 +7,12 @@ import av
 import numpy as np
 import pytest
 
-from appliance import config, h264
+from appliance import config
 from appliance.capture.testsrc import TestPattern, TestSource, read_stamp, stamp_block_size
+from appliance.core import h264
+from appliance.core.media import EncodedFrame
 from appliance.encoders.software import X264Encoder
-from appliance.media import EncodedFrame
+from tests.apps import yuv420p
 
 
 @pytest.mark.parametrize(("width", "b"), [(640, 8), (1280, 16), (1920, 24), (320, 8)])
@@ -62,7 +64,7 @@ def test_stamp_survives_encoding_and_decoding() -> None:
     stamps = [1_000_000 + 33 * i for i in range(10)]
     read = []
     for i, stamp in enumerate(stamps):
-        for frame in encoder.encode(pattern.render(i, stamp), i * 3000, 0):
+        for frame in encoder.encode_frame(yuv420p(pattern.render(i, stamp)), i * 3000, 0):
             for picture in decoder.decode(av.Packet(frame.data)):
                 read.append(read_stamp(picture.to_ndarray(format="yuv420p")[:360], 640))
     assert read == stamps
@@ -72,10 +74,14 @@ def test_encoder_forces_an_idr_with_sps_and_pps() -> None:
     cfg = config.load(None, env={}, overrides={"video.width": 320, "video.height": 240})
     encoder = X264Encoder(cfg.video)
     pattern = TestPattern(320, 240)
-    frames = [f for i in range(5) for f in encoder.encode(pattern.render(i, i), i * 3000, i)]
+    frames = [
+        f
+        for i in range(5)
+        for f in encoder.encode_frame(yuv420p(pattern.render(i, i)), i * 3000, i)
+    ]
     assert [f.keyframe for f in frames] == [True, False, False, False, False]
     encoder.force_keyframe()
-    (forced,) = encoder.encode(pattern.render(5, 5), 15000, 5)
+    (forced,) = encoder.encode_frame(yuv420p(pattern.render(5, 5)), 15000, 5)
     assert forced.keyframe
     assert h264.nal_types(forced.data)[:3] == [h264.NAL_SPS, h264.NAL_PPS, h264.NAL_IDR] or (
         h264.nal_types(forced.data)[:2] == [h264.NAL_SPS, h264.NAL_PPS]

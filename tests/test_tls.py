@@ -10,8 +10,8 @@ import pytest
 
 from appliance import config
 from appliance.app import running
-from appliance.errors import ConfigError
-from appliance.tls import CERT_NAME, KEY_NAME
+from appliance.core.errors import ConfigError
+from appliance.http.tls import CERT_NAME, KEY_NAME
 
 
 def settings(state: Path, **extra: object) -> config.Config:

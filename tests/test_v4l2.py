@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 import v4l2
 
-from appliance.capture import v4l2 as dev
-from appliance.capture.camera import converter
 from appliance.capture.testsrc import TestPattern
-from appliance.errors import DeviceError
-from appliance.videomode import Mode
+from appliance.core.errors import DeviceError
+from appliance.core.videomode import Mode
+from appliance.devices import v4l2 as dev
+from appliance.encoders.worker import converter
 
 pytestmark = pytest.mark.skipif(ctypes.sizeof(ctypes.c_long) != 8, reason="64-bit ABI values")
 

@@ -4,9 +4,9 @@ in tests/vm, and against the Raspberry Pi 4's encoder in tests/hardware."""
 import pytest
 
 from appliance import config
+from appliance.capture.sources import make_encoder
+from appliance.core.errors import DeviceError
 from appliance.encoders.v4l2m2m import M2MEncoder, is_h264_encoder, v4l2_level
-from appliance.errors import DeviceError
-from appliance.source import make_encoder
 
 
 def test_levels_map_to_the_v4l2_enum() -> None:

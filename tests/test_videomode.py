@@ -2,8 +2,8 @@ from fractions import Fraction
 
 import pytest
 
-from appliance.errors import DeviceError
-from appliance.videomode import (
+from appliance.core.errors import DeviceError
+from appliance.core.videomode import (
     FormatOffer,
     Mode,
     SizeOffer,

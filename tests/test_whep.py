@@ -12,11 +12,11 @@ from aiohttp.test_utils import TestClient, TestServer
 from appliance import config
 from appliance.capture.testsrc import TestPattern
 from appliance.config import IceServer
+from appliance.core.stream import Stream
 from appliance.encoders.software import X264Encoder
-from appliance.resource import ice_server_links
-from appliance.sessions import SessionRegistry
-from appliance.stream import Stream
-from tests.apps import app_for
+from appliance.http.resource import ice_server_links
+from appliance.http.sessions import SessionRegistry
+from tests.apps import app_for, yuv420p
 
 OFFER = (Path(__file__).parent / "data" / "chromium-recvonly-offer.sdp").read_bytes().decode()
 SDP = {"Content-Type": "application/sdp"}
@@ -26,7 +26,7 @@ def feed_one_keyframe(stream: Stream, cfg: config.Config) -> None:
     encoder = X264Encoder(cfg.video)
     encoder.force_keyframe()
     picture = TestPattern(cfg.video.width, cfg.video.height).render(0, 0)
-    for frame in encoder.encode(picture, 0, time.time_ns()):
+    for frame in encoder.encode_frame(yuv420p(picture), 0, time.time_ns()):
         stream.publish(frame)
 
 

@@ -39,8 +39,8 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.config import AudioConfig
-from appliance.errors import DeviceError
-from appliance.media import AUDIO_CLOCK_RATE, EncodedAudio, audio_pts_from_ns
+from appliance.core.errors import DeviceError
+from appliance.core.media import AUDIO_CLOCK_RATE, EncodedAudio, audio_pts_from_ns
 
 RESYNC_MS = 40
 AHEAD_MAX_MS = 100

@@ -6,14 +6,12 @@ negotiated pixel format:
 
 - **H.264** from the camera (UVC H.264): passed through as it is, one access unit per buffer, no
   encoder at all. A keyframe request sets the camera's FORCE_KEY_FRAME control when it has one.
-- **raw** pictures (YUYV, NV12, ...) and **MJPEG**: handed to one encoder thread through a one-slot
-  mailbox. The newest picture wins: a picture that the encoder has not started on when the next one
-  arrives goes back to the driver and counts as a capture drop, so a slow encoder costs frame rate,
-  never latency. The thread copies the picture out (or decodes the JPEG), gives the buffer back,
-  and encodes with libx264, or the V4L2 M2M hardware encoder when one is configured.
+- **raw** pictures (YUYV, NV12, ...) and **MJPEG**: handed to one encoder thread
+  (encoders/worker.py) through a one-slot mailbox, so a slow encoder costs frame rate, never
+  latency; encoded with libx264, or the V4L2 M2M hardware encoder when one is configured.
 
 A device that vanishes (unplugged: ENODEV) or stops delivering frames ends `run()` with a
-DeviceError; the supervisor in `app.py` opens it again with backoff while the stream and its
+DeviceError; the supervisor (capture/sources.py) opens it again with backoff while the stream and its
 viewers stay up, and the new encoder starts with a keyframe.
 """
 
@@ -22,34 +20,25 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
-from appliance import h264
-from appliance.capture import v4l2 as dev
 from appliance.config import VideoConfig
-from appliance.controls import Control, ControlError, validate_all
-from appliance.errors import DeviceError
-from appliance.media import EncodedFrame, pts_from_ns
-from appliance.videomode import RAW_FORMATS, Mode, pick_mode, usable
+from appliance.core import h264
+from appliance.core.controls import Control, ControlError, validate_all
+from appliance.core.errors import DeviceError
+from appliance.core.media import EncodedFrame, pts_from_ns
+from appliance.core.videomode import Mode, pick_mode, usable
+from appliance.devices import v4l2 as dev
+from appliance.encoders import VideoEncoder
+from appliance.encoders.worker import EncodeWorker, converter
 
 logger = logging.getLogger(__name__)
 
 BUFFERS = 4
 FIRST_FRAME_TIMEOUT = 10.0
 STALL_TIMEOUT = 5.0
-
-
-class FrameEncoder(Protocol):
-    name: str
-
-    def encode_frame(self, frame: Any, pts: int, capture_ns: int) -> list[EncodedFrame]: ...
-
-    def force_keyframe(self) -> None: ...
-
-    def close(self) -> None: ...
 
 
 def find_camera() -> str | None:
@@ -71,7 +60,7 @@ class CameraSource:
     def __init__(
         self,
         cfg: VideoConfig,
-        make_encoder: Callable[[VideoConfig], FrameEncoder],
+        make_encoder: Callable[[VideoConfig], VideoEncoder],
         lenient: bool = False,
         controls: dict[str, Any] | None = None,
     ) -> None:
@@ -85,10 +74,10 @@ class CameraSource:
         self.frames = 0
         self.drops = 0
         self.corrupt = 0
-        self._worker: _EncodeWorker | None = None
+        self._worker: EncodeWorker | None = None
         self._stride = 0  # bytes per row the driver chose (set when the device opens)
         self._device: dev.Device | None = None
-        self._encoder: FrameEncoder | None = None
+        self._encoder: VideoEncoder | None = None
         self._warned_keyframe = False
         self._initial_controls = dict(controls or {})
 
@@ -207,7 +196,7 @@ class CameraSource:
         self._device = device
         mode = self.mode
         assert mode is not None
-        worker: _EncodeWorker | None = None
+        worker: EncodeWorker | None = None
         done: asyncio.Future[None] = loop.create_future()
 
         def fail(error: BaseException) -> None:
@@ -224,7 +213,7 @@ class CameraSource:
                 self._encoder = self._make_encoder(enc_cfg)
                 self.encoder_name = self._encoder.name
                 convert = converter(mode, self._stride)
-                worker = _EncodeWorker(
+                worker = EncodeWorker(
                     device, convert, self._encoder, loop, publish, fail, self.name
                 )
                 worker.start()
@@ -293,7 +282,7 @@ class CameraSource:
         self,
         device: dev.Device,
         buf: dev.Dequeued,
-        worker: _EncodeWorker | None,
+        worker: EncodeWorker | None,
         publish: Callable[[EncodedFrame], None],
     ) -> None:
         self.frames += 1
@@ -316,134 +305,3 @@ def _times(buf: dev.Dequeued) -> tuple[int, int]:
     if not buf.monotonic or not 0 <= now_mono - mono < 2_000_000_000:
         mono = now_mono  # a driver without usable timestamps: the time we saw it
     return time.time_ns() - (now_mono - mono), pts_from_ns(mono)
-
-
-def converter(mode: Mode, stride: int) -> Callable[[memoryview], list[Any]]:
-    """A function from one buffer's bytes to the av.VideoFrames in it (copied out of the buffer)."""
-    import av
-    import numpy as np
-
-    w, h = mode.width, mode.height
-    if mode.kind == "compressed":
-        decoder: Any = av.CodecContext.create("mjpeg", "r")
-
-        def decode(data: memoryview) -> list[Any]:
-            return list(decoder.decode(av.Packet(bytes(data))))
-
-        return decode
-    name = RAW_FORMATS.get(mode.pixel_format)
-    if name is None:
-        raise DeviceError(f"no converter for pixel format {mode.pixel_format}")
-    packed = {"yuyv422": 2, "uyvy422": 2, "yvyu422": 2, "rgb24": 3, "bgr24": 3, "gray": 1}
-    stride = stride or w * packed.get(name, 1)
-
-    def convert(data: memoryview) -> list[Any]:
-        raw = np.frombuffer(data, np.uint8)
-        if name in packed:
-            bpp = packed[name]
-            rows = raw[: stride * h].reshape(h, stride)[:, : w * bpp]
-            shaped = rows.reshape(h, w, bpp) if bpp > 1 else rows
-            if name in ("uyvy422", "yvyu422"):  # PyAV reads these through a plane copy
-                frame = av.VideoFrame(w, h, name)
-                frame.planes[0].update(np.ascontiguousarray(rows).tobytes())
-                return [frame]
-            return [av.VideoFrame.from_ndarray(np.ascontiguousarray(shaped), format=name)]
-        luma = raw[: stride * h].reshape(h, stride)[:, :w]
-        if name == "yuv420p":
-            cs = stride // 2
-            u = raw[stride * h : stride * h + cs * h // 2].reshape(h // 2, cs)[:, : w // 2]
-            v = raw[stride * h + cs * h // 2 : stride * h + cs * h].reshape(h // 2, cs)[:, : w // 2]
-            planes = np.concatenate([luma.reshape(-1), u.reshape(-1), v.reshape(-1)])
-            return [av.VideoFrame.from_ndarray(planes.reshape(h * 3 // 2, w), format=name)]
-        chroma = raw[stride * h : stride * h + stride * h // 2].reshape(h // 2, stride)[:, :w]
-        planes = np.concatenate([luma, chroma])
-        return [av.VideoFrame.from_ndarray(planes, format=name)]
-
-    return convert
-
-
-class _EncodeWorker:
-    """The encoder thread with its one-slot mailbox (see the module docstring)."""
-
-    def __init__(
-        self,
-        device: dev.Device,
-        convert: Callable[[memoryview], list[Any]],
-        encoder: FrameEncoder,
-        loop: asyncio.AbstractEventLoop,
-        publish: Callable[[EncodedFrame], None],
-        fail: Callable[[BaseException], None],
-        name: str,
-    ) -> None:
-        self._device, self._convert, self._encoder = device, convert, encoder
-        self._loop, self._publish, self._fail = loop, publish, fail
-        self._cv = threading.Condition()
-        self._pending: tuple[dev.Dequeued, int, int] | None = None
-        self._stopped = False
-        self.drops = 0
-        self.corrupt = 0
-        self._thread = threading.Thread(target=self._main, name=f"encode {name}", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def offer(self, buf: dev.Dequeued, pts: int, capture_ns: int) -> None:
-        """On the loop: hand a filled buffer over; the one waiting, if any, goes back unused."""
-        with self._cv:
-            stale, self._pending = self._pending, (buf, pts, capture_ns)
-            self._cv.notify()
-        if stale is not None:
-            self.drops += 1
-            self._device.queue(stale[0].index)
-
-    def stop(self) -> None:
-        with self._cv:
-            self._stopped = True
-            self._cv.notify()
-        self._thread.join()
-
-    def _main(self) -> None:
-        try:
-            while True:
-                with self._cv:
-                    while self._pending is None and not self._stopped:
-                        self._cv.wait()
-                    if self._stopped:
-                        return
-                    item, self._pending = self._pending, None
-                assert item is not None
-                buf, pts, capture_ns = item
-                try:
-                    frames = self._picture(buf)
-                finally:
-                    self._device.queue(buf.index)
-                out: list[EncodedFrame] = []
-                for frame in frames:
-                    out += self._encoder.encode_frame(frame, pts, capture_ns)
-                if out:
-                    self._loop.call_soon_threadsafe(self._deliver, out)
-        except BaseException as e:  # handed to the loop: run() raises it
-            if not self._loop.is_closed():
-                self._loop.call_soon_threadsafe(self._fail, e)
-
-    def _picture(self, buf: dev.Dequeued) -> list[Any]:
-        import av
-
-        if buf.flags & dev.BUF_FLAG_ERROR or buf.bytesused == 0:
-            self.corrupt += 1
-            return []
-        data = memoryview(self._device.plane(buf.index))[: buf.bytesused]
-        try:
-            return self._convert(data)
-        except (av.error.InvalidDataError, ValueError) as e:  # a torn JPEG from a USB camera
-            self.corrupt += 1
-            if self.corrupt in (1, 10, 100) or self.corrupt % 1000 == 0:
-                logger.warning("corrupt frame %d from the camera: %s", self.corrupt, e)
-            return []
-        finally:
-            data.release()
-
-    def _deliver(self, frames: list[EncodedFrame]) -> None:
-        if not self._stopped:
-            for frame in frames:
-                self._publish(frame)

@@ -20,9 +20,9 @@ from collections.abc import Callable
 from typing import Any
 
 from appliance.config import VideoConfig
-from appliance.controls import Control, ControlError, control_name, validate_all
-from appliance.errors import DeviceError
-from appliance.media import EncodedFrame, pts_from_ns
+from appliance.core.controls import Control, ControlError, control_name, validate_all
+from appliance.core.errors import DeviceError
+from appliance.core.media import EncodedFrame, pts_from_ns
 
 logger = logging.getLogger(__name__)
 

@@ -13,18 +13,19 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any
 
 import numpy as np
 
-from appliance.controls import Control, ControlError
-from appliance.media import (
+from appliance.core.controls import Control, ControlError
+from appliance.core.media import (
     AUDIO_CLOCK_RATE,
     VIDEO_CLOCK_RATE,
     EncodedAudio,
     EncodedFrame,
     audio_pts_from_ns,
 )
+from appliance.encoders import VideoEncoder
 
 logger = logging.getLogger(__name__)
 
@@ -174,22 +175,12 @@ class TestPattern:
         v[0:b, : 16 * b] = 128
 
 
-class Encoder(Protocol):
-    name: str
-
-    def encode(self, yuv420p: Any, pts: int, capture_ns: int) -> list[EncodedFrame]: ...
-
-    def force_keyframe(self) -> None: ...
-
-    def close(self) -> None: ...
-
-
 class TestSource:
     """The test pattern at `fps`, encoded on the source's own thread."""
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, width: int, height: int, fps: int, encoder: Encoder) -> None:
+    def __init__(self, width: int, height: int, fps: int, encoder: VideoEncoder) -> None:
         self.width, self.height, self.fps = width, height, fps
         self.encoder = encoder
         self.name = f"testsrc {width}x{height}@{fps}"
@@ -250,6 +241,8 @@ class TestSource:
             self.encoder.close()
 
     def _capture(self, stop: threading.Event, hand_off: Callable[[EncodedFrame], Any]) -> None:
+        import av  # on the source's thread: this module imports without PyAV
+
         pattern = TestPattern(self.width, self.height, self.fps)
         interval = 1.0 / self.fps
         t0 = time.monotonic()
@@ -269,7 +262,8 @@ class TestSource:
             now = time.monotonic()
             picture = pattern.render(index, capture_ns // 1_000_000)
             pts = round(now * VIDEO_CLOCK_RATE)  # the monotonic clock, as every source
-            for frame in self.encoder.encode(picture, pts, capture_ns):
+            frame_in = av.VideoFrame.from_ndarray(picture, format="yuv420p")
+            for frame in self.encoder.encode_frame(frame_in, pts, capture_ns):
                 hand_off(frame)
             index += 1
             self.frames += 1

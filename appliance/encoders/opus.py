@@ -13,8 +13,8 @@ from fractions import Fraction
 from typing import Any
 
 from appliance.config import AudioConfig
-from appliance.errors import DeviceError
-from appliance.media import AUDIO_CLOCK_RATE, EncodedAudio
+from appliance.core.errors import DeviceError
+from appliance.core.media import AUDIO_CLOCK_RATE, EncodedAudio
 
 
 class OpusEncoder:

@@ -9,10 +9,10 @@ from __future__ import annotations
 from fractions import Fraction
 from typing import Any
 
-from appliance import h264
 from appliance.config import VideoConfig
-from appliance.errors import DeviceError
-from appliance.media import VIDEO_CLOCK_RATE, EncodedFrame
+from appliance.core import h264
+from appliance.core.errors import DeviceError
+from appliance.core.media import VIDEO_CLOCK_RATE, EncodedFrame
 
 _X264_PROFILES = {
     "constrained-baseline": "baseline",
@@ -58,11 +58,6 @@ class X264Encoder:
     def force_keyframe(self) -> None:
         """Encode the next picture as an IDR. Thread-safe (a flag read by the encoding thread)."""
         self._force = True
-
-    def encode(self, yuv420p: Any, pts: int, capture_ns: int) -> list[EncodedFrame]:
-        """Encode one picture (a `(h*3/2, w)` uint8 array in I420 layout)."""
-        frame = self._av.VideoFrame.from_ndarray(yuv420p, format="yuv420p")
-        return self.encode_frame(frame, pts, capture_ns)
 
     def encode_frame(self, frame: Any, pts: int, capture_ns: int) -> list[EncodedFrame]:
         """Encode one `av.VideoFrame` in any pixel format (converted to I420 first if need be)."""

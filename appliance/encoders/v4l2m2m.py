@@ -29,11 +29,11 @@ from typing import Any
 
 import v4l2 as V4L2
 
-from appliance import h264
-from appliance.capture import v4l2 as dev
 from appliance.config import VideoConfig
-from appliance.errors import DeviceError
-from appliance.media import EncodedFrame
+from appliance.core import h264
+from appliance.core.errors import DeviceError
+from appliance.core.media import EncodedFrame
+from appliance.devices import v4l2 as dev
 
 logger = logging.getLogger(__name__)
 

@@ -10,11 +10,12 @@ import os
 
 import pytest
 
-from appliance import config, h264
+from appliance import config
 from appliance.capture import picamera
 from appliance.capture.testsrc import TestPattern
+from appliance.core import h264
+from appliance.core.media import EncodedFrame
 from appliance.encoders.v4l2m2m import M2MEncoder, is_h264_encoder
-from appliance.media import EncodedFrame
 
 pytestmark = pytest.mark.hardware
 
@@ -73,8 +74,8 @@ async def test_camera_module_streams_and_answers_keyframe_requests() -> None:
 
 @pytest.mark.skipif(not os.path.exists("/dev/video0"), reason="no USB camera at /dev/video0")
 def test_usb_camera_is_found_and_offers_a_mode() -> None:
-    from appliance.capture import v4l2 as dev
     from appliance.capture.camera import find_camera
+    from appliance.devices import v4l2 as dev
 
     node = find_camera()
     assert node is not None
@@ -85,7 +86,7 @@ def test_usb_camera_is_found_and_offers_a_mode() -> None:
 
 @pytest.mark.skipif(not picamera.is_pi5(), reason="not a Raspberry Pi 5")
 def test_pi5_has_no_h264_hardware_and_serve_picks_libx264() -> None:
-    from appliance.probe import probe
+    from appliance.capture.probe import probe
 
     report = probe(config.load(None, env={}))
     assert [e["name"] for e in report["encoders"] if e["hardware"]] == []
@@ -93,7 +94,7 @@ def test_pi5_has_no_h264_hardware_and_serve_picks_libx264() -> None:
 
 
 def is_jetson() -> bool:
-    from appliance.probe import board
+    from appliance.capture.probe import board
 
     return "jetson" in board().lower() or "nvidia" in board().lower()
 
@@ -102,7 +103,7 @@ def is_jetson() -> bool:
 def test_jetson_probe_reports_nvenc_and_python() -> None:
     import sys
 
-    from appliance.probe import probe
+    from appliance.capture.probe import probe
 
     assert sys.version_info >= (3, 10)  # JetPack 6's Python
     report = probe(config.load(None, env={}))
@@ -113,7 +114,7 @@ def test_jetson_probe_reports_nvenc_and_python() -> None:
 
 def usb_microphone() -> str | None:
     """plughw:<card> of the first USB sound card that captures, from /proc/asound."""
-    from appliance.probe import sound_cards
+    from appliance.capture.probe import sound_cards
 
     for card in sound_cards():
         if "usb" in card["name"].lower() or os.path.exists(
@@ -126,8 +127,8 @@ def usb_microphone() -> str | None:
 @pytest.mark.skipif(usb_microphone() is None, reason="no USB microphone")
 async def test_usb_microphone_is_captured_in_real_time_and_encoded() -> None:
     from appliance.capture.alsa import AlsaSource
+    from appliance.core.media import EncodedAudio
     from appliance.encoders.opus import OpusEncoder
-    from appliance.media import EncodedAudio
 
     device = usb_microphone()
     assert device is not None

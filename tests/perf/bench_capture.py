@@ -3,7 +3,7 @@ and how much the encoder thread stalls the event loop (the GIL), at 1280x720 and
 
     .venv/bin/python -m tests.perf.bench_capture
 
-Part 1 times `appliance.capture.camera.converter` (the encoder thread's first step: a driver buffer
+Part 1 times `appliance.encoders.worker.converter` (the encoder thread's first step: a driver buffer
 to an av.VideoFrame) for YUYV, NV12 and MJPEG buffers of the test pattern, and the libx264 encode
 that follows (ultrafast and veryfast). Part 2 runs that work on a thread at 30 fps, as the camera's
 encoder thread does, while the event loop runs a 1 ms timer; the timer's lateness is what every
@@ -24,10 +24,10 @@ import av
 import numpy as np
 
 from appliance import config
-from appliance.capture.camera import converter
 from appliance.capture.testsrc import TestPattern
+from appliance.core.videomode import Mode
 from appliance.encoders.software import X264Encoder
-from appliance.videomode import Mode
+from appliance.encoders.worker import converter
 
 W, H, FPS = 1280, 720, 30
 FRAMES = 90

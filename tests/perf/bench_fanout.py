@@ -33,9 +33,9 @@ from typing import Any
 from aiohttp import web
 
 from appliance import config
-from appliance.media import EncodedFrame
-from appliance.sessions import SessionRegistry
-from appliance.stream import Stream
+from appliance.core.media import EncodedFrame
+from appliance.core.stream import Stream
+from appliance.http.sessions import SessionRegistry
 from tests import netns
 from tests.apps import app_for
 from tests.perf.workload import access_units

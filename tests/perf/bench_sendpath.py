@@ -36,11 +36,12 @@ from typing import Any
 
 from pylibsrtp import Policy, Session
 
-from appliance import rtp
-from appliance.packetizer import H264Packetizer
-from appliance.ring import PacketRing
-from appliance.sender import Negotiated, RtpSender, UdpOutput
-from appliance.stream import max_payload
+from appliance.core import rtp
+from appliance.core.packetizer import H264Packetizer
+from appliance.core.ring import PacketRing
+from appliance.core.stream import max_payload
+from appliance.send.sender import Negotiated, RtpSender
+from appliance.send.udp import UdpOutput
 from tests.perf.workload import access_units
 
 HERE = Path(__file__).parent

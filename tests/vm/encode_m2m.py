@@ -12,8 +12,8 @@ import sys
 import av
 
 from appliance import config
-from appliance.capture import v4l2 as dev
 from appliance.capture.testsrc import TestPattern
+from appliance.devices import v4l2 as dev
 from appliance.encoders.v4l2m2m import M2MEncoder
 
 

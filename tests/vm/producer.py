@@ -16,8 +16,8 @@ from fractions import Fraction
 import av
 
 from appliance import config
-from appliance.capture import v4l2 as dev
 from appliance.capture.testsrc import TestPattern
+from appliance.devices import v4l2 as dev
 from appliance.encoders.software import X264Encoder
 
 
@@ -33,7 +33,12 @@ def main(path: str, pixel_format: str, width: int, height: int, fps: int) -> Non
         x264 = X264Encoder(cfg.video)
 
         def encode(picture: object, index: int) -> list[bytes]:
-            return [f.data for f in x264.encode(picture, index * 90_000 // fps, 0)]
+            return [
+                f.data
+                for f in x264.encode_frame(
+                    av.VideoFrame.from_ndarray(picture, format="yuv420p"), index * 90_000 // fps, 0
+                )
+            ]
     else:
         mjpeg = av.CodecContext.create("mjpeg", "w")
         mjpeg.width, mjpeg.height, mjpeg.pix_fmt = width, height, "yuvj420p"

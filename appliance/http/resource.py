@@ -13,9 +13,10 @@ import math
 
 from aiohttp import web
 
-from appliance import rtc, sdp
+from appliance import rtc
 from appliance.config import Config
-from appliance.errors import (
+from appliance.core import sdp
+from appliance.core.errors import (
     BadOffer,
     BadRequest,
     PreconditionFailed,
@@ -24,8 +25,8 @@ from appliance.errors import (
     Unprocessable,
     UnsupportedMedia,
 )
-from appliance.ratelimit import RateLimiter
-from appliance.sessions import Session, SessionRegistry
+from appliance.http.ratelimit import RateLimiter
+from appliance.http.sessions import Session, SessionRegistry
 
 logger = logging.getLogger(__name__)
 

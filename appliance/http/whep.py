@@ -8,13 +8,14 @@ import logging
 
 from aiohttp import web
 
-from appliance import rtc, sdp
+from appliance import rtc
 from appliance.config import Config
-from appliance.errors import Overloaded, SourceNotReady
-from appliance.ratelimit import RateLimiter
-from appliance.resource import SessionResources
-from appliance.sessions import Session, SessionRegistry, new_session_id
-from appliance.streams import Streams
+from appliance.core import sdp
+from appliance.core.errors import Overloaded, SourceNotReady
+from appliance.core.streams import Streams
+from appliance.http.ratelimit import RateLimiter
+from appliance.http.resource import SessionResources
+from appliance.http.sessions import Session, SessionRegistry, new_session_id
 
 logger = logging.getLogger(__name__)
 
@@ -65,6 +66,9 @@ class WhepHandlers(SessionResources):
             ufrag, _ = sdp.ice_credentials(offer)
             session = Session(session_id, pc, media, ufrag, peer, stream.name)
             self._sessions.add(session)
+        # The viewer's join: once its connection is up (ICE, DTLS, SRTP keyed), its sender is a
+        # sink of this stream's fan-out, and every access unit published reaches its socket.
+        media.join_when_connected(stream)
         session.watch(self._sessions, self._config.webrtc.connect_timeout)
         logger.info(
             "viewer %s: new session on %s from %s", session.id[:8], stream.name, session.peer

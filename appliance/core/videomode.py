@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from fractions import Fraction
 
-from appliance.errors import DeviceError
+from appliance.core.errors import DeviceError
 
 # Pixel formats by what the daemon does with them: passed through, decoded, or encoded as they are.
 PASSTHROUGH_FORMATS = ("H264",)

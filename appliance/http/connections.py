@@ -21,7 +21,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance.stats import DropReporter
+from appliance.core.stats import DropReporter
 
 logger = logging.getLogger(__name__)
 

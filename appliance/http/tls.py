@@ -18,7 +18,7 @@ import ssl
 from pathlib import Path
 
 from appliance.config import HttpConfig, state_dir
-from appliance.errors import ConfigError
+from appliance.core.errors import ConfigError
 
 logger = logging.getLogger(__name__)
 

@@ -12,9 +12,9 @@ import asyncio
 from fractions import Fraction
 from typing import Any
 
-from appliance.errors import SourceNotReady
-from appliance.media import EncodedFrame
-from appliance.stream import Stream
+from appliance.core.errors import SourceNotReady
+from appliance.core.media import EncodedFrame
+from appliance.core.stream import Stream
 
 JPEG_QSCALE = 3  # 2 (best) .. 31
 

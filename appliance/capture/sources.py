@@ -20,10 +20,11 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from appliance.config import Config, VideoConfig
-from appliance.controls import Control, ControlError
-from appliance.errors import DeviceError
-from appliance.media import EncodedFrame
-from appliance.stream import Stream
+from appliance.core.controls import Control, ControlError
+from appliance.core.errors import DeviceError
+from appliance.core.media import EncodedFrame
+from appliance.core.stream import Stream
+from appliance.encoders import make_encoder
 
 logger = logging.getLogger(__name__)
 
@@ -43,22 +44,6 @@ class Source(Protocol):
     def controls(self) -> list[Control]: ...
 
     def set_controls(self, values: dict[str, Any]) -> list[Control]: ...
-
-
-def make_encoder(video: VideoConfig) -> Any:
-    """The H.264 encoder for raw pictures: the V4L2 M2M hardware encoder or libx264."""
-    choice = video.encoder
-    if choice == "auto":
-        from appliance.encoders.v4l2m2m import is_h264_encoder
-
-        choice = "v4l2m2m" if is_h264_encoder(video.m2m_device) else "libx264"
-    if choice == "v4l2m2m":
-        from appliance.encoders.v4l2m2m import M2MEncoder
-
-        return M2MEncoder(video)
-    from appliance.encoders.software import X264Encoder
-
-    return X264Encoder(video)
 
 
 def resolve(video: VideoConfig) -> tuple[str, str]:

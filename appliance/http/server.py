@@ -17,24 +17,24 @@ from typing import Any
 from aiohttp import web
 
 from appliance import __version__
-from appliance.audiosource import AudioSlot
-from appliance.auth import Authorizer
+from appliance.capture.audio_sources import AudioSlot
+from appliance.capture.sources import SourceSlot
 from appliance.config import Config
-from appliance.controls import ControlError
-from appliance.egress import EgressSet
-from appliance.errors import BadRequest, RequestError, SessionNotFound, UriTooLong, printable
-from appliance.metrics import Exposition
-from appliance.ratelimit import RateLimiter
-from appliance.resource import body_text
-from appliance.rtc import STRAY
-from appliance.sessions import SessionRegistry
-from appliance.snapshot import Snapshots
-from appliance.source import SourceSlot
-from appliance.stats import LogLimiter
-from appliance.stream import Stream
-from appliance.streams import Streams, name_problem
-from appliance.whep import WhepHandlers
-from appliance.whip import WhipHandlers
+from appliance.core.controls import ControlError
+from appliance.core.errors import BadRequest, RequestError, SessionNotFound, UriTooLong, printable
+from appliance.core.stats import LogLimiter
+from appliance.core.stream import Stream
+from appliance.core.streams import Streams, name_problem
+from appliance.http.auth import Authorizer
+from appliance.http.egress import EgressSet
+from appliance.http.metrics import Exposition
+from appliance.http.ratelimit import RateLimiter
+from appliance.http.resource import body_text
+from appliance.http.sessions import SessionRegistry
+from appliance.http.snapshot import Snapshots
+from appliance.http.whep import WhepHandlers
+from appliance.http.whip import WhipHandlers
+from appliance.rtc.internals import STRAY
 
 logger = logging.getLogger(__name__)
 
@@ -44,12 +44,15 @@ MAX_BODY = 256 * 1024
 EXPOSED_HEADERS = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After, WWW-Authenticate"
 
 
+PACKAGE = Path(__file__).resolve().parents[1]  # appliance/
+
+
 def web_root(config: Config) -> Path:
     """The viewer's files: configured, else bundled in the wheel, else the checkout's web/."""
     if config.http.web_root:
         return Path(config.http.web_root)
-    bundled = Path(__file__).with_name("web")
-    return bundled if bundled.is_dir() else Path(__file__).parent.parent / "web"
+    bundled = PACKAGE / "web"
+    return bundled if bundled.is_dir() else PACKAGE.parent / "web"
 
 
 class Status:
@@ -284,7 +287,7 @@ async def metrics_handler(request: web.Request) -> web.Response:
 
 WHIP_KEY = web.AppKey("whip", WhipHandlers)
 
-OPENAPI = Path(__file__).with_name("openapi.yaml")
+OPENAPI = PACKAGE / "openapi.yaml"
 
 
 SNAPSHOTS_KEY = web.AppKey("snapshots", dict[str, Snapshots])

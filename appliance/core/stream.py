@@ -16,16 +16,14 @@ import logging
 import time
 from collections import deque
 from collections.abc import Callable
-from typing import TYPE_CHECKING, Protocol
 
-from appliance import h264
-from appliance.media import EncodedFrame
-from appliance.packetizer import H264Packetizer
-from appliance.ring import PacketRing
-from appliance.stats import DropReporter, RateMeter
-
-if TYPE_CHECKING:  # audio.py imports this module
-    from appliance.audio import AudioTrack
+from appliance.core import h264
+from appliance.core.audio import AudioTrack
+from appliance.core.fanout import FanOut, PacketSink
+from appliance.core.media import EncodedFrame
+from appliance.core.packetizer import H264Packetizer
+from appliance.core.ring import PacketRing
+from appliance.core.stats import DropReporter, RateMeter
 
 logger = logging.getLogger(__name__)
 
@@ -42,12 +40,6 @@ PACKET_OVERHEAD = 48 + 12 + 28 + 2 + 16
 def max_payload(mtu: int) -> int:
     """The largest RTP payload that fits an IP packet of `mtu` bytes with everything around it."""
     return mtu - PACKET_OVERHEAD
-
-
-class PacketSink(Protocol):
-    """A fast-path viewer: takes the ring indices of each access unit's packets."""
-
-    def send_range(self, indices: range) -> None: ...
 
 
 class ReaderClosed(Exception):
@@ -137,7 +129,7 @@ class Stream:
         self.max_payload = max_payload(mtu)
         self.ring = PacketRing(ring_packets, self.max_payload)
         self._packetizer = H264Packetizer(self.ring, self.max_payload)
-        self._sinks: list[PacketSink] = []
+        self._fanout = FanOut(name, "video")
         self.fanout_ns: deque[int] = deque(maxlen=1024)  # publish → last packet to the last viewer
         self._keyframe_interval_min = keyframe_interval_min
         self._clock = clock
@@ -199,27 +191,34 @@ class Stream:
         indices = self._packetizer.packetize(
             frame.data, frame.pts, frame.capture_ns, frame.keyframe
         )
-        for sink in list(self._sinks):
-            try:
-                sink.send_range(indices)
-            except Exception:  # a bug in one viewer's path must not cost the others their video
-                logger.exception(
-                    "stream %s: a viewer's sender failed; it gets no more video", self.name
-                )
-                self.remove_sink(sink)
-        if self._sinks:
+        if self._fanout:
+            self._fanout.send(indices)
             self.fanout_ns.append(time.perf_counter_ns() - started)
         for reader in list(self._readers):
             reader._offer(frame)
 
     def add_sink(self, sink: PacketSink) -> None:
         """A fast-path viewer; it starts at the next keyframe, which is asked for now."""
-        self._sinks.append(sink)
+        self._fanout.add(sink)
         self.request_keyframe()
 
     def remove_sink(self, sink: PacketSink) -> None:
-        if sink in self._sinks:
-            self._sinks.remove(sink)
+        self._fanout.remove(sink)
+
+    @property
+    def sinks(self) -> int:
+        return len(self._fanout)
+
+    def ensure_audio(self, channels: int = 1) -> AudioTrack:
+        """The stream's audio track, made now if it has none (a camera's microphone at start, the
+        first WHIP publisher with sound)."""
+        if self.audio is None:
+            self.audio = AudioTrack(self.name, channels)
+        return self.audio
+
+    def drop_audio(self) -> None:
+        """No audio from now on (the source has none): new viewers are offered none."""
+        self.audio = None
 
     def subscribe(self, name: str, capacity: int = 8) -> Reader:
         """A new reader. It starts at its first `get()`, with a keyframe asked for then."""

@@ -17,8 +17,8 @@ from collections import Counter
 from collections.abc import Iterator
 from typing import Any, Protocol
 
-from appliance.errors import SessionNotFound
-from appliance.metrics import Histogram
+from appliance.core.errors import SessionNotFound
+from appliance.http.metrics import Histogram
 
 # What the registry sums over sessions for /metrics (keys of a session's describe()).
 COUNTED = (

@@ -10,8 +10,8 @@ data are dropped (RFC 6184 allows it; they carry nothing a receiver needs).
 
 from __future__ import annotations
 
-from appliance import h264
-from appliance.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
+from appliance.core import h264
+from appliance.core.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
 
 NAL_FILLER = 12
 NAL_STAP_A = 24

@@ -24,7 +24,7 @@ import aiohttp
 
 from appliance import rtc
 from appliance.config import Config, EgressTarget
-from appliance.streams import Streams
+from appliance.core.streams import Streams
 
 logger = logging.getLogger(__name__)
 
@@ -119,6 +119,7 @@ class Egress:
     async def _publish_once(self, http: aiohttp.ClientSession, stream: Any) -> str:
         config = self._config
         pc, offer, media = await rtc.offer(stream, config.webrtc.ice_servers, "egress")
+        media.join_when_connected(stream)  # the endpoint is one more sink of the stream's fan-out
         self.media = media
         location: str | None = None
         changed = asyncio.Event()

@@ -16,14 +16,15 @@ import logging
 
 from aiohttp import web
 
-from appliance import rtc, sdp
+from appliance import rtc
 from appliance.config import Config
-from appliance.errors import Conflict, Forbidden
-from appliance.ratelimit import RateLimiter
-from appliance.resource import SessionResources
-from appliance.sessions import Session, SessionRegistry, new_session_id
-from appliance.stream import Stream
-from appliance.streams import BadStreamName, Streams, name_problem
+from appliance.core import sdp
+from appliance.core.errors import Conflict, Forbidden
+from appliance.core.stream import Stream
+from appliance.core.streams import BadStreamName, Streams, name_problem
+from appliance.http.ratelimit import RateLimiter
+from appliance.http.resource import SessionResources
+from appliance.http.sessions import Session, SessionRegistry, new_session_id
 
 logger = logging.getLogger(__name__)
 

@@ -2,8 +2,9 @@
 
 Core module: standard library only. The same design as the video path (stream.py, packetizer.py),
 smaller: RFC 7587 puts one Opus packet in one RTP payload, so "packetizing" is one copy into a
-preallocated ring slot; each fast-path viewer's sender (sender.RtpSender, as for video) then adds
-its own header and SRTP. Every slot is flagged as a start point (audio has no keyframes), and none
+preallocated ring slot; each fast-path viewer's sender (send.RtpSender, as for video) then adds
+its own header and SRTP, through the same fan-out as video (fanout.py). Every slot is flagged as
+a start point (audio has no keyframes), and none
 carries the marker bit (RFC 7587 section 4.1: it marks only the first packet after a silence the
 encoder did not send, which ours never skips).
 """
@@ -14,10 +15,10 @@ import logging
 import time
 from collections.abc import Callable
 
-from appliance.media import EncodedAudio
-from appliance.ring import FLAG_KEYFRAME, PacketRing
-from appliance.stats import RateMeter
-from appliance.stream import PacketSink
+from appliance.core.fanout import FanOut, PacketSink
+from appliance.core.media import EncodedAudio
+from appliance.core.ring import FLAG_KEYFRAME, PacketRing
+from appliance.core.stats import RateMeter
 
 logger = logging.getLogger(__name__)
 
@@ -28,10 +29,12 @@ AUDIO_RING_PACKETS = 256  # about 5 s of 20 ms packets, for late joiners' first 
 class AudioTrack:
     """One encoded audio track, sent alongside a stream's video."""
 
-    def __init__(self, channels: int = 1, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, name: str = "", channels: int = 1, clock: Callable[[], float] = time.monotonic
+    ) -> None:
         self.channels = channels
         self.ring = PacketRing(AUDIO_RING_PACKETS, OPUS_MAX_PACKET)
-        self._sinks: list[PacketSink] = []
+        self._fanout = FanOut(name, "audio")
         self._clock = clock
         self.packets = 0
         self.bytes = 0
@@ -53,24 +56,17 @@ class AudioTrack:
         self.bytes += size
         self.last_packet_at = self._clock()
         self._meter.add(size)
-        indices = range(index, index + 1)
-        for sink in list(self._sinks):
-            try:
-                sink.send_range(indices)
-            except Exception:  # one viewer's bug must not cost the others their audio
-                logger.exception("audio: a viewer's sender failed; it gets no more audio")
-                self.remove_sink(sink)
+        self._fanout.send(range(index, index + 1))
 
     def add_sink(self, sink: PacketSink) -> None:
-        self._sinks.append(sink)
+        self._fanout.add(sink)
 
     def remove_sink(self, sink: PacketSink) -> None:
-        if sink in self._sinks:
-            self._sinks.remove(sink)
+        self._fanout.remove(sink)
 
     @property
     def sinks(self) -> int:
-        return len(self._sinks)
+        return len(self._fanout)
 
     def rates(self) -> tuple[float, float]:
         """(packets per second, bits per second) over the last two seconds."""

@@ -13,10 +13,10 @@ from pathlib import Path
 from typing import Any
 
 from appliance.capture import picamera
-from appliance.capture import v4l2 as dev
 from appliance.config import Config
-from appliance.errors import DeviceError
-from appliance.videomode import pick_mode, usable
+from appliance.core.errors import DeviceError
+from appliance.core.videomode import pick_mode, usable
+from appliance.devices import v4l2 as dev
 
 
 def board() -> str:
@@ -109,7 +109,7 @@ def encoders(video_nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
 
 def selection(config: Config) -> dict[str, Any]:
     """What serve would run with this config."""
-    from appliance.source import resolve
+    from appliance.capture.sources import resolve
 
     video = config.video
     try:
@@ -145,7 +145,7 @@ def selection(config: Config) -> dict[str, Any]:
 
         m2m = video.encoder != "libx264" and is_h264_encoder(video.m2m_device)
         out["encoder"] = f"V4L2 M2M {video.m2m_device}" if m2m else "libx264"
-    from appliance.audiosource import resolve_audio
+    from appliance.capture.audio_sources import resolve_audio
 
     audio_kind, why = resolve_audio(config, kind)
     out["audio"] = f"{audio_kind} ({why})"

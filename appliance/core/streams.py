@@ -11,8 +11,8 @@ from __future__ import annotations
 import re
 from collections.abc import Callable, Iterator
 
-from appliance.errors import Overloaded, RequestError, SessionNotFound
-from appliance.stream import Stream
+from appliance.core.errors import Overloaded, RequestError, SessionNotFound
+from appliance.core.stream import Stream
 
 NAME = re.compile(r"[A-Za-z0-9_-]{1,64}")
 RESERVED = frozenset({"api", "web", "whep", "whip", "healthz", "metrics", "openapi.yaml"})

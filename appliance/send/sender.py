@@ -13,93 +13,29 @@ negotiated.
 
 from __future__ import annotations
 
-import errno
 import logging
 import os
 import random
-import socket
 import struct
 import time
 from array import array
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any
 
-from appliance import rtp
-from appliance.media import VIDEO_CLOCK_RATE
-from appliance.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
-from appliance.srtp import TRAILER_ROOM, InPlaceProtector
-from appliance.stats import DropReporter
+from appliance.core import rtp
+from appliance.core.media import VIDEO_CLOCK_RATE
+from appliance.core.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
+from appliance.core.stats import DropReporter
+from appliance.send.srtp import TRAILER_ROOM, InPlaceProtector
+from appliance.send.udp import Output
 
 logger = logging.getLogger(__name__)
 
-SOL_UDP = getattr(socket, "SOL_UDP", 17)
-UDP_SEGMENT = getattr(socket, "UDP_SEGMENT", 103)
 MAX_SEGMENTS = 40  # and at most 64 KiB per call: the kernel refuses more (EMSGSIZE)
 MAX_DATAGRAMS_BYTES = 65_000
-_NO_GSO = (errno.EINVAL, errno.EIO, errno.ENOPROTOOPT, errno.EOPNOTSUPP)
 SPANS = 256  # access units remembered for NACK: over 8 s at 30 fps, longer than the ring holds
 _U16 = struct.Struct("!H")
-
-
-class Output(Protocol):
-    """Where a sender's datagrams go."""
-
-    def send(self, data: memoryview, segment: int) -> int:
-        """Send `data`, cut into datagrams of `segment` bytes (the last may be shorter; 0: one
-        datagram). Returns 0, or the errno of why the kernel did not take it (EAGAIN: no room)."""
-        ...
-
-    def close(self) -> None: ...
-
-
-class UdpOutput:
-    """A connected viewer's UDP path: GSO `sendmsg` where the kernel has it, `sendto` otherwise."""
-
-    def __init__(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
-        # Our own descriptor for the ICE socket aioice reads from: same socket, separately closed.
-        self._sock = socket.socket(sock.family, socket.SOCK_DGRAM, 0, os.dup(sock.fileno()))
-        self._sock.setblocking(False)
-        self._address = address
-        self._gso = True
-        self._cmsg: dict[int, list[tuple[int, int, bytes]]] = {}
-        self.calls = 0
-        self.datagrams = 0
-
-    def send(self, data: memoryview, segment: int) -> int:
-        try:
-            if segment and len(data) > segment:
-                if self._gso:
-                    try:
-                        self._send_gso(data, segment)
-                        return 0
-                    except OSError as e:
-                        if e.errno not in _NO_GSO:
-                            raise
-                        logger.info("UDP GSO unavailable here (%s): one datagram at a time", e)
-                        self._gso = False
-                for at in range(0, len(data), segment):
-                    self._sock.sendto(data[at : at + segment], self._address)
-                    self.calls += 1
-                    self.datagrams += 1
-                return 0
-            self._sock.sendto(data, self._address)
-            self.calls += 1
-            self.datagrams += 1
-            return 0
-        except OSError as e:  # EAGAIN: socket buffer full; EPERM: a firewall; ENETUNREACH...
-            return e.errno or errno.EIO
-
-    def _send_gso(self, data: memoryview, segment: int) -> None:
-        cmsg = self._cmsg.get(segment)
-        if cmsg is None:
-            cmsg = self._cmsg[segment] = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
-        self._sock.sendmsg([data], cmsg, 0, self._address)
-        self.calls += 1
-        self.datagrams += -(-len(data) // segment)
-
-    def close(self) -> None:
-        self._sock.close()
 
 
 @dataclass

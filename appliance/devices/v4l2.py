@@ -25,9 +25,9 @@ from typing import Any
 
 import v4l2
 
-from appliance.controls import Control, ControlError, control_name
-from appliance.errors import DeviceError
-from appliance.videomode import FormatOffer, Mode, SizeOffer, fourcc, fourcc_text
+from appliance.core.controls import Control, ControlError, control_name
+from appliance.core.errors import DeviceError
+from appliance.core.videomode import FormatOffer, Mode, SizeOffer, fourcc, fourcc_text
 
 CAPTURE = v4l2.V4L2_BUF_TYPE_VIDEO_CAPTURE
 OUTPUT = v4l2.V4L2_BUF_TYPE_VIDEO_OUTPUT

@@ -14,11 +14,11 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import Any, Protocol
 
-from appliance.audio import AudioTrack
+from appliance.capture.sources import SOURCE_BACKOFF, STABLE_AFTER, SourceSlot
 from appliance.config import Config
-from appliance.errors import DeviceError
-from appliance.media import EncodedAudio
-from appliance.source import SOURCE_BACKOFF, STABLE_AFTER, SourceSlot
+from appliance.core.audio import AudioTrack
+from appliance.core.errors import DeviceError
+from appliance.core.media import EncodedAudio
 
 logger = logging.getLogger(__name__)
 

@@ -1,0 +1,472 @@
+"""The one file that names private symbols of aiortc, aioice and pylibsrtp: small accessors with
+one name each, and the process-wide changes `install()` makes. aiortc is pinned to a tested range
+(pyproject.toml); tests/rtc/test_internals.py checks each accessor's behaviour, on every aiortc in
+that range, so that an upgrade that moves what we rely on fails there, loudly.
+
+What the rest of the daemon gets from here:
+- `take_over(sender, track)`: aiortc's RTCRtpSender keeps negotiating, but its RTP and RTCP loops
+  never run. When aiortc would start them (DTLS up), `track.start(parameters, srtp, output)` is
+  called with what was negotiated, the SRTP session aiortc keyed (`RTCDtlsTransport._tx_srtp`)
+  and the UDP path ICE nominated (`nominated_output`); then RTCP for its SSRC goes to
+  `track.rtcp(packet)`, and its sender reports out through aiortc's SRTCP (`_send_rtp`).
+  Private: `RTCRtpSender._run_rtp`, `_run_rtcp`, `_handle_rtcp_packet`, `_ssrc`, `_rtx_ssrc`,
+  the events `_RTCRtpSender__rtp_started/__rtp_exited/__rtcp_started/__rtcp_exited` that `stop()`
+  waits on; `RTCDtlsTransport._tx_srtp`, `._send_rtp`; `RTCIceTransport._connection._nominated`.
+- `aim_keyframe_requests(sender, callback)`: aiortc's own send path calls
+  `RTCRtpSender._send_keyframe()` on PLI/FIR; we aim it at the stream.
+- `tap_receiver(receiver, queue, jitter_buffer)`: a WHIP publisher's media is not decoded: the
+  receiver's `_RTCRtpReceiver__decoder_queue` becomes our queue (its `get()` returns None, so
+  aiortc's decoder thread exits at once), and its `_RTCRtpReceiver__jitter_buffer` ours.
+  `send_pli(receiver, ssrc)`: `RTCRtpReceiver._send_rtcp_pli`.
+- `MarkerJitterBuffer`, `PassThroughAudioBuffer`: subclasses of aiortc's JitterBuffer that read
+  its `_packets`, `_origin`, `_capacity` and an RTP packet's `_data`.
+- `install()`: see its docstring.
+
+send/srtp.py also touches pylibsrtp (`Session._srtp` and its cffi binding) for in-place SRTP:
+that is the hot path, kept beside the code that uses it, and checked there byte for byte.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ipaddress
+import logging
+import random
+import struct
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import aioice.ice
+from aioice import stun
+from aioice.ice import CandidatePair, Connection, StunProtocol
+from aiortc import RTCCertificate, RTCRtpReceiver, RTCRtpSender
+from aiortc.codecs import CODECS, HEADER_EXTENSIONS
+from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcrtpparameters import (
+    RTCRtcpFeedback,
+    RTCRtpCodecParameters,
+    RTCRtpHeaderExtensionParameters,
+)
+
+from appliance.core import rtp
+from appliance.core.stats import DropReporter
+from appliance.send.udp import Output, UdpOutput
+
+logger = logging.getLogger(__name__)
+
+
+# --- A sender whose loops are ours ------------------------------------------------------------
+
+
+class TakenOver(Protocol):
+    """What `take_over` drives: one viewer's track on the fast path."""
+
+    name: str
+    kind: str
+
+    def start(self, parameters: Any, ssrc: int, rtx_ssrc: int, srtp: Any, output: Output) -> None:
+        """DTLS is up: send from now on."""
+
+    def rtcp(self, packet: Any) -> None:
+        """An RTCP packet aiortc parsed and SRTCP authenticated, for this sender's SSRC."""
+
+    def report(self) -> bytes | None:
+        """A sender report to send now, or None."""
+
+    def bye(self) -> bytes | None:
+        """The RTCP BYE to send when stopping, or None."""
+
+    def close(self) -> None:
+        """The sender stops (the connection closed)."""
+
+
+def take_over(sender: RTCRtpSender, track: TakenOver) -> None:
+    """Replace, on this one RTCRtpSender, aiortc's RTP and RTCP loops with `track`'s."""
+    started_rtp = sender._RTCRtpSender__rtp_started  # type: ignore[attr-defined]
+    exited_rtp = sender._RTCRtpSender__rtp_exited  # type: ignore[attr-defined]
+    started_rtcp = sender._RTCRtpSender__rtcp_started  # type: ignore[attr-defined]
+    exited_rtcp = sender._RTCRtpSender__rtcp_exited  # type: ignore[attr-defined]
+    negotiated: dict[str, Any] = {}
+    aiortc_send = sender.send
+
+    async def send(parameters: Any) -> None:
+        negotiated["parameters"] = parameters
+        await aiortc_send(parameters)
+
+    async def run_rtp(codec: Any) -> None:
+        started_rtp.set()
+        try:
+            dtls = sender.transport
+            track.start(
+                negotiated["parameters"],
+                sender._ssrc,
+                sender._rtx_ssrc,
+                dtls._tx_srtp,
+                nominated_output(dtls),
+            )
+            await asyncio.Event().wait()  # until stop() cancels us
+        except asyncio.CancelledError:
+            pass
+        except Exception as e:  # no sender, no media for this viewer: say why, once
+            logger.error("viewer %s: cannot send %s: %s", track.name, track.kind, e)
+        finally:
+            track.close()
+            exited_rtp.set()
+
+    async def run_rtcp() -> None:
+        started_rtcp.set()
+        try:
+            while True:
+                await asyncio.sleep(0.5 + random.random())  # RFC 3550 6.2: randomized interval
+                report = track.report()
+                if report is not None:
+                    await sender.transport._send_rtp(report)
+        except (asyncio.CancelledError, ConnectionError):
+            pass
+        finally:
+            bye = track.bye()
+            if bye is not None:
+                try:
+                    await sender.transport._send_rtp(bye)
+                except (ConnectionError, asyncio.CancelledError):
+                    pass
+            exited_rtcp.set()
+
+    async def handle_rtcp(packet: Any) -> None:
+        track.rtcp(packet)
+
+    sender.send = send  # type: ignore[method-assign]
+    sender._run_rtp = run_rtp  # type: ignore[method-assign]
+    sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
+    sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+
+def aim_keyframe_requests(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
+    """On aiortc's own send path: PLI and FIR call `callback` (aiortc's own only flags its encoder,
+    which pre-encoded media never uses)."""
+    sender._send_keyframe = callback  # type: ignore[method-assign]
+
+
+class _IceOutput:
+    """Through aioice, one datagram at a time: for paths we cannot send on directly (TURN relays)."""
+
+    def __init__(self, connection: Any) -> None:
+        self._connection = connection
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def send(self, data: memoryview, segment: int) -> int:
+        step = segment or len(data)
+        for at in range(0, len(data), step):
+            task = asyncio.ensure_future(self._connection.sendto(bytes(data[at : at + step]), 1))
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+        return 0
+
+    def close(self) -> None:
+        for task in self._tasks:
+            task.cancel()
+
+
+def nominated_output(dtls: Any) -> Output:
+    """Where a connected DTLS transport's media goes: the socket and address of the candidate
+    pair ICE nominated, or aioice itself for a relayed pair."""
+    connection = dtls.transport._connection
+    pair = connection._nominated.get(1)
+    if pair is None:
+        raise ConnectionError("ICE has no nominated candidate pair")
+    transport = getattr(pair.protocol, "transport", None)
+    sock = transport.get_extra_info("socket") if transport is not None else None
+    if type(pair.protocol) is StunProtocol and sock is not None:
+        return UdpOutput(sock, pair.remote_addr)
+    return _IceOutput(connection)
+
+
+# --- A publisher's receiver, not decoded ------------------------------------------------------
+
+
+def tap_receiver(receiver: RTCRtpReceiver, queue: Any, jitter_buffer: JitterBuffer) -> None:
+    """Before the receiver starts: its reassembled frames go to `queue.put((codec, frame))` on the
+    event loop, from `jitter_buffer`; `queue.get()` must return None (aiortc's decoder thread then
+    exits at once)."""
+    receiver._RTCRtpReceiver__decoder_queue = queue  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__jitter_buffer = jitter_buffer  # type: ignore[attr-defined]
+
+
+async def send_pli(receiver: RTCRtpReceiver, ssrc: int) -> None:
+    """Ask the publisher for a keyframe (RTCP PLI, RFC 4585 6.3.1)."""
+    await receiver._send_rtcp_pli(ssrc)
+
+
+class MarkerJitterBuffer(JitterBuffer):
+    """aiortc's video jitter buffer, except that an access unit is complete at its marker packet
+    (RFC 6184: the last packet of an access unit), not when the next one's first packet arrives.
+    That is one frame interval (33 ms at 30 fps) less latency through WHIP ingest. A frame whose
+    marker packet is lost is still emitted when the next frame starts, as aiortc does."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=512, is_video=True)
+
+    def _remove_frame(self, sequence_number: int) -> JitterFrame | None:
+        assert self._origin is not None
+        packets = []
+        timestamp = None
+        for count in range(self._capacity):
+            packet = self._packets[(self._origin + count) % self._capacity]
+            if packet is None:
+                break
+            if timestamp is None:
+                timestamp = packet.timestamp
+            elif packet.timestamp != timestamp:
+                break
+            packets.append(packet)
+            if packet.marker:
+                self.remove(count + 1)
+                return JitterFrame(b"".join(p._data for p in packets), timestamp)  # type: ignore[attr-defined]
+        return super()._remove_frame(sequence_number)
+
+
+class PassThroughAudioBuffer(JitterBuffer):
+    """For a publisher's Opus: every RTP packet is a whole frame, handed on as it arrives (aiortc's
+    audio buffer holds four packets back, 80 ms, for its decoder). A packet older than the last
+    one handed on (late, or a duplicate) is dropped; a lost one is a gap the viewers' own jitter
+    buffers conceal."""
+
+    def __init__(self) -> None:
+        super().__init__(capacity=16)
+        self._last: int | None = None
+
+    def add(self, packet: Any) -> tuple[bool, JitterFrame | None]:
+        seq = packet.sequence_number
+        if self._last is not None and not 0 < (seq - self._last) & 0xFFFF < 0x8000:
+            return False, None
+        self._last = seq
+        return False, JitterFrame(packet._data, packet.timestamp)
+
+
+# --- Process-wide changes, made by install() --------------------------------------------------
+
+# Extra H.264 profiles: (profile-level-id, payload type; its RTX is the next one). aiortc's own
+# video codecs take 97-102 (VP8, H.264 42001f, 42e01f, each with RTX).
+_EXTRA_H264 = (("4d001f", 103), ("64001f", 105))
+
+
+def _accept_more_h264_profiles() -> None:
+    video = CODECS["video"]
+    known = {str(c.parameters.get("profile-level-id")) for c in video if c.mimeType == "video/H264"}
+    for plid, pt in _EXTRA_H264:
+        if plid in known:
+            continue
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType="video/H264",
+                clockRate=90000,
+                payloadType=pt,
+                rtcpFeedback=[
+                    RTCRtcpFeedback(type="nack"),
+                    RTCRtcpFeedback(type="nack", parameter="pli"),
+                    RTCRtcpFeedback(type="goog-remb"),
+                ],
+                parameters={
+                    "level-asymmetry-allowed": "1",
+                    "packetization-mode": "1",
+                    "profile-level-id": plid,
+                },
+            )
+        )
+        video.append(
+            RTCRtpCodecParameters(
+                mimeType="video/rtx", clockRate=90000, payloadType=pt + 1, parameters={"apt": pt}
+            )
+        )
+
+
+# At import, before any peer connection (ours, or an aiortc client's in the same process) exists.
+
+# aiortc's four ECDSA suites, then the same with RSA certificates (see the module docstring).
+DTLS_CIPHERS = (
+    b"ECDHE-ECDSA-AES128-GCM-SHA256:ECDHE-ECDSA-CHACHA20-POLY1305:ECDHE-ECDSA-AES128-SHA:"
+    b"ECDHE-ECDSA-AES256-SHA:ECDHE-RSA-AES128-GCM-SHA256:ECDHE-RSA-CHACHA20-POLY1305:"
+    b"ECDHE-RSA-AES128-SHA:ECDHE-RSA-AES256-SHA"
+)
+
+
+def _accept_rsa_dtls_peers() -> None:
+    original = RTCCertificate._create_ssl_context
+    if getattr(original, "wider_ciphers", False):
+        return
+
+    def create(self: RTCCertificate, srtp_profiles: Any) -> Any:
+        context = original(self, srtp_profiles)
+        context.set_cipher_list(DTLS_CIPHERS)
+        return context
+
+    create.wider_ciphers = True  # type: ignore[attr-defined]
+    RTCCertificate._create_ssl_context = create  # type: ignore[method-assign]
+
+
+def _accept_extra_extensions() -> None:
+    video = HEADER_EXTENSIONS["video"]
+    known = {e.uri for e in video}
+    for uri, ext_id in _EXTRA_VIDEO_EXTENSIONS.items():
+        if uri not in known:
+            video.append(RTCRtpHeaderExtensionParameters(id=ext_id, uri=uri))
+
+
+_EXTRA_VIDEO_EXTENSIONS = {rtp.URI_PLAYOUT_DELAY: 4, rtp.URI_ABS_CAPTURE_TIME: 5}
+
+
+# --- What strangers send to our ICE ports ----------------------------------------------------
+
+
+class StrayDatagrams:
+    """Datagrams dropped before aiortc saw them: empty ones, and those not STUN and from no
+    address this connection's ICE has validated (`reporter`); and STUN that aioice could not
+    parse (`malformed`: its parser raises struct.error on a short attribute, which asyncio
+    logged with a traceback for every such datagram). Counted process-wide, each logged at most
+    once a second."""
+
+    def __init__(self) -> None:
+        self.reporter = DropReporter(logger, "ICE ports: datagrams from no validated peer")
+        self.malformed = DropReporter(logger, "ICE ports: malformed STUN")
+
+    @property
+    def total(self) -> int:
+        return self.reporter.total + self.malformed.total
+
+
+# What aioice's STUN parser raises on bad input.
+_MALFORMED = (ValueError, struct.error, KeyError, IndexError)
+
+
+STRAY = StrayDatagrams()
+
+
+def _validated(connection: Any, protocol: Any, addr: tuple[str, int]) -> bool:
+    """Whether `addr` may send media to `protocol`: the nominated pair, or a candidate pair on
+    that socket whose remote end is `addr` and has succeeded, or `addr` sent an authenticated ICE
+    check (the peer may start DTLS before our own check of that pair comes back)."""
+    for pair in connection._nominated.values():
+        if pair.protocol is protocol and pair.remote_addr == addr:
+            return True
+    if (id(protocol), addr) in getattr(connection, "_appliance_checked", ()):
+        return True
+    return any(
+        pair.protocol is protocol
+        and pair.remote_addr == addr
+        and pair.state == CandidatePair.State.SUCCEEDED
+        for pair in connection._check_list
+    )
+
+
+def _guard_datagrams() -> None:
+    """Non-STUN datagrams reach aiortc's DTLS/SRTP only from validated peers (see `install`)."""
+    if getattr(StunProtocol.datagram_received, "appliance_guard", False):
+        return
+    received = StunProtocol.datagram_received
+    check_incoming = Connection.check_incoming
+
+    def datagram_received(self: StunProtocol, data: bytes | str, addr: tuple[Any, ...]) -> None:
+        if not data:
+            STRAY.reporter.add()
+            return
+        connection = self.receiver
+        if (
+            isinstance(data, bytes)
+            and isinstance(connection, Connection)
+            and not _validated(connection, self, (addr[0], addr[1]))
+        ):
+            # From a stranger only STUN goes on (RFC 7983: it starts with two zero bits), for
+            # aioice to answer or refuse; aioice would hand anything else to DTLS.
+            try:
+                if data[0] > 3:
+                    raise ValueError
+                stun.parse_message(data)
+            except _MALFORMED:
+                STRAY.reporter.add()
+                return
+        try:
+            received(self, data, addr)
+        except _MALFORMED:  # aioice's STUN parser raises struct.error on a short attribute
+            STRAY.malformed.add()
+
+    def checked(self: Connection, message: Any, addr: tuple[str, int], protocol: Any) -> None:
+        """Called by aioice for an ICE check that passed authentication."""
+        trusted = self.__dict__.setdefault("_appliance_checked", set())
+        trusted.add((id(protocol), (addr[0], addr[1])))
+        check_incoming(self, message, addr, protocol)
+
+    datagram_received.appliance_guard = True  # type: ignore[attr-defined]
+    StunProtocol.datagram_received = datagram_received  # type: ignore[method-assign]
+    Connection.check_incoming = checked  # type: ignore[method-assign]
+
+
+_ICE_INTERFACES: tuple[str, ...] = ()
+
+
+def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
+    """The addresses ICE gathers on: aioice's, less IPv6 temporary (privacy) and deprecated
+    addresses, which only add sockets (a Pi may have many), and limited to `webrtc.interfaces`
+    when that is set."""
+    import ifaddr  # aioice's own dependency
+
+    skip = _temporary_ipv6()
+    out = []
+    for adapter in ifaddr.get_adapters():
+        if _ICE_INTERFACES and adapter.nice_name not in _ICE_INTERFACES:
+            continue
+        for ip in adapter.ips:
+            if isinstance(ip.ip, str):
+                if use_ipv4 and not ip.ip.startswith("127."):
+                    out.append(ip.ip)
+            elif use_ipv6 and ip.ip[0] != "::1" and ip.ip[2] == 0 and ip.ip[0] not in skip:
+                out.append(ip.ip[0])
+    return out
+
+
+def _temporary_ipv6() -> set[str]:
+    """IPv6 addresses the kernel flags temporary (0x01) or deprecated (0x20): /proc/net/if_inet6."""
+
+    try:
+        lines = Path("/proc/net/if_inet6").read_text().splitlines()
+    except OSError:
+        return set()
+    out = set()
+    for line in lines:
+        fields = line.split()
+        if len(fields) >= 5 and int(fields[4], 16) & 0x21:
+            out.add(str(ipaddress.IPv6Address(bytes.fromhex(fields[0]))))
+    return out
+
+
+def install(interfaces: Sequence[str] = ()) -> None:
+    """Change aiortc and aioice for the whole process, once, at start-up (app.py; the tests'
+    conftest, since their own aiortc peers share the process). Importing appliance changes
+    nothing (tests/test_imports.py checks it). What it changes, and why:
+
+    - **Only validated peers reach DTLS and SRTP.** aioice hands every datagram that is not STUN,
+      from any address, to aiortc's DTLS transport, which reads `data[0]` and ends the session on
+      an IndexError: one empty datagram from anyone on the LAN closed a viewer, a publisher or an
+      egress. Now an empty datagram, and one that is not STUN from an address that has not passed
+      an authenticated ICE check or a succeeded candidate pair on that socket, is dropped and
+      counted (`STRAY`), logged at most once a second; STUN that aioice cannot parse too.
+    - **ICE gathers on the addresses that matter**: not on IPv6 temporary or deprecated
+      addresses (each is one more socket for every session), and only on `interfaces` when given
+      (`webrtc.interfaces`).
+    - **H.264 Main and High** (4d001f, 64001f, each with RTX) join aiortc's codec table after its
+      two Baseline entries, so that a camera's own Main or High stream can be answered to a
+      viewer that offers that profile (aiortc matches H.264 by profile and packetization mode).
+    - **DTLS with RSA peers**: aiortc's DTLS context offers ECDHE-ECDSA suites only, so a peer
+      with an RSA certificate (GStreamer's webrtcbin: whipsink publishers, GStreamer viewers)
+      failed with "no shared cipher" whenever aiortc was the DTLS client, i.e. whenever we answer.
+      `RTCCertificate._create_ssl_context` is wrapped to offer ECDHE-RSA suites too.
+    - **playout-delay and abs-capture-time** join aiortc's video header extensions, so that it
+      accepts them in the answer when a viewer offers them.
+    """
+    global _ICE_INTERFACES
+    _ICE_INTERFACES = tuple(interfaces)
+    _guard_datagrams()
+    aioice.ice.get_host_addresses = _host_addresses
+    _accept_more_h264_profiles()
+    _accept_rsa_dtls_peers()
+    _accept_extra_extensions()
