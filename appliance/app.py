@@ -3,7 +3,7 @@ shut-down.
 
 Start-up order is device, streams, HTTP, egress; shut-down is the reverse: stop publishing out,
 stop accepting, close every viewer and publisher, stop the source. The source runs under a
-supervisor (`source.py`) that restarts it with backoff, so a failing camera never takes the stream,
+supervisor (`capture/sources.py`) that restarts it with backoff, so a failing camera never takes the stream,
 the HTTP server or the viewers down with it.
 """
 
@@ -19,15 +19,15 @@ from dataclasses import dataclass
 from aiohttp import web
 
 from appliance import rtc
-from appliance.capture.audio_sources import AudioSlot, supervise_audio
-from appliance.capture.sources import SourceSlot, supervise
+from appliance.capture.sources import AudioSlot, SourceSlot, supervise, supervise_audio
 from appliance.config import Config, state_dir
 from appliance.core.stream import Stream
 from appliance.core.streams import Streams
 from appliance.http.connections import ConnectionLimit, QuietAcceptErrors, raise_open_files_limit
 from appliance.http.egress import EgressSet
-from appliance.http.server import WHIP_KEY, Status, make_app
+from appliance.http.server import WHIP_KEY, make_app
 from appliance.http.sessions import SessionRegistry
+from appliance.http.status import Status
 from appliance.http.tls import context as tls_context
 from appliance.sdnotify import Notifier
 

@@ -7,13 +7,13 @@ from typing import Any
 from aiohttp import web
 
 from appliance import config
-from appliance.capture.audio_sources import AudioSlot
-from appliance.capture.sources import SourceSlot
+from appliance.capture.sources import AudioSlot, SourceSlot
 from appliance.core.stream import Stream
 from appliance.core.streams import Streams
 from appliance.http.egress import EgressSet
-from appliance.http.server import Status, make_app
+from appliance.http.server import make_app
 from appliance.http.sessions import SessionRegistry
+from appliance.http.status import Status
 
 
 def app_for(

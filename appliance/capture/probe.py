@@ -145,7 +145,7 @@ def selection(config: Config) -> dict[str, Any]:
 
         m2m = video.encoder != "libx264" and is_h264_encoder(video.m2m_device)
         out["encoder"] = f"V4L2 M2M {video.m2m_device}" if m2m else "libx264"
-    from appliance.capture.audio_sources import resolve_audio
+    from appliance.capture.sources import resolve_audio
 
     audio_kind, why = resolve_audio(config, kind)
     out["audio"] = f"{audio_kind} ({why})"

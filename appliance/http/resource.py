@@ -3,7 +3,7 @@
 Both protocols answer an SDP offer with 201, a `Location` for the session, an `ETag`, and `Link`
 headers for the ICE servers; the session takes trickled candidates by PATCH
 (`application/trickle-ice-sdpfrag`, `If-Match` checked) and ends on DELETE. Edge module (aiohttp);
-errors are raised as appliance.errors.RequestError subclasses, which http.py maps to statuses.
+errors are raised as core.errors.RequestError subclasses, which middleware.py maps to statuses.
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from appliance.core.errors import SessionNotFound
-from appliance.http.metrics import Histogram
+from appliance.http.prometheus import Histogram
 
 # What the registry sums over sessions for /metrics (keys of a session's describe()).
 COUNTED = (

@@ -6,7 +6,7 @@ there is room after the packet for the authentication tag. Here each viewer's se
 exported to C once, with a pointer per packet position computed once, so that protecting a packet
 allocates nothing.
 
-Private pylibsrtp symbols used (pylibsrtp is pinned through aiortc; tests/test_srtp.py checks them
+Private pylibsrtp symbols used (pylibsrtp is pinned through aiortc; tests/send/test_srtp.py checks them
 and checks our output against `Session.protect` byte for byte):
 - `Session._srtp`: the `srtp_t *` of the session aiortc keyed after the DTLS handshake;
 - `pylibsrtp._binding.ffi` / `.lib.srtp_protect`.

@@ -27,7 +27,7 @@ from appliance import config
 from appliance.app import Running, running
 from appliance.core.errors import ConfigError, printable
 
-OFFER = (Path(__file__).parent / "data/chromium-recvonly-offer.sdp").read_text()
+OFFER = (Path(__file__).parents[1] / "data/chromium-recvonly-offer.sdp").read_text()
 SDP = "application/sdp"
 TOKEN = "reader-token-0123456789"
 
@@ -193,7 +193,7 @@ def test_a_directory_as_the_config_says_so(tmp_path: Path) -> None:
 
 
 def test_json_depth_is_counted_outside_strings() -> None:
-    from appliance.http.server import MAX_JSON_DEPTH, parse_json
+    from appliance.http.api import MAX_JSON_DEPTH, parse_json
 
     assert parse_json(json.dumps({"a": "[[[[" * 100})) == {"a": "[[[[" * 100}
     deep = "[" * MAX_JSON_DEPTH + "]" * MAX_JSON_DEPTH

@@ -18,7 +18,7 @@ from appliance.http.resource import ice_server_links
 from appliance.http.sessions import SessionRegistry
 from tests.apps import app_for, yuv420p
 
-OFFER = (Path(__file__).parent / "data" / "chromium-recvonly-offer.sdp").read_bytes().decode()
+OFFER = (Path(__file__).parents[1] / "data" / "chromium-recvonly-offer.sdp").read_bytes().decode()
 SDP = {"Content-Type": "application/sdp"}
 
 

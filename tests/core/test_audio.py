@@ -19,7 +19,7 @@ from appliance.core.media import EncodedAudio, audio_pts_from_ns
 from appliance.encoders.opus import OpusEncoder
 from appliance.send.sender import Negotiated, RtpSender
 from appliance.send.udp import UdpOutput
-from tests.test_sender import Viewer
+from tests.send.test_sender import Viewer
 
 
 def test_tone_bursts_on_whole_seconds_at_its_frequency() -> None:

@@ -14,7 +14,7 @@ from appliance import config
 from appliance.app import Running, running
 from appliance.core.errors import ConfigError
 from appliance.http.auth import Authorizer
-from appliance.http.server import required_right
+from appliance.http.middleware import required_right
 
 VIEWER = "v" * 20
 PUBLISHER = "p" * 20

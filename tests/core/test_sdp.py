@@ -6,7 +6,7 @@ import pytest
 
 from appliance.core import sdp
 
-OFFER = (Path(__file__).parent / "data" / "chromium-recvonly-offer.sdp").read_bytes().decode()
+OFFER = (Path(__file__).parents[1] / "data" / "chromium-recvonly-offer.sdp").read_bytes().decode()
 
 
 def test_strip_mdns_candidates_keeps_everything_else() -> None:
