@@ -20,6 +20,12 @@ fi
 [ -x .venv/bin/python ] || python3 -m venv .venv
 .venv/bin/python -m pip install -q --upgrade pip
 .venv/bin/python -m pip install -q -e '.[test]'
+# The oldest aiortc and aioice the pins allow (Python 3.10 on JetPack 6 gets these): the aiortc
+# seam's contract tests run there too (tests/rtc/test_versions.py).
+[ -x .venv-oldest/bin/python ] || python3 -m venv .venv-oldest
+.venv-oldest/bin/python -m pip install -q --upgrade pip
+.venv-oldest/bin/python -m pip install -q -e . 'aiortc==1.15.*' 'aioice==0.10.*' \
+    pytest pytest-asyncio pytest-timeout
 
 .venv/bin/ruff check appliance tests
 .venv/bin/ruff format --check appliance tests

@@ -1,0 +1,205 @@
+"""What rtc/internals.py relies on in aiortc and aioice, checked by behaviour, not by source text:
+real peer connections in this process, over the test's network namespace. When an aiortc upgrade
+moves something an accessor uses, the accessor's test here fails. tests/rtc/test_versions.py runs
+this file again on the oldest aiortc and aioice the pins allow.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import struct
+from importlib.metadata import version
+from typing import Any
+
+import pytest
+from aiortc import (
+    RTCCertificate,
+    RTCConfiguration,
+    RTCPeerConnection,
+    RTCRtpSender,
+    RTCSessionDescription,
+)
+from aiortc.codecs import CODECS
+from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+from OpenSSL import SSL
+
+from appliance.rtc import internals
+from appliance.rtc.viewer import EncodedVideoTrack
+from appliance.send.udp import Output
+
+pytestmark = [pytest.mark.e2e]
+
+IDR = b"\x65\x88\x84\x00\x33\xff"  # one IDR slice NAL: a single-NAL RTP payload (RFC 6184)
+
+
+def test_aiortc_and_aioice_are_in_the_pinned_range() -> None:
+    aiortc = tuple(int(x) for x in version("aiortc").split(".")[:2])
+    aioice = tuple(int(x) for x in version("aioice").split(".")[:2])
+    assert (1, 15) <= aiortc < (1, 17) and (0, 10) <= aioice < (0, 14), (aiortc, aioice)
+
+
+class Recorder:
+    """A TakenOver track that records what take_over() hands it, and sends one real RTP packet
+    through the output and SRTP session it is given."""
+
+    name = "contract"
+    kind = "video"
+
+    def __init__(self) -> None:
+        self.started: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
+        self.rtcp_packets: list[Any] = []
+        self.reports = 0
+        self.closed = False
+        self.output: Output | None = None
+
+    def start(self, parameters: Any, ssrc: int, rtx_ssrc: int, srtp: Any, output: Output) -> None:
+        pt = parameters.codecs[0].payloadType
+        for seq in range(3):
+            header = struct.pack("!BBHII", 0x80, 0x80 | pt, seq, 3000 * seq, ssrc)
+            packet = srtp.protect(header + IDR)
+            assert output.send(memoryview(packet), 0) == 0
+        self.output = output
+        self.started.set_result((parameters, ssrc, rtx_ssrc, srtp, output))
+
+    def rtcp(self, packet: Any) -> None:
+        self.rtcp_packets.append(packet)
+
+    def report(self) -> bytes | None:
+        self.reports += 1
+        return None
+
+    def bye(self) -> bytes | None:
+        return None
+
+    def close(self) -> None:
+        self.closed = True
+        if self.output is not None:
+            self.output.close()
+
+
+async def connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> None:
+    await offerer.setLocalDescription(await offerer.createOffer())
+    await answerer.setRemoteDescription(offerer.localDescription)
+    await answerer.setLocalDescription(await answerer.createAnswer())
+    await offerer.setRemoteDescription(answerer.localDescription)
+
+
+async def test_take_over_hands_the_keyed_srtp_session_and_the_nominated_path() -> None:
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    recorder = Recorder()
+    try:
+        viewer.addTransceiver("video", direction="recvonly")
+        received: asyncio.Future[Any] = asyncio.get_running_loop().create_future()
+        viewer.on(
+            "track", lambda track: received.set_result(track) if not received.done() else None
+        )
+        transceiver = server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        internals.take_over(transceiver.sender, recorder)
+        await connect(viewer, server)
+        parameters, ssrc, rtx_ssrc, _srtp, _output = await asyncio.wait_for(recorder.started, 10)
+        assert parameters.codecs and parameters.muxId is not None
+        assert ssrc == transceiver.sender._ssrc and rtx_ssrc != ssrc
+        # What we sent through aiortc's SRTP session and ICE's socket arrived, and decrypted.
+        await asyncio.wait_for(received, 10)
+        inbound = [
+            s for s in (await viewer.getReceivers()[0].getStats()).values()
+            if s.type == "inbound-rtp"
+        ]  # fmt: skip
+        assert inbound and inbound[0].packetsReceived >= 1
+        # The viewer's RTCP (receiver reports) reaches the track; our loop asks for reports.
+        for _ in range(60):
+            if recorder.rtcp_packets and recorder.reports:
+                break
+            await asyncio.sleep(0.1)
+        assert recorder.rtcp_packets and recorder.reports
+    finally:
+        await viewer.close()
+        await asyncio.wait_for(server.close(), 10)  # stop() waits on the events we set
+    assert recorder.closed
+
+
+async def test_aim_keyframe_requests_receives_pli_and_fir() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        sender = pc.addTransceiver("video", direction="sendonly").sender
+        asked: list[int] = []
+        internals.aim_keyframe_requests(sender, lambda: asked.append(1))
+        pli = RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=sender._ssrc)
+        await sender._handle_rtcp_packet(pli)  # as aiortc's DTLS transport routes it
+        assert asked == [1]
+    finally:
+        await pc.close()
+
+
+class Queue:
+    """A decoder queue as tap_receiver wants it."""
+
+    def __init__(self) -> None:
+        self.frames: list[Any] = []
+
+    def put(self, item: Any) -> None:
+        if item is not None:
+            self.frames.append(item)
+
+    def get(self, *args: Any, **kwargs: Any) -> None:
+        return None
+
+
+async def test_tap_receiver_gets_access_units_undecoded_and_send_pli_reaches_the_publisher() -> (
+    None
+):
+    from tests.e2e.peers import CountingTrack
+
+    publisher = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    queue = Queue()
+    try:
+        publisher_sender = publisher.addTrack(CountingTrack(320, 240))
+        keyframes_asked: list[int] = []
+        ask = publisher_sender._send_keyframe
+        publisher_sender._send_keyframe = lambda: (keyframes_asked.append(1), ask())[1]
+        transceiver = server.addTransceiver("video", direction="recvonly")
+        internals.tap_receiver(transceiver.receiver, queue, internals.MarkerJitterBuffer())
+        await publisher.setLocalDescription(await publisher.createOffer())
+        offer = publisher.localDescription.sdp.replace("VP8", "VP8-not")  # H.264 only
+        await server.setRemoteDescription(RTCSessionDescription(sdp=offer, type="offer"))
+        await server.setLocalDescription(await server.createAnswer())
+        await publisher.setRemoteDescription(server.localDescription)
+        for _ in range(100):
+            if len(queue.frames) >= 3:
+                break
+            await asyncio.sleep(0.1)
+        assert len(queue.frames) >= 3
+        codec, frame = queue.frames[0]
+        assert codec.mimeType.lower() == "video/h264"
+        assert frame.data.startswith(b"\x00\x00\x00\x01")  # depayloaded Annex-B, not decoded
+        ssrc = transceiver.receiver.getSynchronizationSources()[0].source
+        await internals.send_pli(transceiver.receiver, ssrc)
+        for _ in range(50):
+            if keyframes_asked:
+                break
+            await asyncio.sleep(0.05)
+        assert keyframes_asked
+    finally:
+        await publisher.close()
+        await server.close()
+
+
+def test_installed_codecs_and_dtls_ciphers() -> None:
+    internals.install()
+    capabilities = RTCRtpSender.getCapabilities("video")
+    assert capabilities is not None
+    h264 = {
+        c.parameters["profile-level-id"]: c
+        for c in capabilities.codecs
+        if c.mimeType == "video/H264"
+    }
+    assert {"42001f", "42e01f", "4d001f", "64001f"} <= set(h264)
+    pts = [c.payloadType for c in CODECS["video"]]
+    assert len(pts) == len(set(pts))  # the profiles install() added took free payload types
+    certificate = RTCCertificate.generateCertificate()
+    context = certificate._create_ssl_context(srtp_profiles=[SRTP_AES128_CM_SHA1_80])
+    ciphers = SSL.Connection(context).get_cipher_list()
+    assert "ECDHE-RSA-AES128-GCM-SHA256" in ciphers and "ECDHE-ECDSA-AES128-GCM-SHA256" in ciphers
