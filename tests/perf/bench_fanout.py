@@ -32,7 +32,7 @@ from typing import Any
 
 from aiohttp import web
 
-from appliance import config
+from appliance import config, rtc
 from appliance.core.media import EncodedFrame
 from appliance.core.stream import Stream
 from appliance.http.sessions import SessionRegistry
@@ -242,6 +242,7 @@ async def main() -> None:
     problem = netns.enter()
     if problem:
         raise SystemExit(f"cannot make a private network namespace: {problem}")
+    rtc.install()  # as the daemon does at start-up (app.py)
     aus = access_units()
     pkts_per_s = sum(-(-len(au) // 1290) for au, _ in aus) * 30 / len(aus)
     results = []
