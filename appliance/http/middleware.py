@@ -47,6 +47,8 @@ def required_right(method: str, path: str, default_stream: str) -> tuple[str, st
 
 
 def make_auth_middleware(authorizer: Authorizer, default_stream: str) -> Any:
+    refusals = LogLimiter(logger)  # a guesser cannot flood the log
+
     @web.middleware
     async def auth(request: web.Request, handler: Handler) -> web.StreamResponse:
         need = required_right(request.method, request.path, default_stream)
@@ -63,7 +65,8 @@ def make_auth_middleware(authorizer: Authorizer, default_stream: str) -> Any:
             text = f"this token does not give the {right} right here\n"
         else:
             text = f"a bearer token with the {right} right is needed\n"
-        logger.info(
+        refusals.log(
+            logging.INFO,
             "%s %s: %d (%s)",
             printable(request.method),
             printable(request.path),

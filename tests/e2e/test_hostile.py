@@ -15,6 +15,7 @@ import random
 import re
 import socket
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -80,6 +81,7 @@ async def test_datagrams_from_strangers_end_no_session(
             targets = ice_ports(viewer.answer) | ice_ports(publisher.body)
             assert len(targets) >= 2
             stranger = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+            started = time.monotonic()
             try:
                 for _ in range(3):
                     for junk in JUNK:
@@ -100,7 +102,8 @@ async def test_datagrams_from_strangers_end_no_session(
             bad = [r for r in caplog.records if r.exc_info or r.levelno >= 40]
             assert not bad, [r.getMessage()[:300] for r in bad]
             warnings = [r for r in caplog.records if "ICE ports" in r.getMessage()]
-            assert 1 <= len(warnings) <= 4  # hundreds of datagrams: a line a second at most
+            seconds = time.monotonic() - started  # two reporters, a line a second each at most
+            assert 1 <= len(warnings) <= 2 * (seconds + 1), (len(warnings), seconds)
         finally:
             await viewer.close()
             await publisher.close()
@@ -121,11 +124,13 @@ async def test_concurrent_offers_cannot_overrun_the_viewer_limit(
             async with http.post(f"{d.url}/cam/whep", data=OFFER, headers=SDP) as r:
                 return r.status
 
+        started = time.monotonic()
         statuses = await asyncio.gather(*(post() for _ in range(40)))
+        seconds = time.monotonic() - started
         assert sorted(set(statuses)) == [201, 503] and statuses.count(201) == 3
         assert d.sessions.count("cam") == 3
         refusals = [r for r in caplog.records if "viewer limit" in r.getMessage()]
-        assert 1 <= len(refusals) <= 2  # 37 refusals in a burst: a line, not a flood
+        assert 1 <= len(refusals) <= seconds + 1  # 37 refusals: a line a second, not a flood
 
 
 async def test_half_open_sessions_of_one_client_are_capped_and_expire(
