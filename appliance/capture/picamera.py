@@ -7,7 +7,7 @@ hardware) `LibavH264Encoder` runs libx264. Either way picamera2 calls our `Outpu
 thread with each access unit, which reaches the event loop through `call_soon_threadsafe`.
 
 Controls are libcamera's (`Brightness`, `ExposureTime`, `AwbEnable`, `AfMode`, ...), named as
-`appliance.controls` names them (brightness, exposure_time, awb_enable, af_mode).
+`core/controls.py` names them (brightness, exposure_time, awb_enable, af_mode).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ CHILD = """
 import sys, atheris
 import aiohttp, aioice.ice, aiortc, av, numpy, pylibsrtp  # libraries: not instrumented, faster
 with atheris.instrument_imports():
-    import appliance.sdp, appliance.rtc, appliance.config, appliance.firstboot, appliance.sender
+    import appliance.core.sdp, appliance.rtc, appliance.config, appliance.firstboot, appliance.send.sender
     from tests import fuzz
 name = sys.argv[1]
 target = fuzz.targets()[name]
