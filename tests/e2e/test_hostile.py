@@ -53,6 +53,21 @@ def ice_ports(answer: str) -> set[tuple[str, int]]:
     }
 
 
+async def a_viewer_watches(http: aiohttp.ClientSession, url: str) -> None:
+    """A real viewer joins and decodes: whatever happened before left the stream watchable."""
+    viewer = AiortcViewer(http, url)
+    try:
+        await viewer.connect()
+        await viewer.frames(5)
+    finally:
+        await viewer.close()
+
+
+def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
+    bad = [r for r in caplog.records if r.exc_info or r.levelno >= 40]
+    assert not bad, [r.getMessage()[:300] for r in bad]
+
+
 async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
     async with http.get(f"{url}/metrics") as r:
         text = await r.text()
@@ -99,8 +114,7 @@ async def test_datagrams_from_strangers_end_no_session(
             # Each target got every junk datagram 3 times; STUN-looking ones go to aioice, which
             # answers or ignores them (the one with a bad header is not STUN: counted too).
             assert stray >= 3 * len(targets) * (len(JUNK) - 1)
-            bad = [r for r in caplog.records if r.exc_info or r.levelno >= 40]
-            assert not bad, [r.getMessage()[:300] for r in bad]
+            no_errors_logged(caplog)
             warnings = [r for r in caplog.records if "ICE ports" in r.getMessage()]
             seconds = time.monotonic() - started  # two reporters, a line a second each at most
             assert 1 <= len(warnings) <= 2 * (seconds + 1), (len(warnings), seconds)
@@ -154,12 +168,7 @@ async def test_half_open_sessions_of_one_client_are_capped_and_expire(
         await wait_until(expired, 5, "half-open sessions never timed out")
         assert (await post()).status == 201  # the client may try again
         # ... and a real viewer from elsewhere was never locked out by the stream's limit.
-        viewer = AiortcViewer(http, f"{d.url}/cam/whep")
-        try:
-            await viewer.connect()
-            await viewer.frames(5)
-        finally:
-            await viewer.close()
+        await a_viewer_watches(http, f"{d.url}/cam/whep")
 
 
 async def test_mutated_offers_are_answered_or_refused_never_500(
@@ -188,14 +197,8 @@ async def test_mutated_offers_are_answered_or_refused_never_500(
                     async with http.delete(f"{d.url}{r.headers['Location']}") as gone:
                         assert gone.status == 200
         assert statuses.get(201, 0) > 0 and sum(v for k, v in statuses.items() if k >= 400) > 0
-        bad = [r for r in caplog.records if r.exc_info or r.levelno >= 40]
-        assert not bad, [r.getMessage()[:300] for r in bad]
-        viewer = AiortcViewer(http, f"{d.url}/cam/whep")
-        try:
-            await viewer.connect()
-            await viewer.frames(5)
-        finally:
-            await viewer.close()
+        no_errors_logged(caplog)
+        await a_viewer_watches(http, f"{d.url}/cam/whep")
 
 
 @pytest.fixture
