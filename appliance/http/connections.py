@@ -44,7 +44,10 @@ class ConnectionLimit:
             self._open[address] += 1
             if self._open[address] > self.limit:
                 self.refused.add()
-                transport.abort()
+                # Not now: aiohttp starts the handler's task after this call, and that task
+                # asserts the connection is still there (an AssertionError per surplus
+                # connection, logged when collected). On the next turn of the loop it is.
+                asyncio.get_running_loop().call_soon(transport.abort)
 
         def connection_lost(handler: Any, exc: BaseException | None = None) -> None:
             address = self._peer.pop(handler, None)
