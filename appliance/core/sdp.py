@@ -45,18 +45,23 @@ _DIRECTIONS = ("a=sendrecv", "a=sendonly", "a=recvonly", "a=inactive")
 
 
 def _sections_problem(lines: list[str]) -> str | None:
-    """What aiortc would trip over in the media sections (each was a 500 before): a missing,
-    empty or repeated a=mid, a section outside the BUNDLE group, a section with no direction."""
+    """What aiortc would trip over in the media sections (each was a 500, or a traceback from
+    its connect task, before): a missing, empty or repeated a=mid, a section outside the BUNDLE
+    group, a section with no direction, a section with no DTLS fingerprint or ICE credentials of
+    its own or at session level."""
     bundle: list[str] | None = None
     for line in lines:
         if line.startswith("a=group:BUNDLE"):
             bundle = line.split()[1:]
+    session: list[str] = []
     sections: list[list[str]] = []
     for line in lines:
         if line.startswith("m="):
             sections.append([line])
         elif sections:
             sections[-1].append(line)
+        else:
+            session.append(line)
     seen: set[str] = set()
     for number, section in enumerate(sections):
         kind = section[0][2:].split(" ", 1)[0][:20]
@@ -71,6 +76,9 @@ def _sections_problem(lines: list[str]) -> str | None:
             return f"{what}: a=mid:{mids[0][:32]} is not in the BUNDLE group"
         if not any(line in _DIRECTIONS for line in section):
             return f"{what} has no direction (a=sendrecv, a=sendonly, a=recvonly or a=inactive)"
+        for attribute in ("a=fingerprint:", "a=ice-ufrag:", "a=ice-pwd:"):
+            if not any(line.startswith(attribute) for line in section + session):
+                return f"{what} has no {attribute[2:-1]}, and the session has none either"
     return None
 
 

@@ -71,6 +71,9 @@ async def test_bad_bodies_headers_and_targets_are_precise_4xx(
     offer_without_mid_value = OFFER.replace("a=mid:0", "a=mid:", 1)
     offer_with_two_mids = OFFER.replace("a=mid:1", "a=mid:0", 1)
     offer_audio_without_direction = OFFER.replace("a=recvonly", "", 2)
+    fingerprint = next(line for line in OFFER.splitlines() if line.startswith("a=fingerprint:"))
+    head, _, audio = OFFER.rpartition(fingerprint)
+    offer_audio_without_fingerprint = head + audio  # aiortc's connect task asserted on it
     huge_candidate = OFFER.replace(
         "a=ice-options:trickle", "a=candidate:1 1 udp 2113937151 10.99.0.2 70000 typ host", 1
     )
@@ -89,6 +92,7 @@ async def test_bad_bodies_headers_and_targets_are_precise_4xx(
             ("POST", "/cam/whep", offer_without_mid_value.encode(), SDP, 400),
             ("POST", "/cam/whep", offer_with_two_mids.encode(), SDP, 400),
             ("POST", "/cam/whep", offer_audio_without_direction.encode(), SDP, 400),
+            ("POST", "/cam/whep", offer_audio_without_fingerprint.encode(), SDP, 400),
             ("POST", "/cam/whep", huge_candidate.encode(), SDP, 201),  # the candidate is dropped
             ("PATCH", "/api/controls", b"{}", "application/json; charset=bogus", 415),
             ("PATCH", "/api/controls", b"[" * 100_000 + b"]" * 100_000, "application/json", 400),
