@@ -205,10 +205,6 @@ class Stream:
     def remove_sink(self, sink: PacketSink) -> None:
         self._fanout.remove(sink)
 
-    @property
-    def sinks(self) -> int:
-        return len(self._fanout)
-
     def ensure_audio(self, channels: int = 1) -> AudioTrack:
         """The stream's audio track, made now if it has none (a camera's microphone at start, the
         first WHIP publisher with sound)."""

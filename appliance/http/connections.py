@@ -60,9 +60,6 @@ class ConnectionLimit:
         server.connection_made = connection_made  # type: ignore[method-assign]
         server.connection_lost = connection_lost  # type: ignore[method-assign]
 
-    def of(self, address: str) -> int:
-        return self._open[address]
-
 
 def raise_open_files_limit() -> int:
     """Raise the soft RLIMIT_NOFILE to the hard one; the new soft limit."""
@@ -85,7 +82,6 @@ class QuietAcceptErrors:
 
     def __init__(self, interval: float = 1.0) -> None:
         self.interval = interval
-        self.count = 0
         self._last = float("-inf")
         self._pending = 0
 
@@ -93,7 +89,6 @@ class QuietAcceptErrors:
         if context.get("message") != self.MESSAGE:
             loop.default_exception_handler(context)
             return
-        self.count += 1
         self._pending += 1
         now = time.monotonic()
         if now - self._last >= self.interval:
