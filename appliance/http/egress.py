@@ -152,10 +152,12 @@ class Egress:
             deadline = asyncio.get_running_loop().time() + timeout
             while pc.connectionState != "connected":
                 if pc.connectionState in ("failed", "closed"):
-                    return f"the connection {pc.connectionState} before it was up"
+                    why = rtc.why_failed(pc, connected=False)
+                    return f"the connection {pc.connectionState} before it was up: {why}"
                 remaining = deadline - asyncio.get_running_loop().time()
                 if remaining <= 0:
-                    return f"did not connect within {timeout:g} s"
+                    why = rtc.why_failed(pc, connected=False)
+                    return f"did not connect within {timeout:g} s: {why}"
                 changed.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait(), remaining)
@@ -169,6 +171,8 @@ class Egress:
                 changed.clear()
                 with contextlib.suppress(asyncio.TimeoutError):
                     await asyncio.wait_for(changed.wait(), 1.0)
+            if pc.connectionState == "failed":
+                return f"the connection failed: {rtc.why_failed(pc, connected=True)}"
             return f"the connection {pc.connectionState}"
         finally:
             media.close()

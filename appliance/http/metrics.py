@@ -92,6 +92,15 @@ async def metrics_handler(request: web.Request) -> web.Response:
         "appliance_publisher_sessions_total", "counter", "WHIP sessions created.",
         [(None, sum(st.publishers.created.values()))],
     )  # fmt: skip
+    e.family(
+        "appliance_connection_failures_total", "counter",
+        "WebRTC connections that failed or never connected, by role and why (rtc/diagnose.py).",
+        [
+            ({"role": role, "reason": code}, count)
+            for role, registry in (("viewer", viewers), ("publisher", st.publishers))
+            for code, count in sorted(registry.failures.items())
+        ],
+    )  # fmt: skip
     camera = st.streams.camera
     if camera is not None:
         source = st.source.describe()

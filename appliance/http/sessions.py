@@ -13,18 +13,20 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Iterator
 from typing import Any, Protocol
 
 from appliance.core.errors import SessionNotFound
 from appliance.http.prometheus import Histogram
+from appliance.rtc.diagnose import Failure, why_failed
 
 # What the registry sums over sessions for /metrics (keys of a session's describe()).
 COUNTED = (
     "frames", "bytes", "packets", "retransmits", "retransmits_refused", "nacks", "plis", "firs",
     "dropped",
 )  # fmt: skip
+RECENT_FAILURES = 16  # failed connections kept for /api/status, per role
 FIRST_FRAME_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
 logger = logging.getLogger(__name__)
@@ -82,15 +84,21 @@ class Session:
             if state == "connected" and self.connected_at is None:
                 self.connected_at = time.monotonic()
                 logger.info("%s %s: connected (%s)", self.role, self.id[:8], self.peer)
-            elif state in ("failed", "closed"):
-                registry.close_soon(self, f"connection {state}")
+            elif state == "failed":
+                # Asked now: closing the connection resets what ICE and DTLS got to.
+                failure = why_failed(self.pc, connected=self.connected_at is not None)
+                registry.close_soon(self, f"connection failed: {failure}", failure)
+            elif state == "closed":
+                registry.close_soon(self, "connection closed")
 
         self.pc.on("connectionstatechange", on_state)
 
         async def deadline() -> None:
             await asyncio.sleep(connect_timeout)
             if self.connected_at is None:
-                await registry.close(self, f"did not connect within {connect_timeout:g} s")
+                failure = why_failed(self.pc, connected=False)
+                reason = f"did not connect within {connect_timeout:g} s: {failure}"
+                await registry.close(self, reason, failure)
 
         self._watchdog = asyncio.get_running_loop().create_task(
             deadline(), name=f"session-deadline[{self.id[:8]}]"
@@ -149,6 +157,9 @@ class SessionRegistry:
         self._observed: set[str] = set()
         self._reserved: Counter[str] = Counter()  # by stream: POSTs being answered
         self._reserved_by_peer: Counter[str] = Counter()
+        # Connections that failed or never connected, by Failure.code, and the last few of them.
+        self.failures: Counter[str] = Counter()
+        self.recent_failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
 
     def add(self, session: Session) -> None:
         self._sessions[session.id] = session
@@ -225,10 +236,24 @@ class SessionRegistry:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
 
-    async def close(self, session: Session, reason: str) -> None:
+    async def close(self, session: Session, reason: str, failure: Failure | None = None) -> None:
+        """Close `session` once; `failure` says why its connection failed, when it did."""
         if self._sessions.pop(session.id, None) is None:
             await session._close(reason)
             return
+        if failure is not None:
+            self.failures[failure.code] += 1
+            self.recent_failures.append(
+                {
+                    "id": session.id[:8],
+                    "stream": session.stream,
+                    "peer": session.peer,
+                    "code": failure.code,
+                    "reason": failure.text,
+                    "age_s": round(time.monotonic() - session.created, 3),
+                    "at": round(time.time(), 3),
+                }
+            )
         await session._close(reason)
         d = session.describe()
         self._observe(session, d)
@@ -237,12 +262,12 @@ class SessionRegistry:
         for key in COUNTED:
             retired[key] += d.get(key) or 0
 
-    def close_soon(self, session: Session, reason: str) -> None:
+    def close_soon(self, session: Session, reason: str, failure: Failure | None = None) -> None:
         """Close from a synchronous callback (a connection state change)."""
         if session.closed_reason is not None:
             return
         task = asyncio.get_running_loop().create_task(
-            self.close(session, reason), name=f"session-close[{session.id[:8]}]"
+            self.close(session, reason, failure), name=f"session-close[{session.id[:8]}]"
         )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

@@ -111,6 +111,11 @@ class Status:
             "source": self.source.describe(),
             "audio": self.audio_json(),
             "viewers": [session.describe() for session in self.viewers],
+            # The last connections that failed or never connected, and why (rtc/diagnose.py).
+            "connection_failures": {
+                "viewers": list(self.viewers.recent_failures),
+                "publishers": list(self.publishers.recent_failures),
+            },
             "egress": self.egress.describe(),
         }
 

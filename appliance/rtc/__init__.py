@@ -1,6 +1,6 @@
 """WebRTC through aiortc: negotiation (negotiate.py), a viewer's media (viewer.py), a WHIP
-publisher's media (ingest.py), and internals.py, the only file that names private symbols of
-aiortc, aioice and pylibsrtp.
+publisher's media (ingest.py), why a connection failed (diagnose.py), and internals.py, the only
+file that names private symbols of aiortc, aioice and pylibsrtp.
 
 aiortc gives us SDP, ICE (aioice), the DTLS handshake, SRTP keys and RTCP parsing; on the fast
 path our own sender (send/) replaces its media send path. Nothing here changes aiortc when
@@ -9,6 +9,7 @@ imported: `install()` does, once, at start-up (app.py), and says what and why.
 
 from __future__ import annotations
 
+from appliance.rtc.diagnose import Failure, why_failed
 from appliance.rtc.ingest import IngestAudio, IngestVideo
 from appliance.rtc.internals import STRAY, install
 from appliance.rtc.negotiate import (
@@ -28,6 +29,7 @@ __all__ = [
     "AiortcVideo",
     "FastAudio",
     "FastVideo",
+    "Failure",
     "IngestAudio",
     "IngestVideo",
     "accept_answer",
@@ -40,4 +42,5 @@ __all__ = [
     "install",
     "offer",
     "receive",
+    "why_failed",
 ]

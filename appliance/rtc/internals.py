@@ -20,6 +20,9 @@ What the rest of the daemon gets from here:
   `send_pli(receiver, ssrc)`: `RTCRtpReceiver._send_rtcp_pli`.
 - `MarkerJitterBuffer`, `PassThroughAudioBuffer`: subclasses of aiortc's JitterBuffer that read
   its `_packets`, `_origin`, `_capacity` and an RTP packet's `_data`.
+- `handshake_facts(pc)`: what ICE and DTLS got to, for `rtc.diagnose` to say why a connection
+  failed: aioice's check list and remote candidates, `RTCDtlsTransport._ssl` and `_role`, and
+  the alerts OpenSSL's info callback saw (installed with the cipher list, below).
 - `install()`: see its docstring.
 
 send/srtp.py also touches pylibsrtp (`Session._srtp` and its cffi binding) for in-place SRTP:
@@ -33,7 +36,9 @@ import ipaddress
 import logging
 import random
 import struct
+import weakref
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -299,6 +304,7 @@ def _accept_rsa_dtls_peers() -> None:
     def create(self: RTCCertificate, srtp_profiles: Any) -> Any:
         context = original(self, srtp_profiles)
         context.set_cipher_list(DTLS_CIPHERS)
+        _trace_handshake(context)
         return context
 
     create.wider_ciphers = True  # type: ignore[attr-defined]
@@ -314,6 +320,112 @@ def _accept_extra_extensions() -> None:
 
 
 _EXTRA_VIDEO_EXTENSIONS = {rtp.URI_PLAYOUT_DELAY: 4, rtp.URI_ABS_CAPTURE_TIME: 5}
+
+
+# --- Why a handshake failed ---------------------------------------------------------------------
+
+# TLS alert descriptions (RFC 8446 §6, RFC 5246 §7.2), as OpenSSL's info callback reports them.
+ALERTS = {
+    0: "close_notify", 10: "unexpected_message", 20: "bad_record_mac", 22: "record_overflow",
+    40: "handshake_failure", 42: "bad_certificate", 43: "unsupported_certificate",
+    44: "certificate_revoked", 45: "certificate_expired", 46: "certificate_unknown",
+    47: "illegal_parameter", 48: "unknown_ca", 49: "access_denied", 50: "decode_error",
+    51: "decrypt_error", 70: "protocol_version", 71: "insufficient_security",
+    80: "internal_error", 86: "inappropriate_fallback", 90: "user_canceled",
+    109: "missing_extension", 110: "unsupported_extension", 112: "unrecognized_name",
+    116: "certificate_required", 120: "no_application_protocol",
+}  # fmt: skip
+_CB_LOOP, _CB_READ, _CB_WRITE, _CB_ALERT = 0x01, 0x04, 0x08, 0x4000
+# The DTLS context of each transport (aiortc makes one per transport), and what it saw.
+_TRACES: weakref.WeakKeyDictionary[Any, DtlsTrace] = weakref.WeakKeyDictionary()
+
+
+@dataclass
+class DtlsTrace:
+    """What OpenSSL's info callback told of one DTLS handshake."""
+
+    stage: str | None = None  # the last state the handshake reached
+    alert_sent: str | None = None  # a fatal alert we sent (why our side gave up)
+    alert_received: str | None = None  # a fatal alert the peer sent
+
+
+def _trace_handshake(context: Any) -> None:
+    trace = DtlsTrace()
+
+    def info(connection: Any, where: int, value: int) -> None:
+        if where & _CB_ALERT:
+            if value >> 8 != 2:  # warnings (close_notify at the end) are not failures
+                return
+            alert = ALERTS.get(value & 0xFF, f"alert {value & 0xFF}")
+            if where & _CB_WRITE:
+                trace.alert_sent = trace.alert_sent or alert
+            elif where & _CB_READ:
+                trace.alert_received = trace.alert_received or alert
+        elif where & _CB_LOOP:
+            trace.stage = connection.get_state_string().decode(errors="replace")
+
+    context.set_info_callback(info)
+    _TRACES[context] = trace
+
+
+@dataclass
+class HandshakeFacts:
+    """What a peer connection's first transport shows of its ICE and DTLS, for `rtc.diagnose`."""
+
+    ice_state: str
+    pairs: int  # candidate pairs checked
+    pairs_succeeded: int
+    checked_by_peer: int  # addresses that sent us an ICE check that passed authentication
+    remote_candidates: list[str]  # "10.0.0.5:5000 host"
+    dtls_state: str
+    dtls_role: str  # "client" or "server" (ours), "auto" before it started
+    encrypted: bool  # the DTLS handshake itself completed
+    trace: DtlsTrace
+    peer_certificate: str | None  # "ECDSA secp224r1", "RSA 2048 bits"
+    srtp_profile: str | None
+
+
+def handshake_facts(pc: Any) -> HandshakeFacts | None:
+    """The ICE and DTLS facts of `pc`'s first transport (BUNDLE: the only one), or None before
+    it has one. Private: `RTCIceTransport._connection` (aioice's `_check_list`,
+    `_remote_candidates`), `RTCDtlsTransport._ssl`, `_role`, `encrypted`."""
+    transceivers = pc.getTransceivers()
+    dtls = transceivers[0].sender.transport if transceivers else None
+    if dtls is None:
+        return None
+    connection = dtls.transport._connection
+    pairs = list(connection._check_list)
+    ssl = dtls._ssl
+    context = ssl.get_context() if ssl is not None else None
+    certificate = None
+    profile = None
+    if ssl is not None:
+        peer = ssl.get_peer_certificate(as_cryptography=True)
+        certificate = _describe_key(peer.public_key()) if peer is not None else None
+        profile = ssl.get_selected_srtp_profile().decode() or None
+    return HandshakeFacts(
+        ice_state=str(dtls.transport.state),
+        pairs=len(pairs),
+        pairs_succeeded=sum(1 for p in pairs if p.state == CandidatePair.State.SUCCEEDED),
+        checked_by_peer=len(getattr(connection, "_appliance_checked", ())),
+        remote_candidates=[f"{c.host}:{c.port} {c.type}" for c in connection._remote_candidates],
+        dtls_state=str(dtls.state),
+        dtls_role=str(dtls._role),
+        encrypted=bool(dtls.encrypted),
+        trace=(_TRACES.get(context) if context is not None else None) or DtlsTrace(),
+        peer_certificate=certificate,
+        srtp_profile=profile,
+    )
+
+
+def _describe_key(key: Any) -> str:
+    from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+    if isinstance(key, ec.EllipticCurvePublicKey):
+        return f"ECDSA {key.curve.name}"
+    if isinstance(key, rsa.RSAPublicKey):
+        return f"RSA {key.key_size} bits"
+    return type(key).__name__
 
 
 # --- What strangers send to our ICE ports ----------------------------------------------------
@@ -459,7 +571,9 @@ def install(interfaces: Sequence[str] = ()) -> None:
     - **DTLS with RSA peers**: aiortc's DTLS context offers ECDHE-ECDSA suites only, so a peer
       with an RSA certificate (GStreamer's webrtcbin: whipsink publishers, GStreamer viewers)
       failed with "no shared cipher" whenever aiortc was the DTLS client, i.e. whenever we answer.
-      `RTCCertificate._create_ssl_context` is wrapped to offer ECDHE-RSA suites too.
+      `RTCCertificate._create_ssl_context` is wrapped to offer ECDHE-RSA suites too, and to
+      note, through OpenSSL's info callback, where each handshake got to and which fatal alert
+      ended it (`handshake_facts`, for the log line that says why a connection failed).
     - **playout-delay and abs-capture-time** join aiortc's video header extensions, so that it
       accepts them in the answer when a viewer offers them.
     """

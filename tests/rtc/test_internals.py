@@ -25,6 +25,7 @@ from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
 from OpenSSL import SSL
 
 from appliance.rtc import internals
+from appliance.rtc.diagnose import explain
 from appliance.rtc.viewer import EncodedVideoTrack
 from appliance.send.udp import Output
 
@@ -203,3 +204,54 @@ def test_installed_codecs_and_dtls_ciphers() -> None:
     context = certificate._create_ssl_context(srtp_profiles=[SRTP_AES128_CM_SHA1_80])
     ciphers = SSL.Connection(context).get_cipher_list()
     assert "ECDHE-RSA-AES128-GCM-SHA256" in ciphers and "ECDHE-ECDSA-AES128-GCM-SHA256" in ciphers
+
+
+async def test_handshake_facts_of_a_connection_and_of_a_fingerprint_that_does_not_match() -> None:
+    internals.install()
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    liar = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    honest = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        assert internals.handshake_facts(viewer) is None  # no transceiver, no transport yet
+        viewer.addTransceiver("video", direction="recvonly")
+        server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        await connect(viewer, server)
+        for _ in range(100):
+            if server.connectionState == "connected":
+                break
+            await asyncio.sleep(0.1)
+        facts = internals.handshake_facts(server)
+        assert facts is not None
+        assert facts.ice_state == "completed" and facts.pairs_succeeded >= 1
+        assert facts.checked_by_peer >= 1 and facts.remote_candidates
+        assert facts.dtls_state == "connected" and facts.encrypted
+        assert facts.dtls_role in ("client", "server")
+        assert facts.peer_certificate == "ECDSA secp256r1"  # aiortc's own certificates
+        assert facts.srtp_profile and facts.srtp_profile.startswith("SRTP_")
+        assert facts.trace.stage and facts.trace.alert_sent is None
+
+        # The answer carries someone else's fingerprint: ICE succeeds, DTLS completes, and the
+        # offerer refuses the certificate it got.
+        liar.addTransceiver("video", direction="recvonly")
+        honest.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        await liar.setLocalDescription(await liar.createOffer())
+        await honest.setRemoteDescription(liar.localDescription)
+        await honest.setLocalDescription(await honest.createAnswer())
+        other = RTCCertificate.generateCertificate().getFingerprints()[0].value
+        answer = "\r\n".join(
+            f"a=fingerprint:sha-256 {other}" if line.startswith("a=fingerprint:sha-256") else line
+            for line in honest.localDescription.sdp.split("\r\n")
+            if not line.startswith("a=fingerprint:sha-") or line.startswith("a=fingerprint:sha-256")
+        )
+        await liar.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
+        for _ in range(100):
+            if liar.connectionState == "failed":
+                break
+            await asyncio.sleep(0.1)
+        facts = internals.handshake_facts(liar)
+        assert facts is not None and facts.encrypted and facts.dtls_state == "failed"
+        assert explain(facts, connected=False).code == "dtls_fingerprint"
+    finally:
+        for pc in (viewer, server, liar, honest):
+            await pc.close()
