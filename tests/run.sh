@@ -7,9 +7,14 @@ cd "$(dirname "$0")/.."
 sudo=""
 [ "$(id -u)" -eq 0 ] || sudo="sudo"
 missing=""
-# tests/packages.txt says why each is needed; tests/test_programs.py checks it is complete.
+# tests/packages.txt says why each is needed; tests/test_programs.py checks it is complete. A
+# package counts as there when an installed one provides it (NodeSource's nodejs provides npm,
+# and conflicts with Debian's).
+provided=$(dpkg-query -W -f='${db:Status-Abbrev} ${Provides}\n' | sed -n 's/^ii *//p' | tr ',' '\n' |
+    sed 's/ *(.*//; s/^ *//')
 for pkg in $(sed 's/#.*//' tests/packages.txt); do
-    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" || missing="$missing $pkg"
+    dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q "ok installed" ||
+        echo "$provided" | grep -qx "$pkg" || missing="$missing $pkg"
 done
 if [ -n "$missing" ]; then
     echo "installing:$missing"
@@ -26,6 +31,12 @@ fi
 .venv-oldest/bin/python -m pip install -q --upgrade pip
 .venv-oldest/bin/python -m pip install -q -e . 'aiortc==1.15.*' 'aioice==0.10.*' \
     pytest pytest-asyncio pytest-timeout
+
+# The npm peers (tests/e2e/npm: WHIP/WHEP clients others wrote), exactly as locked, and their
+# browser bundle.
+npm ci --prefix tests/e2e/npm --no-audit --no-fund --loglevel=error
+tests/e2e/npm/node_modules/.bin/esbuild tests/e2e/npm/peers.js --bundle --format=esm \
+    --platform=browser --log-level=warning --outfile=tests/e2e/npm/dist/peers.js
 
 .venv/bin/ruff check appliance tests
 .venv/bin/ruff format --check appliance tests

@@ -20,7 +20,15 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
 
-EXPOSED_HEADERS = "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After, WWW-Authenticate"
+# ETag as a request header is not WHIP's (that is If-Match), but Eyevinn's WHIP client sends it
+# with every trickle PATCH: a preflight that did not allow it failed the PATCH.
+ALLOWED_HEADERS = "Content-Type, If-Match, Authorization, ETag"
+# Access-Control-Allow-Methods too: Eyevinn's WHIP client reads it from its OPTIONS to learn
+# whether PATCH (trickle) is allowed, and a page can read only the headers listed here.
+EXPOSED_HEADERS = (
+    "Location, ETag, Link, Accept-Patch, Accept-Post, Retry-After, WWW-Authenticate, "
+    "Access-Control-Allow-Methods"
+)
 
 
 def required_right(method: str, path: str, default_stream: str) -> tuple[str, str] | None:
@@ -122,9 +130,9 @@ def make_cors_middleware(origins: tuple[str, ...]) -> Any:
     @web.middleware
     async def cors(request: web.Request, handler: Handler) -> web.StreamResponse:
         origin = request.headers.get("Origin")
-        preflight = (
-            request.method == "OPTIONS" and "Access-Control-Request-Method" in request.headers
-        )
+        # Every OPTIONS, not only preflights, says what other origins may send: Eyevinn's WHIP
+        # client reads Access-Control-Allow-Methods from its own OPTIONS to decide on trickle.
+        preflight = request.method == "OPTIONS"
         allow: str | None = "*"
         if cors_restricted(request.path):
             allow = "*" if listed_any else origin if origin in origins else None
@@ -150,7 +158,7 @@ def _add_cors(
         response.headers["Vary"] = "Origin"
     if preflight:
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
-        response.headers["Access-Control-Allow-Headers"] = "Content-Type, If-Match, Authorization"
+        response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
         response.headers["Access-Control-Max-Age"] = "600"
 
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import secrets
 import time
-from collections import Counter, deque
+from collections import Counter, OrderedDict, deque
 from collections.abc import Iterator
 from typing import Any, Protocol
 
@@ -26,6 +26,7 @@ COUNTED = (
     "frames", "bytes", "packets", "retransmits", "retransmits_refused", "nacks", "plis", "firs",
     "dropped",
 )  # fmt: skip
+ENDED_KEPT = 1024  # closed session ids remembered, so that a late DELETE is not an error
 RECENT_FAILURES = 16  # failed connections kept for /api/status, per role
 FIRST_FRAME_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
@@ -160,6 +161,8 @@ class SessionRegistry:
         # Connections that failed or never connected, by Failure.code, and the last few of them.
         self.failures: Counter[str] = Counter()
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
+        # Sessions closed lately, id -> stream: a DELETE that comes after them is answered 200.
+        self._ended: OrderedDict[str, str] = OrderedDict()
 
     def add(self, session: Session) -> None:
         self._sessions[session.id] = session
@@ -224,6 +227,11 @@ class SessionRegistry:
                 out[key] += d.get(key) or 0
         return out
 
+    def ended_recently(self, session_id: str, stream: str) -> bool:
+        """Whether `session_id` was a session of `stream` that closed lately (the last
+        ENDED_KEPT sessions): a DELETE for it has nothing left to do."""
+        return self._ended.get(session_id) == stream
+
     def get(self, session_id: str) -> Session:
         try:
             return self._sessions[session_id]
@@ -241,6 +249,9 @@ class SessionRegistry:
         if self._sessions.pop(session.id, None) is None:
             await session._close(reason)
             return
+        self._ended[session.id] = session.stream  # before any await: a DELETE may be in flight
+        while len(self._ended) > ENDED_KEPT:
+            self._ended.popitem(last=False)
         if failure is not None:
             self.failures[failure.code] += 1
             self.recent_failures.append(
