@@ -16,6 +16,7 @@ from appliance.core.stream import Stream
 from appliance.encoders.software import X264Encoder
 from appliance.http.resource import ice_server_links
 from appliance.http.sessions import SessionRegistry
+from appliance.http.status import STATUS_KEY
 from tests.apps import app_for, yuv420p
 
 OFFER = (Path(__file__).parents[1] / "data" / "chromium-recvonly-offer.sdp").read_bytes().decode()
@@ -115,6 +116,20 @@ async def test_offer_without_video_is_406(client: TestClient) -> None:
     assert "no video section" in await r.text()
 
 
+async def test_delete_after_the_session_closed_is_200_and_only_on_its_stream(
+    client: TestClient,
+) -> None:
+    r = await client.post("/cam/whep", data=OFFER, headers=SDP)
+    assert r.status == 201
+    location = r.headers["Location"]
+    registry = client.app[STATUS_KEY].viewers
+    [session] = list(registry)
+    await registry.close(session, "connection closed")  # the peer's close_notify came first
+    assert (await client.delete(location)).status == 200
+    assert (await client.delete(location.replace("/cam/", "/other/"))).status == 404
+    assert len(registry) == 0
+
+
 async def test_unknown_stream_and_session_are_404(client: TestClient) -> None:
     assert (await client.post("/other/whep", data=OFFER, headers=SDP)).status == 404
     assert (await client.delete("/cam/whep/nosuch")).status == 404
@@ -157,6 +172,17 @@ async def test_options_and_cors_preflight(client: TestClient, path: str) -> None
     assert "POST" in r.headers["Access-Control-Allow-Methods"]
     assert "Content-Type" in r.headers["Access-Control-Allow-Headers"]
     assert "Location" in r.headers["Access-Control-Expose-Headers"]
+    # Eyevinn's WHIP client sends an ETag request header with its trickle PATCH.
+    assert "ETag" in r.headers["Access-Control-Allow-Headers"].split(", ")
+
+
+async def test_a_plain_options_says_what_other_origins_may_send(client: TestClient) -> None:
+    """Eyevinn's WHIP client reads Access-Control-Allow-Methods from its own OPTIONS (not a
+    preflight) to decide whether to trickle: it is there, and a page may read it."""
+    r = await client.options("/cam/whip", headers={"Origin": "http://other.example"})
+    assert r.status == 204
+    assert "PATCH" in r.headers["Access-Control-Allow-Methods"]
+    assert "Access-Control-Allow-Methods" in r.headers["Access-Control-Expose-Headers"]
 
 
 async def test_errors_carry_cors_headers(client: TestClient) -> None:
