@@ -37,6 +37,17 @@ fi
 npm ci --prefix tests/e2e/npm --no-audit --no-fund --loglevel=error
 tests/e2e/npm/node_modules/.bin/esbuild tests/e2e/npm/peers.js --bundle --format=esm \
     --platform=browser --log-level=warning --outfile=tests/e2e/npm/dist/peers.js
+# Meetecho's simple-whip-server in front of Janus, an egress target (tests/e2e/janus.py): Debian's
+# package, unpacked and run on the npm modules above, since its Debian node-* dependencies
+# conflict with NodeSource's nodejs where that is installed.
+if [ ! -f tests/e2e/npm/simple-whip-server/src/server.js ]; then
+    deb=$(mktemp -d)
+    (cd "$deb" && apt-get download -qq simple-whip-server 2>/dev/null ||
+        { $sudo apt-get update -qq && apt-get download -qq simple-whip-server 2>/dev/null; })
+    dpkg-deb -x "$deb"/simple-whip-server_*.deb "$deb/root"
+    cp -r "$deb/root/usr/share/simple-whip-server" tests/e2e/npm/
+    rm -rf "$deb"
+fi
 
 .venv/bin/ruff check appliance tests
 .venv/bin/ruff format --check appliance tests

@@ -18,6 +18,7 @@ from tests.programs import installed_by_run_sh, shell_programs, started
 
 # Every program the tests and host scripts start, and the Debian 12 package to install for it.
 PROGRAMS = {
+    "apt-get": "apt",
     "arch-test": "arch-test",
     "blkid": "util-linux",
     "cat": "coreutils",
@@ -41,6 +42,7 @@ PROGRAMS = {
     "gzip": "gzip",
     "install": "coreutils",
     "ip": "iproute2",
+    "janus": "janus",
     "lintian": "lintian",
     "ls": "coreutils",
     "mcopy": "mtools",
@@ -71,7 +73,7 @@ PROGRAMS = {
 
 # The packages of a minimal Debian 12 system (Priority: required) that provide programs above.
 MINIMAL_DEBIAN = {
-    "coreutils", "dash", "dpkg", "e2fsprogs", "findutils", "grep", "gzip", "mount", "sed", "tar",
+    "apt", "coreutils", "dash", "dpkg", "e2fsprogs", "findutils", "grep", "gzip", "mount", "sed", "tar",
     "util-linux",
 }  # fmt: skip
 

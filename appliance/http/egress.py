@@ -176,9 +176,11 @@ class Egress:
             return f"the connection {pc.connectionState}"
         finally:
             media.close()
-            await pc.close()
+            # DELETE before closing the connection: an endpoint that sees DTLS close first tears
+            # the session down itself (simple-whip-server does), and then answers DELETE 404.
             if location is not None:
                 await _delete(http, location, self.target.token)
+            await pc.close()
 
     def close(self) -> None:
         if self.media is not None:

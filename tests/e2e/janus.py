@@ -1,0 +1,204 @@
+"""An independent WHIP endpoint for egress tests: Debian's Janus (VideoRoom) behind Meetecho's
+simple-whip-server, which takes a WHIP POST, publishes it into a VideoRoom room, and can have
+Janus forward the publisher's RTP, decrypted, to a plain UDP port: there the test decodes it.
+
+    async with janus_whip(tmp_path) as whip:
+        url = await whip.endpoint("cam", token="t", video_port=port)   # the WHIP URL to POST to
+
+Janus is Debian's package (tests/packages.txt); simple-whip-server is Debian's package too,
+unpacked by tests/run.sh into tests/e2e/npm/simple-whip-server and run on the npm modules it
+needs (tests/e2e/npm), since Debian's node-* modules conflict with NodeSource's nodejs.
+Janus loads only the VideoRoom plugin and the WebSockets transport, on loopback ports of its own.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import shutil
+import socket
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+
+JANUS = "janus"
+NODE = "node"
+NPM = Path(__file__).with_name("npm")
+SIMPLE_WHIP_SERVER = NPM / "simple-whip-server"
+JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
+ROOM = 1234
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def _janus_config(folder: Path, ws_port: int) -> Path:
+    """Janus's configuration: VideoRoom (room 1234, H.264 and Opus) over WebSockets only."""
+    for kind, keep in (
+        ("plugins", "libjanus_videoroom.so"),
+        ("transports", "libjanus_websockets.so"),
+    ):
+        (folder / kind).mkdir()
+        (folder / kind / keep).symlink_to(JANUS_LIB / kind / keep)
+    for kind in ("events", "loggers"):
+        (folder / kind).mkdir()
+    (folder / "janus.jcfg").write_text(
+        f"""general: {{
+    configs_folder = "{folder}"
+    plugins_folder = "{folder}/plugins"
+    transports_folder = "{folder}/transports"
+    events_folder = "{folder}/events"
+    loggers_folder = "{folder}/loggers"
+    debug_level = 4
+}}
+media: {{
+    rtp_port_range = "30000-39999"
+}}
+nat: {{
+    ice_ignore_list = "lo"
+}}
+"""
+    )
+    (folder / "janus.plugin.videoroom.jcfg").write_text(
+        f"""room-{ROOM}: {{
+    description = "appliance egress"
+    publishers = 1
+    videocodec = "h264"
+    audiocodec = "opus"
+    bitrate = 4000000
+    fir_freq = 5
+}}
+"""
+    )
+    (folder / "janus.transport.websockets.jcfg").write_text(
+        f"""general: {{
+    json = "indented"
+    ws = true
+    ws_port = {ws_port}
+    ws_ip = "127.0.0.1"
+    wss = false
+}}
+admin: {{
+    admin_ws = false
+    admin_wss = false
+}}
+"""
+    )
+    return folder / "janus.jcfg"
+
+
+@dataclass
+class JanusWhip:
+    url: str  # simple-whip-server's REST base: {url}/endpoint/<id> is a WHIP endpoint
+    http: aiohttp.ClientSession
+    janus: asyncio.subprocess.Process
+    server: asyncio.subprocess.Process
+
+    async def endpoint(self, endpoint_id: str, token: str, video_port: int) -> str:
+        """Create a WHIP endpoint that publishes into the room and forwards video RTP to
+        127.0.0.1:`video_port`; returns its URL."""
+        body: dict[str, Any] = {
+            "id": endpoint_id,
+            "room": ROOM,
+            "token": token,
+            "recipient": {"host": "127.0.0.1", "videoPort": video_port},
+        }
+        async with self.http.post(f"{self.url}/create", json=body) as r:
+            assert r.status == 200, await r.text()
+        return f"{self.url}/endpoint/{endpoint_id}"
+
+
+@contextlib.asynccontextmanager
+async def janus_whip(folder: Path) -> AsyncIterator[JanusWhip]:
+    janus, node = shutil.which(JANUS), shutil.which(NODE)
+    assert janus and node, "janus and node come from tests/run.sh (tests/packages.txt)"
+    assert (SIMPLE_WHIP_SERVER / "src" / "server.js").is_file(), (
+        "tests/run.sh unpacks Debian's simple-whip-server into tests/e2e/npm/simple-whip-server"
+    )
+    ws_port, whip_port = free_port(), free_port()
+    (folder / "janus").mkdir()
+    config = _janus_config(folder / "janus", ws_port)
+    server_dir = folder / "simple-whip-server"
+    shutil.copytree(SIMPLE_WHIP_SERVER, server_dir, symlinks=True)
+    (server_dir / "src" / "config.js").unlink(missing_ok=True)  # Debian's links to /etc
+    (server_dir / "src" / "config.js").write_text(
+        f"""module.exports = {{
+    janus: {{ address: 'ws://127.0.0.1:{ws_port}' }},
+    port: {whip_port},
+    rest: '/whip',
+    allowTrickle: true,
+    strictETags: false,
+    iceServers: []
+}};
+"""
+    )
+    logs = folder / "logs"
+    logs.mkdir()
+    files = contextlib.ExitStack()
+    janus_log = files.enter_context((logs / "janus.log").open("wb"))
+    whip_log = files.enter_context((logs / "whip.log").open("wb"))
+    janus_process = await asyncio.create_subprocess_exec(
+        janus, "--config", str(config), "--configs-folder", str(config.parent),
+        "--disable-colors", "--log-stdout", stdout=janus_log, stderr=asyncio.subprocess.STDOUT,
+    )  # fmt: skip
+    server = None
+    try:
+        async with aiohttp.ClientSession() as http:
+            await _wait_port(ws_port, janus_process, logs / "janus.log")
+            env = {
+                "NODE_PATH": str(NPM / "node_modules"),
+                "PATH": "/usr/bin:/bin",
+                "DEBUG": "whip:info,whip:warn,whip:error",  # its own "npm start" level
+            }
+            server = await asyncio.create_subprocess_exec(
+                node, "server.js", cwd=server_dir / "src", env=env,
+                stdout=whip_log, stderr=asyncio.subprocess.STDOUT,
+            )  # fmt: skip
+            url = f"http://127.0.0.1:{whip_port}/whip"
+            await _wait_whip(http, url, server, logs / "whip.log")
+            yield JanusWhip(url, http, janus_process, server)
+    finally:
+        for process in (server, janus_process):
+            if process is not None and process.returncode is None:
+                process.terminate()
+                try:
+                    await asyncio.wait_for(process.wait(), 10)
+                except asyncio.TimeoutError:
+                    process.kill()
+                    await process.wait()
+        files.close()
+
+
+def _tail(log: Path) -> str:
+    return log.read_text(errors="replace")[-3000:]
+
+
+async def _wait_port(port: int, process: asyncio.subprocess.Process, log: Path) -> None:
+    for _ in range(200):
+        assert process.returncode is None, f"janus exited: {_tail(log)}"
+        with contextlib.suppress(OSError):
+            _, writer = await asyncio.open_connection("127.0.0.1", port)
+            writer.close()
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"janus did not listen on {port}: {_tail(log)}")
+
+
+async def _wait_whip(
+    http: aiohttp.ClientSession, url: str, process: asyncio.subprocess.Process, log: Path
+) -> None:
+    """Until simple-whip-server answers and has its Janus session (it lists endpoints)."""
+    for _ in range(200):
+        assert process.returncode is None, f"simple-whip-server exited: {_tail(log)}"
+        with contextlib.suppress(aiohttp.ClientError):
+            async with http.get(f"{url}/endpoints") as r:
+                if r.status == 200 and "WHIP server prototype started" in _tail(log):
+                    return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"simple-whip-server did not come up: {_tail(log)}")
