@@ -140,7 +140,7 @@ class SessionResources:
         if self._sessions.ended_recently(session_id, request.match_info["stream"]):
             # Clients that close their peer connection first (medooze's whip-whep does) end the
             # session with DTLS close_notify a moment before their DELETE arrives: that DELETE
-            # did what it asked, and is not an error to them or a warning in our log.
+            # asked for what happened, and is not an error to them or a warning in our log.
             return web.Response(status=200)
         session = self._session(request)
         await self._sessions.close(session, f"DELETE from the {session.role}")

@@ -26,7 +26,7 @@ COUNTED = (
     "frames", "bytes", "packets", "retransmits", "retransmits_refused", "nacks", "plis", "firs",
     "dropped",
 )  # fmt: skip
-ENDED_KEPT = 1024  # closed session ids remembered, so that a late DELETE is not an error
+ENDED_KEPT = 1024  # sessions their peers ended, remembered so that their late DELETE is no error
 RECENT_FAILURES = 16  # failed connections kept for /api/status, per role
 FIRST_FRAME_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.75, 1.0, 2.0, 5.0)
 
@@ -89,8 +89,8 @@ class Session:
                 # Asked now: closing the connection resets what ICE and DTLS got to.
                 failure = why_failed(self.pc, connected=self.connected_at is not None)
                 registry.close_soon(self, f"connection failed: {failure}", failure)
-            elif state == "closed":
-                registry.close_soon(self, "connection closed")
+            elif state == "closed":  # the peer ended DTLS (close_notify): its DELETE may follow
+                registry.close_soon(self, "connection closed by the peer", by_peer=True)
 
         self.pc.on("connectionstatechange", on_state)
 
@@ -228,8 +228,9 @@ class SessionRegistry:
         return out
 
     def ended_recently(self, session_id: str, stream: str) -> bool:
-        """Whether `session_id` was a session of `stream` that closed lately (the last
-        ENDED_KEPT sessions): a DELETE for it has nothing left to do."""
+        """Whether `session_id` was a session of `stream` that its peer ended lately (one of the
+        last ENDED_KEPT): a DELETE for it has nothing left to do. Sessions ended otherwise (a
+        DELETE, a replacing publisher, a failure) answer a later DELETE 404, which says so."""
         return self._ended.get(session_id) == stream
 
     def get(self, session_id: str) -> Session:
@@ -244,14 +245,22 @@ class SessionRegistry:
     def __iter__(self) -> Iterator[Session]:
         return iter(list(self._sessions.values()))
 
-    async def close(self, session: Session, reason: str, failure: Failure | None = None) -> None:
-        """Close `session` once; `failure` says why its connection failed, when it did."""
+    async def close(
+        self,
+        session: Session,
+        reason: str,
+        failure: Failure | None = None,
+        by_peer: bool = False,
+    ) -> None:
+        """Close `session` once; `failure` says why its connection failed, when it did, and
+        `by_peer` that the peer itself ended it (its DELETE is then answered 200)."""
         if self._sessions.pop(session.id, None) is None:
             await session._close(reason)
             return
-        self._ended[session.id] = session.stream  # before any await: a DELETE may be in flight
-        while len(self._ended) > ENDED_KEPT:
-            self._ended.popitem(last=False)
+        if by_peer:
+            self._ended[session.id] = session.stream  # before any await: its DELETE may be near
+            while len(self._ended) > ENDED_KEPT:
+                self._ended.popitem(last=False)
         if failure is not None:
             self.failures[failure.code] += 1
             self.recent_failures.append(
@@ -273,12 +282,18 @@ class SessionRegistry:
         for key in COUNTED:
             retired[key] += d.get(key) or 0
 
-    def close_soon(self, session: Session, reason: str, failure: Failure | None = None) -> None:
+    def close_soon(
+        self,
+        session: Session,
+        reason: str,
+        failure: Failure | None = None,
+        by_peer: bool = False,
+    ) -> None:
         """Close from a synchronous callback (a connection state change)."""
         if session.closed_reason is not None:
             return
         task = asyncio.get_running_loop().create_task(
-            self.close(session, reason, failure), name=f"session-close[{session.id[:8]}]"
+            self.close(session, reason, failure, by_peer), name=f"session-close[{session.id[:8]}]"
         )
         self._closing.add(task)
         task.add_done_callback(self._closing.discard)

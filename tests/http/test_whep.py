@@ -116,7 +116,7 @@ async def test_offer_without_video_is_406(client: TestClient) -> None:
     assert "no video section" in await r.text()
 
 
-async def test_delete_after_the_session_closed_is_200_and_only_on_its_stream(
+async def test_delete_after_the_peer_ended_the_session_is_200_on_its_stream_only(
     client: TestClient,
 ) -> None:
     r = await client.post("/cam/whep", data=OFFER, headers=SDP)
@@ -124,10 +124,15 @@ async def test_delete_after_the_session_closed_is_200_and_only_on_its_stream(
     location = r.headers["Location"]
     registry = client.app[STATUS_KEY].viewers
     [session] = list(registry)
-    await registry.close(session, "connection closed")  # the peer's close_notify came first
+    # The peer's close_notify came first.
+    await registry.close(session, "connection closed by the peer", by_peer=True)
     assert (await client.delete(location)).status == 200
     assert (await client.delete(location.replace("/cam/", "/other/"))).status == 404
     assert len(registry) == 0
+    # A session ended otherwise (here by its own DELETE) answers a second DELETE 404.
+    r = await client.post("/cam/whep", data=OFFER, headers=SDP)
+    assert (await client.delete(r.headers["Location"])).status == 200
+    assert (await client.delete(r.headers["Location"])).status == 404
 
 
 async def test_unknown_stream_and_session_are_404(client: TestClient) -> None:
