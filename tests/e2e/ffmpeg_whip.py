@@ -2,11 +2,13 @@
 muxer does its HTTP, ICE and DTLS, so it cannot share an event loop with the daemon).
 
     python tests/e2e/ffmpeg_whip.py URL SECONDS [--token T] [--cert C --key K] [--audio]
+    python tests/e2e/ffmpeg_whip.py rtp://127.0.0.1:PORT SECONDS --rtp   # plain RTP, video only
 
 FFmpeg 8.1 inside PyAV's wheels does the WHIP POST, ICE, DTLS (GnuTLS) and SRTP itself; we only
 hand it packets from libx264 (Baseline, no B-frames, as its WHIP muxer requires) and libopus.
 640x360 at 30 fps, each picture a flat grey whose level steps by 8 per frame; a 1 kHz tone.
-Prints "published N" after the muxer's close, which sends the WHIP DELETE.
+Prints "published N" after the muxer's close, which sends the WHIP DELETE. With --rtp, FFmpeg's
+RTP muxer packetizes the same video (RFC 6184, 1200-byte packets) to a UDP port instead.
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ def main() -> int:
     parser.add_argument("--cert")
     parser.add_argument("--key")
     parser.add_argument("--audio", action="store_true")
+    parser.add_argument("--rtp", action="store_true")
     args = parser.parse_args()
     options = {}
     if args.token:
@@ -36,7 +39,10 @@ def main() -> int:
         options["cert_file"], options["key_file"] = args.cert, args.key
     av.logging.set_level(av.logging.ERROR)
     try:
-        out = av.open(args.url, mode="w", format="whip", options=options)
+        if args.rtp:
+            out = av.open(args.url, mode="w", format="rtp", options={"pkt_size": "1200"})
+        else:
+            out = av.open(args.url, mode="w", format="whip", options=options)
         video = out.add_stream("libx264", rate=30)
         video.width, video.height, video.pix_fmt = 640, 360, "yuv420p"
         video.options = {"profile": "baseline", "tune": "zerolatency", "bf": "0", "g": "30"}

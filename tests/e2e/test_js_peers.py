@@ -1,7 +1,8 @@
 """WHIP and WHEP clients other people wrote, as their authors publish them on npm, against the
 daemon: in headless Chromium on a page from another origin (every request cross-origin, as from a
-site that embeds the camera), and in Node on werift (WebRTC in pure TypeScript). (@roamhq/wrtc,
-Node's libwebrtc, has no H.264: the daemon answers its offer 406, as it should.)
+site that embeds the camera), and in Node on werift (WebRTC in pure TypeScript): a WHEP viewer,
+and Eyevinn's WHIP client publishing what FFmpeg's RTP muxer encodes. (@roamhq/wrtc, Node's
+libwebrtc, has no H.264: the daemon answers its offer 406, as it should.)
 
 tests/run.sh installs them (tests/e2e/npm: `npm ci`, pinned by its package-lock.json) and bundles
 the browser's share with esbuild into tests/e2e/npm/dist/peers.js. Each case checks what the
@@ -16,6 +17,7 @@ import asyncio
 import json
 import shutil
 import statistics
+import sys
 import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
@@ -24,12 +26,14 @@ from typing import Any
 
 import aiohttp
 import av
+import numpy as np
 import pytest
 from aiohttp import web
 
 from appliance.capture.testsrc import read_stamp
 from tests.e2e.conftest import DaemonFactory, wait_ready, wait_until
 from tests.e2e.peers import FAKE_CAMERA, AiortcViewer, chromium
+from tests.e2e.test_peers import FFMPEG_WHIP
 from tests.e2e.test_whip import ADMIN, PUBLISH, READ, TOKENS, status, wait_published
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -268,3 +272,49 @@ async def test_a_node_viewer_on_werift_receives_what_pyav_decodes_and_deletes(
         assert readable == sorted(readable)  # capture times, in order
         assert 0 <= (readable[0] - int(started_ms)) % 2**32 < 10_000  # taken since we started
         assert await viewers(http, d.url) == []
+
+
+async def test_eyevinn_whip_client_in_node_on_werift_publishes_to_viewers(
+    daemon: DaemonFactory, http: aiohttp.ClientSession
+) -> None:
+    """Eyevinn's WHIP client outside a browser, as its authors allow (`peerConnectionFactory`),
+    on werift: FFmpeg's RTP muxer feeds it H.264, werift sends it with its own SRTP."""
+    node = shutil.which(NODE)
+    assert node is not None, "node is not installed (tests/run.sh installs nodejs)"
+    async with daemon(**{"auth.tokens": TOKENS}) as d:
+        publisher = await asyncio.create_subprocess_exec(
+            node, "whip_publisher.mjs", f"{d.url}/door/whip", PUBLISH, "8",
+            cwd=NPM, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        assert publisher.stdout is not None
+        line = await asyncio.wait_for(publisher.stdout.readline(), 20)
+        port = json.loads(line)["port"]
+        encoder = await asyncio.create_subprocess_exec(
+            sys.executable, str(FFMPEG_WHIP), f"rtp://127.0.0.1:{port}", "10", "--rtp",
+            stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        viewer = AiortcViewer(http, f"{d.url}/door/whep", READ)
+        try:
+            await wait_published(http, d.url, "door", ADMIN)
+            await viewer.connect()
+            frames = await viewer.frames(15)
+            assert {(f.width, f.height) for f in frames} == {(640, 360)}
+            levels = [int(np.median(f.to_ndarray(format="gray"))) for f in frames]
+            assert len(set(levels)) > 5, levels  # FFmpeg's greys, stepping by 8 a frame
+        finally:
+            await viewer.close()
+        out, err = await asyncio.wait_for(publisher.communicate(), 30)
+        assert publisher.returncode == 0, err.decode()
+        report = json.loads(out.decode().strip().splitlines()[-1])
+        assert report["state"] in ("connected", "completed") and report["forwarded"] > 100, report
+        assert report["resource"].startswith(f"{d.url}/door/whip/") and report["etag"], report
+        await asyncio.wait_for(encoder.wait(), 30)
+
+        async def gone() -> bool:
+            door = next(
+                (s for s in (await status(http, d.url, ADMIN))["streams"] if s["name"] == "door"),
+                None,
+            )
+            return door is None or door["publisher"] is None
+
+        await wait_until(gone, 10, "the Node publisher's session outlived its destroy()")
