@@ -23,6 +23,8 @@ from appliance.capture.sources import AudioSlot, SourceSlot, supervise, supervis
 from appliance.config import Config, state_dir
 from appliance.core.stream import Stream
 from appliance.core.streams import Streams
+from appliance.devices import network
+from appliance.devices.clock import ClockWatch
 from appliance.http.connections import ConnectionLimit, QuietAcceptErrors, raise_open_files_limit
 from appliance.http.egress import EgressSet
 from appliance.http.server import WHIP_KEY, make_app
@@ -30,6 +32,8 @@ from appliance.http.sessions import SessionRegistry
 from appliance.http.status import Status
 from appliance.http.tls import context as tls_context
 from appliance.sdnotify import Notifier
+
+CLOCK_CHECK_S = 60.0  # how often the clock's synchronisation is asked after start
 
 logger = logging.getLogger(__name__)
 
@@ -83,7 +87,12 @@ async def running(config: Config) -> AsyncIterator[Running]:
         supervise_audio(config, stream.ensure_audio(), audio_slot, slot, stream.drop_audio),
         name="audio",
     )
-    app = make_app(Status(config, streams, sessions, publishers, slot, audio_slot, egress))
+    clock = ClockWatch()
+    clock.check()
+    clock_task = asyncio.create_task(_watch_clock(clock), name="clock")
+    app = make_app(
+        Status(config, streams, sessions, publishers, slot, audio_slot, egress, clock=clock)
+    )
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.http.idle_timeout)
     try:
         await runner.setup()
@@ -95,11 +104,15 @@ async def running(config: Config) -> AsyncIterator[Running]:
         server = site._server
         sockets = getattr(server, "sockets", None) or []
         port = sockets[0].getsockname()[1] if sockets else config.http.port
-        host = "127.0.0.1" if config.http.host in ("0.0.0.0", "") else config.http.host
-        url = f"{'https' if tls else 'http'}://{host}:{port}"
+        scheme = "https" if tls else "http"
+        # What this process (and the tests) use; the log names what other machines can open.
+        host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::", "") else config.http.host
+        url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        urls = network.reachable_urls(scheme, config.http.host, port)
         logger.info(
-            "serving stream %r at %s/ (WHEP: %s/%s/whep)", stream.name, url, url, stream.name
-        )
+            "serving stream %r at %s (WHEP: %s/%s/whep)",
+            stream.name, ", ".join(f"{u}/" for u in urls), urls[0], stream.name,
+        )  # fmt: skip
         egress.start()
         yield Running(
             config, stream, streams, sessions, publishers, slot, audio_slot, egress, url, port
@@ -111,11 +124,17 @@ async def running(config: Config) -> AsyncIterator[Running]:
         await publishers.close_all("daemon stopping")
         await sessions.close_all("daemon stopping")
         await runner.cleanup()
-        for task in (audio_task, source_task):
+        for task in (audio_task, source_task, clock_task):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         streams.close()
+
+
+async def _watch_clock(clock: ClockWatch) -> None:
+    while True:
+        await asyncio.sleep(CLOCK_CHECK_S)
+        clock.check()
 
 
 async def serve(config: Config) -> None:

@@ -57,7 +57,7 @@ WHIP_CONFLICTS = ("reject", "replace")
 
 @dataclass(frozen=True, slots=True)
 class HttpConfig:
-    host: str = "0.0.0.0"
+    host: str = ""  # every address, IPv4 and IPv6
     port: int = 8080
     cors_origins: tuple[str, ...] = ()
     web_root: str = ""

@@ -33,7 +33,7 @@ ALLOWED = {
     "capture": {"core", "devices", "encoders", "capture", "config"},
     "send": {"core", "send"},
     "rtc": {"core", "send", "rtc", "config"},
-    "http": {"core", "send", "rtc", "http", "capture", "config", "__init__"},
+    "http": {"core", "send", "rtc", "http", "capture", "devices", "config", "__init__"},
 }
 
 

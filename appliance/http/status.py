@@ -15,6 +15,7 @@ from appliance.capture.sources import AudioSlot, SourceSlot
 from appliance.config import Config
 from appliance.core.stream import Stream
 from appliance.core.streams import Streams
+from appliance.devices.clock import ClockWatch
 from appliance.http.egress import EgressSet
 from appliance.http.sessions import SessionRegistry
 
@@ -33,6 +34,7 @@ class Status:
         source: SourceSlot,
         audio: AudioSlot,
         egress: EgressSet,
+        clock: ClockWatch | None = None,
     ) -> None:
         self.config = config
         self.audio = audio
@@ -41,6 +43,7 @@ class Status:
         self.publishers = publishers
         self.source = source
         self.egress = egress
+        self.clock = clock
         self.started = time.monotonic()
 
     def stalled_for(self) -> float | None:
@@ -106,6 +109,8 @@ class Status:
         return {
             "version": __version__,
             "uptime_s": round(time.monotonic() - self.started, 3),
+            # Whether the wall clock has been set from a time server (None: unknown).
+            "clock_synchronised": self.clock.synchronised if self.clock is not None else None,
             "stream": self.stream_json(camera) if camera is not None else None,
             "streams": [self.stream_json(s) for s in self.streams],
             "source": self.source.describe(),
