@@ -26,15 +26,22 @@ from typing import Any
 
 import aiohttp
 import av
-import numpy as np
 import pytest
 from aiohttp import web
 
 from appliance.capture.testsrc import read_stamp
 from tests.e2e.conftest import DaemonFactory, wait_ready, wait_until
 from tests.e2e.peers import FAKE_CAMERA, AiortcViewer, chromium
-from tests.e2e.test_peers import FFMPEG_WHIP
-from tests.e2e.test_whip import ADMIN, PUBLISH, READ, TOKENS, status, wait_published
+from tests.e2e.test_peers import FFMPEG_WHIP, watch_ffmpeg_greys
+from tests.e2e.test_whip import (
+    ADMIN,
+    PUBLISH,
+    READ,
+    TOKENS,
+    status,
+    wait_published,
+    wait_publisher_gone,
+)
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
 
@@ -66,11 +73,18 @@ async def harness_origin() -> AsyncIterator[str]:
         await runner.cleanup()
 
 
-async def open_harness(browser: Any, origin: str) -> Any:
-    page = await browser.new_page()
-    await page.goto(f"{origin}/harness.html")
-    await page.wait_for_function("window.harnessReady === true", timeout=20_000)
-    return page
+@asynccontextmanager
+async def daemon_and_page(daemon: DaemonFactory, *chromium_args: str) -> AsyncIterator[Any]:
+    """A daemon with tokens, and Chromium's harness page from another origin: (daemon, page)."""
+    async with (
+        daemon(**{"auth.tokens": TOKENS}) as d,
+        harness_origin() as origin,
+        chromium(*chromium_args) as browser,
+    ):
+        page = await browser.new_page()
+        await page.goto(f"{origin}/harness.html")
+        await page.wait_for_function("window.harnessReady === true", timeout=20_000)
+        yield d, page
 
 
 async def seen(page: Any) -> dict[str, Any]:
@@ -101,13 +115,8 @@ def assert_live_camera(view: dict[str, Any]) -> None:
 async def test_medooze_whep_client_views_trickles_and_survives_a_refused_ice_restart(
     daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:
-    async with (
-        daemon(**{"auth.tokens": TOKENS}) as d,
-        harness_origin() as origin,
-        chromium() as browser,
-    ):
+    async with daemon_and_page(daemon) as (d, page):
         await wait_ready(d)
-        page = await open_harness(browser, origin)
         await page.evaluate(
             """async ({daemon, token}) => {
                 const video = await window.watch(daemon);
@@ -154,13 +163,8 @@ async def test_medooze_whep_client_views_trickles_and_survives_a_refused_ice_res
 async def test_eyevinn_webrtc_player_plays_from_another_origin_and_deletes_on_unload(
     daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:
-    async with (
-        daemon(**{"auth.tokens": TOKENS}) as d,
-        harness_origin() as origin,
-        chromium() as browser,
-    ):
+    async with daemon_and_page(daemon) as (d, page):
         await wait_ready(d)
-        page = await open_harness(browser, origin)
         await page.evaluate(
             """async ({daemon, token}) => {
                 const video = await window.watch(daemon);
@@ -192,12 +196,7 @@ async def test_eyevinn_webrtc_player_plays_from_another_origin_and_deletes_on_un
 async def test_eyevinn_whip_client_publishes_from_another_origin_with_trickle(
     daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:
-    async with (
-        daemon(**{"auth.tokens": TOKENS}) as d,
-        harness_origin() as origin,
-        chromium(*FAKE_CAMERA) as browser,
-    ):
-        page = await open_harness(browser, origin)
+    async with daemon_and_page(daemon, *FAKE_CAMERA) as (d, page):
         await page.evaluate(
             """async ({daemon, token}) => {
                 const media = await navigator.mediaDevices.getUserMedia(
@@ -230,14 +229,7 @@ async def test_eyevinn_whip_client_publishes_from_another_origin_with_trickle(
 
         await page.evaluate("async () => { await window.client.destroy(); }")
 
-        async def gone() -> bool:
-            door = next(
-                (s for s in (await status(http, d.url, ADMIN))["streams"] if s["name"] == "door"),
-                None,
-            )
-            return door is None or door["publisher"] is None
-
-        await wait_until(gone, 10, "the publisher's session outlived its destroy()")
+        await wait_publisher_gone(http, d.url, "door", ADMIN)
         assert [r["status"] for r in await requests(page) if r["method"] == "DELETE"] == [200]
 
 
@@ -293,16 +285,8 @@ async def test_eyevinn_whip_client_in_node_on_werift_publishes_to_viewers(
             sys.executable, str(FFMPEG_WHIP), f"rtp://127.0.0.1:{port}", "10", "--rtp",
             stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.PIPE,
         )  # fmt: skip
-        viewer = AiortcViewer(http, f"{d.url}/door/whep", READ)
-        try:
-            await wait_published(http, d.url, "door", ADMIN)
-            await viewer.connect()
-            frames = await viewer.frames(15)
-            assert {(f.width, f.height) for f in frames} == {(640, 360)}
-            levels = [int(np.median(f.to_ndarray(format="gray"))) for f in frames]
-            assert len(set(levels)) > 5, levels  # FFmpeg's greys, stepping by 8 a frame
-        finally:
-            await viewer.close()
+        await wait_published(http, d.url, "door", ADMIN)
+        await watch_ffmpeg_greys(http, f"{d.url}/door/whep")
         out, err = await asyncio.wait_for(publisher.communicate(), 30)
         assert publisher.returncode == 0, err.decode()
         report = json.loads(out.decode().strip().splitlines()[-1])
@@ -310,11 +294,4 @@ async def test_eyevinn_whip_client_in_node_on_werift_publishes_to_viewers(
         assert report["resource"].startswith(f"{d.url}/door/whip/") and report["etag"], report
         await asyncio.wait_for(encoder.wait(), 30)
 
-        async def gone() -> bool:
-            door = next(
-                (s for s in (await status(http, d.url, ADMIN))["streams"] if s["name"] == "door"),
-                None,
-            )
-            return door is None or door["publisher"] is None
-
-        await wait_until(gone, 10, "the Node publisher's session outlived its destroy()")
+        await wait_publisher_gone(http, d.url, "door", ADMIN)

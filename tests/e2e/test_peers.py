@@ -71,6 +71,26 @@ async def ffmpeg_publish(url: str, seconds: float, *args: str) -> asyncio.subpro
     )  # fmt: skip
 
 
+async def watch_ffmpeg_greys(
+    http: aiohttp.ClientSession, url: str, audio: bool = False, keep: bool = False
+) -> AiortcViewer:
+    """An aiortc viewer decodes what ffmpeg_whip.py encodes: 640x360, flat greys that step by 8
+    a frame, so consecutive pictures differ. `keep`: it stays open, for the caller to close."""
+    viewer = AiortcViewer(http, url, READ, audio=audio)
+    try:
+        await viewer.connect()
+        frames = await viewer.frames(15)
+        assert {(f.width, f.height) for f in frames} == {(640, 360)}
+        levels = [int(np.median(f.to_ndarray(format="gray"))) for f in frames]
+        assert len(set(levels)) > 5, levels
+    except BaseException:
+        await viewer.close()
+        raise
+    if not keep:
+        await viewer.close()
+    return viewer
+
+
 async def metric(http: aiohttp.ClientSession, url: str, line_start: str) -> float | None:
     async with http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
         text = await r.text()
@@ -93,15 +113,9 @@ async def test_ffmpeg_whip_muxer_publishes_video_and_sound_to_viewers(
             f"{d.url}/door/whip", 8, "--token", PUBLISH, "--cert", str(cert),
             "--key", str(key), "--audio",
         )  # fmt: skip
-        viewer = AiortcViewer(http, f"{d.url}/door/whep", READ, audio=True)
+        await wait_published(http, d.url, "door", ADMIN)
+        viewer = await watch_ffmpeg_greys(http, f"{d.url}/door/whep", audio=True, keep=True)
         try:
-            await wait_published(http, d.url, "door", ADMIN)
-            await viewer.connect()
-            frames = await viewer.frames(15)
-            assert {(f.width, f.height) for f in frames} == {(640, 360)}
-            # FFmpeg's pictures are flat greys that step by 8 a frame: the viewer sees them move.
-            levels = [int(np.median(f.to_ndarray(format="gray"))) for f in frames]
-            assert len(set(levels)) > 5, levels
             sound = await viewer.audio_frames(0.5)
             pcm = np.concatenate([f.to_ndarray().reshape(-1) for f in sound]).astype(float)
             assert np.abs(pcm).max() > 1000  # the 1 kHz tone, not silence

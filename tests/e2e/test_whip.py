@@ -53,6 +53,18 @@ async def wait_published(
     await wait_until(ready, timeout, f"stream {name} never became ready")
 
 
+async def wait_publisher_gone(
+    http: aiohttp.ClientSession, url: str, name: str, token: str | None = None, timeout: float = 10
+) -> None:
+    """Until the stream `name` has no publisher (or is gone): its WHIP session ended."""
+
+    async def gone() -> bool:
+        s = stream_of(await status(http, url, token), name)
+        return s is None or s["publisher"] is None
+
+    await wait_until(gone, timeout, f"the publisher of {name} outlived its session")
+
+
 async def test_aiortc_publisher_feeds_viewers_and_gets_their_keyframe_requests(
     daemon: DaemonFactory, http: aiohttp.ClientSession
 ) -> None:
