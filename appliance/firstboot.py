@@ -10,7 +10,7 @@ The file is written on any laptop before the first boot (the boot partition is F
     password = "secret"             # removed from the card once applied
     country = "GB"
     [ssh]
-    user = "admin"                  # created if missing, with sudo
+    user = "admin"                  # created if missing; sudo without a password, reads the journal
     authorized_keys = ["ssh-ed25519 AAAA... me@laptop"]
     [video]                         # any section of /etc/appliance/appliance.toml
     width = 1920
@@ -163,12 +163,31 @@ def _wifi(wifi: dict[str, Any], root: Path) -> str:
     return f"wifi: {ssid} ({path})"
 
 
+# The owner's groups: sudo, and the journal (`journalctl -u appliance` as the README says).
+OWNER_GROUPS = "sudo,adm,systemd-journal"
+
+
 def _ssh(ssh: dict[str, Any], root: Path) -> str:
+    """The owner's account: their keys, the journal, and sudo without a password. Logins are by
+    key only (sshd refuses passwords), so the key is the credential: a sudo password would be a
+    second secret, written in plain text on the card's FAT partition to reach the device at all."""
     user = ssh.get("user", "admin")
     home = root / "home" / user
     if root == Path("/"):
         if subprocess.run(["id", user], capture_output=True).returncode != 0:
-            subprocess.run(["useradd", "-m", "-s", "/bin/bash", "-G", "sudo", user], check=True)
+            subprocess.run(
+                ["useradd", "-m", "-s", "/bin/bash", "-G", OWNER_GROUPS, user], check=True
+            )
+        else:
+            subprocess.run(["usermod", "-a", "-G", OWNER_GROUPS, user], check=True)
+    sudoers = root / "etc/sudoers.d" / f"90-appliance-{user}"
+    sudoers.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(sudoers, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o440)
+    with os.fdopen(fd, "w") as f:
+        f.write(
+            f"# The owner named in the first-boot file ([ssh]); logins are by key only.\n"
+            f"{user} ALL=(ALL) NOPASSWD:ALL\n"
+        )
     keys = home / ".ssh/authorized_keys"
     keys.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     keys.write_text("".join(k.strip() + "\n" for k in ssh.get("authorized_keys", [])))

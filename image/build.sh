@@ -27,7 +27,7 @@ RPI_ARCHIVE=${RPI_ARCHIVE:-http://archive.raspberrypi.com/debian}
 extra_mirror=""
 common="systemd-sysv,udev,kmod,dbus,iproute2,procps,netbase,ca-certificates,e2fsprogs,dosfstools,\
 python3,python3-venv,adduser,avahi-daemon,libnss-mdns,openssh-server,sudo,v4l-utils,alsa-utils,\
-initramfs-tools,busybox,util-linux"
+initramfs-tools,busybox,util-linux,systemd-timesyncd,fake-hwclock"
 case "$FLAVOR" in
     vm-amd64)
         arch=amd64; suite=bookworm; components=main
@@ -69,7 +69,7 @@ fi
 
 set -- --variant=minbase --mode=root --arch="$arch" --components="$components" --include="$packages"
 set -- "$@" --essential-hook="mkdir -p \"\$1/etc/initramfs-tools/conf.d\"
-printf 'MODULES=list\nCOMPRESS=gzip\n' > \"\$1/etc/initramfs-tools/conf.d/image.conf\"
+printf 'MODULES=list\nCOMPRESS=gzip\nFSTYPE=ext4\n' > \"\$1/etc/initramfs-tools/conf.d/image.conf\"
 printf '%s\n' $modules > \"\$1/etc/initramfs-tools/modules\""
 for overlay in $overlays; do
     for top in "$HERE/overlay/$overlay"/*; do

@@ -53,6 +53,11 @@ def test_applies_everything_once_and_drops_the_wifi_password(tmp_path: Path) -> 
     assert wpa.stat().st_mode & 0o777 == 0o600
     keys = root / "home/admin/.ssh/authorized_keys"
     assert keys.read_text() == "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB me@laptop\n"
+    # The owner administers the device: sudo without a password (checked by sudo itself in
+    # tests/vm/test_image.py), in a drop-in only root reads.
+    sudoers = root / "etc/sudoers.d/90-appliance-admin"
+    assert "admin ALL=(ALL) NOPASSWD:ALL" in sudoers.read_text().splitlines()
+    assert sudoers.stat().st_mode & 0o777 == 0o440
     # The daemon's config: the file's sections merged over what was there, and it loads.
     c = config.load(root / "etc/appliance/appliance.toml", env={})
     assert (c.http.port, c.video.width, c.video.height, c.video.fps) == (80, 1920, 1080, 25)

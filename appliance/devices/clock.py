@@ -3,14 +3,17 @@
 A Pi has no battery-backed clock: until systemd-timesyncd reaches a time server, the clock is
 wherever fake-hwclock (or the build date) left it. The kernel knows: `adjtimex` with no change
 asked returns TIME_ERROR (5) while the clock is unsynchronised (STA_UNSYNC), which timesyncd
-clears once it has set the time. What runs on wall-clock time (the test pattern's stamp, the HTTP
-`Date` header, certificates, TURN credentials) is wrong until then, so the daemon says so.
+clears once it has set the time. Under the service's `ProtectClock=yes` that system call is
+refused even to read; there timesyncd's own flag file says it (/run/systemd/timesync/synchronized,
+made at its first synchronisation). What runs on wall-clock time (the test pattern's stamp, the
+HTTP `Date` header, certificates, TURN credentials) is wrong until then, so the daemon says so.
 """
 
 from __future__ import annotations
 
 import ctypes
 import logging
+from pathlib import Path
 
 logger = logging.getLogger(__name__)
 
@@ -18,14 +21,21 @@ TIME_ERROR = 5  # adjtimex(2): "the system clock is not synchronized to a reliab
 _TIMEX_SIZE = 512  # struct timex is 208 bytes on 64-bit Linux; zeroed, its modes ask nothing
 
 
+TIMESYNC = Path("/run/systemd/timesync")
+
+
 def synchronised() -> bool | None:
-    """Whether the kernel considers the clock synchronised; None when it cannot be asked."""
+    """Whether the clock is synchronised: the kernel's answer, or timesyncd's where the kernel
+    may not be asked; None when neither can say."""
     try:
-        adjtimex = ctypes.CDLL(None, use_errno=True).adjtimex
+        state = ctypes.CDLL(None, use_errno=True).adjtimex(ctypes.create_string_buffer(_TIMEX_SIZE))
     except (OSError, AttributeError):
-        return None
-    state = adjtimex(ctypes.create_string_buffer(_TIMEX_SIZE))
-    return None if state < 0 else state != TIME_ERROR
+        state = -1
+    if state >= 0:
+        return bool(state != TIME_ERROR)
+    if TIMESYNC.is_dir():
+        return (TIMESYNC / "synchronized").exists()
+    return None
 
 
 class ClockWatch:

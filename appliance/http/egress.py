@@ -180,7 +180,7 @@ class Egress:
             # the session down itself (simple-whip-server does), and then answers DELETE 404.
             if location is not None:
                 await _delete(http, location, self.target.token)
-            await pc.close()
+            await rtc.close_quietly(pc)
 
     def close(self) -> None:
         if self.media is not None:

@@ -19,6 +19,7 @@ from typing import Any, Protocol
 
 from appliance.core.errors import SessionNotFound
 from appliance.http.prometheus import Histogram
+from appliance.rtc import close_quietly
 from appliance.rtc.diagnose import Failure, why_failed
 
 # What the registry sums over sessions for /metrics (keys of a session's describe()).
@@ -114,7 +115,7 @@ class Session:
             self._watchdog.cancel()
         try:
             self.media.close()
-            await self.pc.close()
+            await close_quietly(self.pc)
         finally:
             self._closed.set()
             seconds = time.monotonic() - self.created

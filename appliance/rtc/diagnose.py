@@ -77,6 +77,12 @@ def explain(facts: HandshakeFacts | None, *, connected: bool) -> Failure:
             "dtls_fingerprint",
             "DTLS: the peer's certificate does not match the fingerprint in its SDP",
         )
+    if facts.encrypted:
+        return Failure(
+            "late",
+            "ICE and DTLS completed, but only after the connect timeout (webrtc.connect_timeout): "
+            "a slow peer, or this machine too busy",
+        )
     if facts.ice_state in ("completed", "connected") or facts.pairs_succeeded:
         stage = trace.stage or "its start"
         silent = stage.endswith("write client hello") or stage == "its start"

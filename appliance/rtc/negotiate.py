@@ -9,6 +9,7 @@ and nothing is left open.
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Sequence
 from typing import Any
 
@@ -274,9 +275,19 @@ _OFFER_ERRORS = (ValueError, AttributeError, KeyError, IndexError, TypeError, As
 
 
 async def close_quietly(pc: RTCPeerConnection) -> None:
-    """Close a peer connection that an offer left half made. aiortc's own close() stops at a
-    transceiver that never got a transport (an offer whose answer failed midway: AttributeError),
-    which would leave the others' sockets open; here every transport that exists is stopped."""
+    """Close a peer connection, to its end, whoever asks and whatever happens to them.
+
+    - aiortc's own close() stops at a transceiver that never got a transport (an offer whose
+      answer failed midway: AttributeError), which would leave the others' sockets open; here
+      every transport that exists is stopped.
+    - aiortc closes a connection itself when the peer ends DTLS, and a second close() awaits the
+      first one's future: cancelling that second caller (a daemon stopping) cancelled the shared
+      future, and aiortc's own close then failed ("Task exception was never retrieved",
+      InvalidStateError). Shielded, the close runs in a task of its own to its end."""
+    await asyncio.shield(_close(pc))
+
+
+async def _close(pc: RTCPeerConnection) -> None:
     try:
         await pc.close()
     except AttributeError:

@@ -5,7 +5,8 @@ root=$1
 flavor=$2
 echo appliance > "$root/etc/hostname"
 printf '127.0.0.1\tlocalhost\n127.0.1.1\tappliance\n' > "$root/etc/hosts"
-chroot "$root" systemctl enable systemd-networkd systemd-network-generator avahi-daemon ssh >/dev/null
+chroot "$root" systemctl enable systemd-networkd systemd-network-generator avahi-daemon ssh \
+    systemd-timesyncd fake-hwclock fake-hwclock-save.timer >/dev/null
 chroot "$root" systemctl is-enabled appliance.service appliance-firstboot.service >/dev/null
 # No password logins: SSH keys come with the first-boot file.
 sed -i 's/^#\?PasswordAuthentication.*/PasswordAuthentication no/' "$root/etc/ssh/sshd_config"
@@ -36,10 +37,17 @@ case "$flavor" in
         chroot "$root" systemctl enable appliance-growfs.service >/dev/null
         echo "console=serial0,115200 console=tty1 root=LABEL=rootfs rootfstype=ext4 rootwait fsck.repair=yes" \
             > "$root/boot/firmware/cmdline.txt"
-        if [ "$flavor" = debian ]; then
-            # Debian's raspi-firmware boots one generic kernel, named as our config.txt says.
-            cp "$root"/boot/vmlinuz-* "$root/boot/firmware/vmlinuz"
-            cp "$root"/boot/initrd.img-* "$root/boot/firmware/initrd.img"
-        fi
         ;;
 esac
+# The root file system is checked at every boot (build.sh sets FSTYPE=ext4 for the initramfs:
+# it cannot find the root's type in a build chroot, and then leaves fsck out).
+for initrd in "$root"/boot/initrd.img-*; do
+    [ -e "$initrd" ] || continue
+    chroot "$root" lsinitramfs "${initrd#"$root"}" | grep -q 'sbin/fsck.ext4$' ||
+        { echo "no fsck.ext4 in $initrd" >&2; exit 1; }
+done
+if [ "$flavor" = debian ]; then
+    # Debian's raspi-firmware boots one generic kernel, named as our config.txt says.
+    cp "$root"/boot/vmlinuz-* "$root/boot/firmware/vmlinuz"
+    cp "$root"/boot/initrd.img-* "$root/boot/firmware/initrd.img"
+fi

@@ -33,6 +33,10 @@ hostname = "frontdoor"
 ssid = "home"
 password = "correct horse"
 
+[ssh]
+user = "owner"
+authorized_keys = ["ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIB owner@laptop"]
+
 [video]
 source = "testsrc"
 width = 640
@@ -127,6 +131,23 @@ async def test_first_boot_file_is_applied_and_the_service_serves(
     assert props["NRestarts"] == "0"
     groups = machine.run("id -nG appliance").split()
     assert {"video", "audio"} <= set(groups)
+
+    # The owner named in [ssh] administers the device: sudo asks no password, the journal is
+    # theirs to read (as the README tells them), their key is in place.
+    assert {"sudo", "adm", "systemd-journal"} <= set(machine.run("id -nG owner").split())
+    assert machine.run("runuser -u owner -- sudo -n id -u").strip() == "0"
+    journal = machine.run("runuser -u owner -- journalctl -u appliance.service -o cat --no-pager")
+    assert "serving stream 'door'" in journal
+    assert "owner@laptop" in machine.run("cat /home/owner/.ssh/authorized_keys")
+    # A clock: timesyncd and fake-hwclock run; the test machine reaches no time server, and the
+    # daemon says so once, and in its status.
+    enabled = "systemctl is-enabled systemd-timesyncd fake-hwclock fake-hwclock-save.timer"
+    assert machine.run(enabled).split() == ["enabled"] * 3
+    assert journal.count("the system clock is not synchronised") == 1
+    assert (await status(http))["clock_synchronised"] is False
+    # The log names the address another machine opens, not 127.0.0.1.
+    serving = next(line for line in journal.splitlines() if "serving stream 'door'" in line)
+    assert f"http://{GUEST}:8080/" in serving and "127.0.0.1" not in serving, serving
     # journald stamps lines itself: the daemon's lines carry no second timestamp.
     lines = machine.run("journalctl -u appliance.service -o cat --no-pager").splitlines()
     assert any(line.startswith("INFO appliance.app: serving stream 'door'") for line in lines)

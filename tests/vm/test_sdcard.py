@@ -97,3 +97,17 @@ def test_root_file_system_is_clean_and_has_the_service_enabled(rootfs: Path) -> 
     assert "Status: install ok installed" in entry and "Architecture: arm64" in entry
     assert "Type: regular" in debugfs(rootfs, "stat /opt/appliance/venv/bin/appliance")
     assert debugfs(rootfs, "cat /etc/hostname").strip() == "appliance"
+
+
+def test_the_card_keeps_time_and_brings_usb_ethernet_up(rootfs: Path) -> None:
+    """A Pi has no clock: timesyncd sets it from the network, fake-hwclock keeps it moving across
+    reboots without one. USB Ethernet adapters named usb0 are wired links too."""
+    for unit in ("systemd-timesyncd.service", "fake-hwclock.service", "fake-hwclock-save.timer"):
+        places = [
+            f"/etc/systemd/system/{target}.wants/{unit}"
+            for target in ("sysinit", "multi-user", "timers")
+        ]
+        assert any("Type: symlink" in debugfs(rootfs, f"stat {p}") for p in places), unit
+    wired = debugfs(rootfs, "cat /etc/systemd/network/99-wired.network")
+    match = next(line for line in wired.splitlines() if line.startswith("Name="))
+    assert set(match.split("=", 1)[1].split()) >= {"en*", "eth*", "usb*"}
