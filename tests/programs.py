@@ -47,7 +47,7 @@ _SHELL_WORDS = {
     "if", "then", "else", "elif", "fi", "case", "esac", "for", "while", "until", "do", "done",
     "in", "!", "{", "}", "set", "cd", "exec", "exit", "trap", "export", "shift", "return",
     "local", "read", "eval", "test", "[", "]", "echo", "printf", "true", "false", ":", ".",
-    "unset", "wait", "command", "type", "umask", "ulimit",
+    "unset", "wait", "command", "type", "umask", "ulimit", "break", "continue",
 }  # fmt: skip
 _CASE_PATTERN = re.compile(r"^\s*\(?[\w*.|-]+\)(\s|$)")  # `amd64|arm64) ...` in a case
 _MMDEBSTRAP_SPECIALS = ("copy-", "sync-", "tar-", "upload", "download")
