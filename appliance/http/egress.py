@@ -178,9 +178,12 @@ class Egress:
             media.close()
             # DELETE before closing the connection: an endpoint that sees DTLS close first tears
             # the session down itself (simple-whip-server does), and then answers DELETE 404.
-            if location is not None:
-                await _delete(http, location, self.target.token)
-            await rtc.close_quietly(pc)
+            # The connection is closed even when the DELETE is cut short (the daemon stopping).
+            try:
+                if location is not None:
+                    await _delete(http, location, self.target.token)
+            finally:
+                await rtc.close_quietly(pc)
 
     def close(self) -> None:
         if self.media is not None:
