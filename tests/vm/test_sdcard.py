@@ -104,7 +104,7 @@ def test_the_card_keeps_time_and_brings_usb_ethernet_up(rootfs: Path) -> None:
     reboots without one. USB Ethernet adapters named usb0 are wired links too."""
     for unit in ("systemd-timesyncd.service", "fake-hwclock.service", "fake-hwclock-save.timer"):
         places = [
-            f"/etc/systemd/system/{target}.wants/{unit}"
+            f"/etc/systemd/system/{target}.target.wants/{unit}"
             for target in ("sysinit", "multi-user", "timers")
         ]
         assert any("Type: symlink" in debugfs(rootfs, f"stat {p}") for p in places), unit
