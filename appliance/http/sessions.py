@@ -162,7 +162,7 @@ class SessionRegistry:
         # Connections that failed or never connected, by Failure.code, and the last few of them.
         self.failures: Counter[str] = Counter()
         self.recent_failures: deque[dict[str, Any]] = deque(maxlen=RECENT_FAILURES)
-        # Sessions closed lately, id -> stream: a DELETE that comes after them is answered 200.
+        # Sessions their peers ended lately, id -> stream: a DELETE after that is answered 200.
         self._ended: OrderedDict[str, str] = OrderedDict()
 
     def add(self, session: Session) -> None:
