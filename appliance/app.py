@@ -107,7 +107,7 @@ async def running(config: Config) -> AsyncIterator[Running]:
         scheme = "https" if tls else "http"
         # What this process (and the tests) use; the log names what other machines can open.
         host = "127.0.0.1" if config.http.host in ("0.0.0.0", "::", "") else config.http.host
-        url = f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"
+        url = network.url(scheme, host, port)
         urls = network.reachable_urls(scheme, config.http.host, port)
         logger.info(
             "serving stream %r at %s (WHEP: %s/%s/whep)",

@@ -32,11 +32,12 @@ def addresses() -> list[str]:
 def reachable_urls(scheme: str, host: str, port: int) -> list[str]:
     """The URLs to print for a daemon listening on `host` ("" or a wildcard: every address)."""
     if host not in ("", "0.0.0.0", "::"):
-        return [_url(scheme, host, port)]
+        return [url(scheme, host, port)]
     names = [f"{socket.gethostname()}.local"] if AVAHI_PID.exists() else []
     every = [a for a in addresses() if host != "0.0.0.0" or ":" not in a]
-    return [_url(scheme, h, port) for h in names + every] or [_url(scheme, "127.0.0.1", port)]
+    return [url(scheme, h, port) for h in names + every] or [url(scheme, "127.0.0.1", port)]
 
 
-def _url(scheme: str, host: str, port: int) -> str:
+def url(scheme: str, host: str, port: int) -> str:
+    """`scheme://host:port`, with an IPv6 address in brackets."""
     return f"{scheme}://[{host}]:{port}" if ":" in host else f"{scheme}://{host}:{port}"

@@ -132,23 +132,23 @@ def make_cors_middleware(origins: tuple[str, ...]) -> Any:
         origin = request.headers.get("Origin")
         # Every OPTIONS, not only preflights, says what other origins may send: Eyevinn's WHIP
         # client reads Access-Control-Allow-Methods from its own OPTIONS to decide on trickle.
-        preflight = request.method == "OPTIONS"
+        options = request.method == "OPTIONS"
         allow: str | None = "*"
         if cors_restricted(request.path):
             allow = "*" if listed_any else origin if origin in origins else None
         try:
             response = await handler(request)
         except web.HTTPException as e:
-            _add_cors(e, origin, allow, preflight)
+            _add_cors(e, origin, allow, options)
             raise
-        _add_cors(response, origin, allow, preflight)
+        _add_cors(response, origin, allow, options)
         return response
 
     return cors
 
 
 def _add_cors(
-    response: web.StreamResponse, origin: str | None, allow: str | None, preflight: bool
+    response: web.StreamResponse, origin: str | None, allow: str | None, options: bool
 ) -> None:
     if not origin or allow is None:
         return
@@ -156,7 +156,7 @@ def _add_cors(
     response.headers["Access-Control-Expose-Headers"] = EXPOSED_HEADERS
     if allow != "*":
         response.headers["Vary"] = "Origin"
-    if preflight:
+    if options:
         response.headers["Access-Control-Allow-Methods"] = "GET, POST, PATCH, DELETE, OPTIONS"
         response.headers["Access-Control-Allow-Headers"] = ALLOWED_HEADERS
         response.headers["Access-Control-Max-Age"] = "600"

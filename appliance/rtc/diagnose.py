@@ -57,12 +57,8 @@ def explain(facts: HandshakeFacts | None, *, connected: bool) -> Failure:
     if trace.alert_sent:
         why = f"DTLS: we refused the peer's handshake ({trace.alert_sent}"
         certificate = facts.peer_certificate
-        if (
-            certificate
-            and certificate.startswith("ECDSA ")
-            and (certificate.split()[1] not in ACCEPTED_CURVES)
-        ):
-            curve = certificate.split()[1]
+        kind, _, curve = (certificate or "").partition(" ")
+        if kind == "ECDSA" and curve not in ACCEPTED_CURVES:
             return Failure(
                 "dtls_certificate",
                 f"{why}): its certificate's key is on {curve}, a curve our TLS library no longer "

@@ -16,7 +16,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import shutil
-import socket
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,18 +23,14 @@ from typing import Any
 
 import aiohttp
 
+from tests.e2e.test_browser import free_port
+
 JANUS = "janus"
 NODE = "node"
 NPM = Path(__file__).with_name("npm")
 SIMPLE_WHIP_SERVER = NPM / "simple-whip-server"
 JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 ROOM = 1234
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _janus_config(folder: Path, ws_port: int) -> Path:

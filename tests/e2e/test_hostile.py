@@ -70,10 +70,14 @@ def no_errors_logged(caplog: pytest.LogCaptureFixture) -> None:
     assert not bad, [r.getMessage()[:300] for r in bad]
 
 
-async def metric(http: aiohttp.ClientSession, url: str, name: str) -> float:
-    async with http.get(f"{url}/metrics") as r:
+async def metric(
+    http: aiohttp.ClientSession, url: str, name: str, token: str | None = None
+) -> float:
+    """One sample of /metrics: `name` with its labels, as the exposition writes them."""
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
+    async with http.get(f"{url}/metrics", headers=headers) as r:
         text = await r.text()
-    (value,) = re.findall(rf"^{name} (\S+)$", text, re.MULTILINE)
+    (value,) = re.findall(rf"^{re.escape(name)} (\S+)$", text, re.MULTILINE)
     return float(value)
 
 

@@ -24,7 +24,7 @@ import pytest
 
 from tests.e2e.conftest import DaemonFactory, wait_ready, wait_until
 from tests.e2e.peers import AiortcViewer
-from tests.e2e.test_hostile import no_errors_logged
+from tests.e2e.test_hostile import metric, no_errors_logged
 from tests.e2e.test_whip import ADMIN, PUBLISH, READ, TOKENS, status, wait_published
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(120)]
@@ -91,15 +91,6 @@ async def watch_ffmpeg_greys(
     return viewer
 
 
-async def metric(http: aiohttp.ClientSession, url: str, line_start: str) -> float | None:
-    async with http.get(f"{url}/metrics", headers={"Authorization": f"Bearer {ADMIN}"}) as r:
-        text = await r.text()
-    for line in text.splitlines():
-        if line.startswith(line_start):
-            return float(line.rsplit(" ", 1)[1])
-    return None
-
-
 async def test_ffmpeg_whip_muxer_publishes_video_and_sound_to_viewers(
     daemon: DaemonFactory,
     http: aiohttp.ClientSession,
@@ -164,6 +155,7 @@ async def test_a_refused_certificate_is_named_in_the_log_status_and_metrics(
             http,
             d.url,
             'appliance_connection_failures_total{role="publisher",reason="dtls_certificate"}',
+            ADMIN,
         )
         assert count == 1
         no_errors_logged(caplog)

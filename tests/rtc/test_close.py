@@ -10,7 +10,7 @@ from aiortc import RTCConfiguration, RTCPeerConnection
 
 from appliance.rtc import close_quietly
 from appliance.rtc.viewer import EncodedVideoTrack
-from tests.rtc.test_internals import connect
+from tests.rtc.test_internals import connect, wait_state
 
 pytestmark = [pytest.mark.e2e]
 
@@ -22,11 +22,7 @@ async def test_a_cancelled_close_does_not_break_aiortcs_own() -> None:
         peer.addTransceiver("video", direction="recvonly")
         ours.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
         await connect(peer, ours)
-        for _ in range(100):
-            if ours.connectionState == "connected":
-                break
-            await asyncio.sleep(0.05)
-        assert ours.connectionState == "connected"
+        await wait_state(ours, "connected")
         await peer.close()  # DTLS close_notify: aiortc starts closing `ours` by itself
         for _ in range(100):
             own = ours._RTCPeerConnection__closeTask  # type: ignore[attr-defined]

@@ -86,6 +86,15 @@ async def connect(offerer: RTCPeerConnection, answerer: RTCPeerConnection) -> No
     await offerer.setRemoteDescription(answerer.localDescription)
 
 
+async def wait_state(pc: RTCPeerConnection, state: str, timeout: float = 10.0) -> None:
+    """Until `pc`'s connectionState is `state`; fails after `timeout` seconds."""
+    for _ in range(int(timeout / 0.05)):
+        if pc.connectionState == state:
+            return
+        await asyncio.sleep(0.05)
+    assert pc.connectionState == state, f"{pc.connectionState}, not {state}, after {timeout} s"
+
+
 async def test_take_over_hands_the_keyed_srtp_session_and_the_nominated_path() -> None:
     viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
@@ -217,10 +226,7 @@ async def test_handshake_facts_of_a_connection_and_of_a_fingerprint_that_does_no
         viewer.addTransceiver("video", direction="recvonly")
         server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
         await connect(viewer, server)
-        for _ in range(100):
-            if server.connectionState == "connected":
-                break
-            await asyncio.sleep(0.1)
+        await wait_state(server, "connected")
         facts = internals.handshake_facts(server)
         assert facts is not None
         assert facts.ice_state == "completed" and facts.pairs_succeeded >= 1
@@ -245,10 +251,7 @@ async def test_handshake_facts_of_a_connection_and_of_a_fingerprint_that_does_no
             if not line.startswith("a=fingerprint:sha-") or line.startswith("a=fingerprint:sha-256")
         )
         await liar.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
-        for _ in range(100):
-            if liar.connectionState == "failed":
-                break
-            await asyncio.sleep(0.1)
+        await wait_state(liar, "failed")
         facts = internals.handshake_facts(liar)
         assert facts is not None and facts.encrypted and facts.dtls_state == "failed"
         assert explain(facts, connected=False).code == "dtls_fingerprint"
