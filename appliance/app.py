@@ -1,10 +1,15 @@
 """The composition root: builds source → encoder → streams → HTTP → egress, and owns start-up and
 shut-down.
 
-Start-up order is device, streams, HTTP, egress; shut-down is the reverse: stop publishing out,
-stop accepting, close every viewer and publisher, stop the source. The source runs under a
-supervisor (`capture/sources.py`) that restarts it with backoff, so a failing camera never takes the stream,
-the HTTP server or the viewers down with it.
+Start-up order is streams, HTTP, then the camera and egress: the daemon serves (and tells systemd it
+is ready) before the camera is open, so that the page is there while the camera starts, and a
+camera that cannot start never holds the HTTP server back. Shut-down is the reverse: stop
+publishing out, stop accepting, close every viewer and publisher, stop the source. The source runs
+under a supervisor (`capture/sources.py`) that restarts it with backoff, so a failing camera never
+takes the stream, the HTTP server or the viewers down with it.
+
+`Startup` times the daemon's own part of a boot (Python, imports, HTTP, the camera's first frame):
+logged once, and in /api/status.
 """
 
 from __future__ import annotations
@@ -12,9 +17,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import signal
+import time
 from collections.abc import AsyncIterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from aiohttp import web
 
@@ -38,6 +46,45 @@ CLOCK_CHECK_S = 60.0  # how often the clock's synchronisation is asked after sta
 logger = logging.getLogger(__name__)
 
 
+def process_started() -> float | None:
+    """When this process was created, on the monotonic clock; None where /proc cannot say."""
+    try:
+        stat = Path("/proc/self/stat").read_text()
+        ticks = int(stat.rsplit(")", 1)[1].split()[19])  # field 22, starttime, since boot
+        now, since_boot = time.monotonic(), time.clock_gettime(time.CLOCK_BOOTTIME)
+    except (OSError, ValueError, IndexError):
+        return None
+    return now - (since_boot - ticks / os.sysconf("SC_CLK_TCK"))
+
+
+@dataclass
+class Startup:
+    """When each phase of the daemon's start ended, on the monotonic clock."""
+
+    process: float  # the process was created
+    main: float  # Python had started and read the command line
+    imported: float  # the daemon's modules were imported
+    serving: float | None = None  # HTTP listening: READY
+    first_frame: float | None = None  # the camera's first access unit reached the stream
+
+    @classmethod
+    def begun(cls, main: float) -> Startup:
+        """For a daemon whose `cli.main` began at `main` and has just imported this module."""
+        process = process_started()
+        return cls(main if process is None else min(process, main), main, time.monotonic())
+
+    def phases(self) -> dict[str, float]:
+        """Seconds per phase, those done so far."""
+        out = {"python_s": self.main - self.process, "imports_s": self.imported - self.main}
+        if self.serving is not None:
+            out["http_s"] = self.serving - self.imported
+            out["ready_s"] = self.serving - self.process
+            if self.first_frame is not None:
+                out["camera_s"] = self.first_frame - self.serving
+                out["first_frame_s"] = self.first_frame - self.process
+        return {k: round(v, 3) for k, v in out.items()}
+
+
 @dataclass
 class Running:
     """A started daemon: what tests and the CLI need to reach."""
@@ -55,8 +102,11 @@ class Running:
 
 
 @contextlib.asynccontextmanager
-async def running(config: Config) -> AsyncIterator[Running]:
+async def running(config: Config, startup: Startup | None = None) -> AsyncIterator[Running]:
     """Start the daemon; on exit, stop it in reverse order."""
+    if startup is None:  # started by a test or an embedding program: timed from here
+        now = time.monotonic()
+        startup = Startup(now, now, now)
     rtc.install(config.webrtc.interfaces)
 
     def make_stream(name: str) -> Stream:
@@ -79,20 +129,15 @@ async def running(config: Config) -> AsyncIterator[Running]:
             "no auth tokens configured: anyone who reaches this device can watch it and change "
             "its settings (see [auth] in the config)"
         )
-    source_task = asyncio.create_task(supervise(config, stream, slot), name="source")
     audio_slot = AudioSlot()
     stream.ensure_audio(config.audio.channels)
-
-    audio_task = asyncio.create_task(
-        supervise_audio(config, stream.ensure_audio(), audio_slot, slot, stream.drop_audio),
-        name="audio",
-    )
     clock = ClockWatch()
     clock.check()
-    clock_task = asyncio.create_task(_watch_clock(clock), name="clock")
-    app = make_app(
-        Status(config, streams, sessions, publishers, slot, audio_slot, egress, clock=clock)
-    )
+    tasks = [asyncio.create_task(_watch_clock(clock), name="clock")]
+    status = Status(
+        config, streams, sessions, publishers, slot, audio_slot, egress, clock, startup.phases
+    )  # fmt: skip
+    app = make_app(status)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.http.idle_timeout)
     try:
         await runner.setup()
@@ -113,6 +158,21 @@ async def running(config: Config) -> AsyncIterator[Running]:
             "serving stream %r at %s (WHEP: %s/%s/whep)",
             stream.name, ", ".join(f"{u}/" for u in urls), urls[0], stream.name,
         )  # fmt: skip
+        startup.serving = time.monotonic()
+        took = startup.phases()
+        logger.info(
+            "ready %.1f s after the process started: Python %.1f s, imports %.1f s, HTTP %.1f s",
+            took["ready_s"], took["python_s"], took["imports_s"], took["http_s"],
+        )  # fmt: skip
+        # The camera after the HTTP server: opening it (probing, the encoder) runs meanwhile.
+        tasks.append(asyncio.create_task(supervise(config, stream, slot), name="source"))
+        tasks.append(asyncio.create_task(_first_frame(stream, startup), name="first frame"))
+        tasks.append(
+            asyncio.create_task(
+                supervise_audio(config, stream.ensure_audio(), audio_slot, slot, stream.drop_audio),
+                name="audio",
+            )
+        )
         egress.start()
         yield Running(
             config, stream, streams, sessions, publishers, slot, audio_slot, egress, url, port
@@ -124,11 +184,21 @@ async def running(config: Config) -> AsyncIterator[Running]:
         await publishers.close_all("daemon stopping")
         await sessions.close_all("daemon stopping")
         await runner.cleanup()
-        for task in (audio_task, source_task, clock_task):
+        for task in reversed(tasks):
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         streams.close()
+
+
+async def _first_frame(stream: Stream, startup: Startup) -> None:
+    await stream.first_published.wait()
+    startup.first_frame = stream.first_published_at
+    took = startup.phases()
+    logger.info(
+        "first frame %.1f s after the process started (the camera's %.1f s after HTTP)",
+        took["first_frame_s"], took["camera_s"],
+    )  # fmt: skip
 
 
 async def _watch_clock(clock: ClockWatch) -> None:
@@ -137,7 +207,7 @@ async def _watch_clock(clock: ClockWatch) -> None:
         clock.check()
 
 
-async def serve(config: Config) -> None:
+async def serve(config: Config, startup: Startup | None = None) -> None:
     """Run until SIGINT or SIGTERM, telling systemd (when it runs us) how it goes."""
     loop = asyncio.get_running_loop()
     loop.set_exception_handler(QuietAcceptErrors())
@@ -148,7 +218,7 @@ async def serve(config: Config) -> None:
         loop.add_signal_handler(sig, stop.set)
     notifier = Notifier()
     try:
-        async with running(config) as daemon:
+        async with running(config, startup) as daemon:
             notifier.ready(f"serving stream {daemon.stream.name!r} on port {daemon.port}")
             await stop.wait()
             notifier.stopping()

@@ -8,6 +8,7 @@ import json
 import logging
 import os
 import sys
+import time
 from pathlib import Path
 from typing import Any
 
@@ -67,6 +68,7 @@ def firstboot(path: Path) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
+    entered = time.monotonic()
     args = parser().parse_args(argv)
     if args.command == "firstboot":
         return firstboot(args.file)
@@ -96,10 +98,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(report, indent=2) if args.json else render(report))  # noqa: T201
         return 0
     setup_logging(cfg.log_level)
-    from appliance.app import serve  # the daemon's heavy imports only when serving
+    from appliance.app import Startup, serve  # the daemon's heavy imports only when serving
 
     try:
-        asyncio.run(serve(cfg))
+        asyncio.run(serve(cfg, Startup.begun(entered)))
     except ConfigError as e:  # found only when starting (an unreadable TLS certificate)
         print(f"appliance: {e}", file=sys.stderr)  # noqa: T201
         return 2

@@ -6,7 +6,7 @@ import { WhepClient } from "./whep.js";
 import { readStamp, stampLatency } from "./stamp.js";
 import { bindLogin, initialToken } from "./token.js";
 
-export function startViewer({ video, overlay, status, url, login, unmute, audio = true }) {
+export function startViewer({ video, overlay, status, url, login, unmute, clock, audio = true }) {
   const state = {
     url,
     state: "idle",
@@ -130,8 +130,30 @@ export function startViewer({ video, overlay, status, url, login, unmute, audio 
   }
 
   if (login) bindLogin(login, url, client);
+  if (clock) watchClock(clock, url, client);
 
   window.viewerClient = client;
   client.start();
   return client;
+}
+
+// The device's clock, as its status says (for a page whose token may read it, or on a device
+// without tokens): a Pi has no battery clock, and until it reaches a time server the time it
+// stamps on the picture and everything dated is wrong. Asked now and every 30 s.
+function watchClock(element, url, client) {
+  const statusUrl = new URL("/api/status", url).toString();
+  const ask = async () => {
+    try {
+      const headers = client.token ? { Authorization: `Bearer ${client.token}` } : {};
+      const response = await fetch(statusUrl, { headers });
+      if (!response.ok) return;
+      const synchronised = (await response.json()).clock_synchronised;
+      window.viewer.clockSynchronised = synchronised;
+      element.hidden = synchronised !== false;
+    } catch {
+      // the device is restarting or unreachable: the connection state says so already
+    }
+  };
+  ask();
+  setInterval(ask, 30000);
 }

@@ -170,15 +170,18 @@ async def supervise(config: Config, stream: Stream, slot: SourceSlot) -> None:
     failures = 0
     while True:
         try:
+            # Probing and opening (imports, libcamera, the encoder) run in a thread: the event
+            # loop keeps serving meanwhile.
             if not slot.kind:
                 try:
-                    slot.kind, slot.device = resolve(video)
+                    slot.kind, slot.device = await asyncio.to_thread(resolve, video)
                 finally:
                     slot.resolved.set()
                 logger.info("video source: %s %s", slot.kind, slot.device)
-            source = open_source(
-                video, slot.kind, slot.device, video.source == "auto", slot.wanted_controls
-            )
+            source = await asyncio.to_thread(
+                open_source,
+                video, slot.kind, slot.device, video.source == "auto", slot.wanted_controls,
+            )  # fmt: skip
         except DeviceError as e:
             source, reason = None, str(e)
         started = loop.time()

@@ -147,6 +147,8 @@ class Stream:
         self.keyframes_forced = 0
         self.keyframe_requests = 0
         self.last_frame_at: float | None = None
+        self.first_published = asyncio.Event()  # set by the first access unit
+        self.first_published_at: float | None = None
         # The access units since the last keyframe: what a decoder needs for the newest picture
         # (snapshots decode them on request; nothing is decoded when nobody asks).
         self.gop: list[EncodedFrame] = []
@@ -177,6 +179,9 @@ class Stream:
         self.frames += 1
         self.bytes += len(frame.data)
         self.last_frame_at = self._clock()
+        if self.first_published_at is None:
+            self.first_published_at = self.last_frame_at
+            self.first_published.set()
         self._meter.add(len(frame.data))
         if frame.keyframe:
             self.keyframes += 1

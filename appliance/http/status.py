@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from aiohttp import web
@@ -35,6 +36,7 @@ class Status:
         audio: AudioSlot,
         egress: EgressSet,
         clock: ClockWatch | None = None,
+        startup: Callable[[], dict[str, float]] | None = None,
     ) -> None:
         self.config = config
         self.audio = audio
@@ -44,6 +46,7 @@ class Status:
         self.source = source
         self.egress = egress
         self.clock = clock
+        self.startup = startup
         self.started = time.monotonic()
 
     def stalled_for(self) -> float | None:
@@ -111,6 +114,8 @@ class Status:
             "uptime_s": round(time.monotonic() - self.started, 3),
             # Whether the wall clock has been set from a time server (None: unknown).
             "clock_synchronised": self.clock.synchronised if self.clock is not None else None,
+            # The daemon's own start-up, seconds per phase (app.Startup.phases).
+            "startup": self.startup() if self.startup is not None else None,
             "stream": self.stream_json(camera) if camera is not None else None,
             "streams": [self.stream_json(s) for s in self.streams],
             "source": self.source.describe(),

@@ -10,6 +10,7 @@ import aiohttp
 import pytest
 from aiohttp import web
 
+from appliance.devices import clock
 from tests.e2e.conftest import DaemonFactory, wait_ready
 from tests.e2e.peers import chromium
 
@@ -51,6 +52,10 @@ async def test_page_plays_live_video_with_stamp_latency(daemon: DaemonFactory, h
         assert len(await viewers(http, d.url)) == 1
         overlay = await page.inner_text("#overlay")
         assert "1280×720" in overlay
+        # The page says when the device's clock is not set, as the daemon's status does (this
+        # machine's clock: unsynchronised in a container, synchronised where timesyncd runs).
+        await wait_for(page, "window.viewer.clockSynchronised !== undefined")
+        assert await page.is_visible("#clock") is (clock.synchronised() is False)
 
 
 async def test_page_on_another_origin_plays_and_deletes_on_unload(

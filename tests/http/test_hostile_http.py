@@ -236,6 +236,11 @@ def test_out_of_descriptors_is_a_line_a_second_and_the_daemon_recovers(tmp_path:
     held: list[socket.socket] = []
     try:
         _wait_for(url, 20)
+        # The camera starts after the HTTP server: let it, so that what runs out is the server's.
+        deadline = time.monotonic() + 20
+        while "first frame" not in log.read_text():
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.1)
         started = time.monotonic()
         for client in range(2, 10):
             for _ in range(30):

@@ -1,7 +1,6 @@
 """The Raspberry Pi SD card image (flavor "debian": Debian 12 arm64 + raspi-firmware + our .deb),
 checked as a file: partitions, labels, the boot partition's files, the root file system's
-integrity and what is installed and enabled in it. Booting it (qemu-system-aarch64 -M raspi3b,
-about a minute) is left to a slower job: see README.
+integrity and what is installed and enabled in it. Booting it as a Raspberry Pi is test_pi.py.
 """
 
 from __future__ import annotations
