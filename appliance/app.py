@@ -65,7 +65,7 @@ class Startup:
     main: float  # Python had started and read the command line
     imported: float  # the daemon's modules were imported
     serving: float | None = None  # HTTP listening: READY
-    first_frame: float | None = None  # the camera's first access unit reached the stream
+    first_frame: float | None = None  # the camera's first keyframe reached the stream
 
     @classmethod
     def begun(cls, main: float) -> Startup:
@@ -192,8 +192,8 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
 
 
 async def _first_frame(stream: Stream, startup: Startup) -> None:
-    await stream.first_published.wait()
-    startup.first_frame = stream.first_published_at
+    await stream.keyframed.wait()
+    startup.first_frame = stream.first_keyframe_at
     took = startup.phases()
     logger.info(
         "first frame %.1f s after the process started (the camera's %.1f s after HTTP)",

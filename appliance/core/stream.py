@@ -147,8 +147,9 @@ class Stream:
         self.keyframes_forced = 0
         self.keyframe_requests = 0
         self.last_frame_at: float | None = None
-        self.first_published = asyncio.Event()  # set by the first access unit
-        self.first_published_at: float | None = None
+        # Set by the first keyframe (with its SPS): from then on viewers can be answered.
+        self.keyframed = asyncio.Event()
+        self.first_keyframe_at: float | None = None
         # The access units since the last keyframe: what a decoder needs for the newest picture
         # (snapshots decode them on request; nothing is decoded when nobody asks).
         self.gop: list[EncodedFrame] = []
@@ -179,9 +180,6 @@ class Stream:
         self.frames += 1
         self.bytes += len(frame.data)
         self.last_frame_at = self._clock()
-        if self.first_published_at is None:
-            self.first_published_at = self.last_frame_at
-            self.first_published.set()
         self._meter.add(len(frame.data))
         if frame.keyframe:
             self.keyframes += 1
@@ -192,6 +190,9 @@ class Stream:
             sps = h264.find_nal(frame.data, h264.NAL_SPS)
             if sps is not None:
                 self.profile_level_id = h264.profile_level_id(sps)
+                if self.first_keyframe_at is None:
+                    self.first_keyframe_at = self.last_frame_at
+                    self.keyframed.set()
         started = time.perf_counter_ns()
         indices = self._packetizer.packetize(
             frame.data, frame.pts, frame.capture_ns, frame.keyframe

@@ -4,6 +4,7 @@ candidates, DELETE leaves. The session plumbing WHEP shares with WHIP is in reso
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 from aiohttp import web
@@ -18,6 +19,9 @@ from appliance.http.resource import SessionResources
 from appliance.http.sessions import Session, SessionRegistry, new_session_id
 
 logger = logging.getLogger(__name__)
+
+# How long an offer waits for a starting stream's first keyframe before 503 (Retry-After: 1).
+FIRST_KEYFRAME_WAIT_S = 5.0
 
 
 class WhepHandlers(SessionResources):
@@ -46,7 +50,12 @@ class WhepHandlers(SessionResources):
         stream = self._streams.get(self._stream_name(request))
         offer = await self._offer(request)
         if stream.profile_level_id is None:
-            raise SourceNotReady("the stream has not had its first keyframe yet")
+            # A camera still starting (the daemon serves before it is open), or a publisher
+            # connecting: wait a little for its first keyframe rather than send the viewer away.
+            try:
+                await asyncio.wait_for(stream.keyframed.wait(), FIRST_KEYFRAME_WAIT_S)
+            except asyncio.TimeoutError:
+                raise SourceNotReady("the stream has not had its first keyframe yet") from None
         limits = self._config.stream
         if self._sessions.count(stream.name) >= limits.max_viewers:
             raise Overloaded(f"viewer limit of this stream reached ({limits.max_viewers})")

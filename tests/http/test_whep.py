@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -150,12 +151,30 @@ async def test_unknown_stream_and_session_are_404(client: TestClient) -> None:
 async def test_source_not_ready_is_503_with_retry_after(cfg: config.Config) -> None:
     client = await client_for(Stream("cam"), cfg)
     try:
-        r = await client.post("/whep", data=OFFER, headers=SDP)
+        h = await client.get("/healthz")
+        assert h.status == 200  # not stalled yet: the daemon just started
+        r = await client.post("/whep", data=OFFER, headers=SDP)  # after a wait for a keyframe
         assert r.status == 503
         assert r.headers["Retry-After"] == "1"
         assert "first keyframe" in await r.text()
-        h = await client.get("/healthz")
-        assert h.status == 200  # not stalled yet: the daemon just started
+    finally:
+        await client.close()
+
+
+async def test_an_offer_waits_for_a_starting_streams_first_keyframe(cfg: config.Config) -> None:
+    # The daemon serves before its camera is open: an offer in that gap is answered once the
+    # first keyframe arrives, not sent away.
+    stream = Stream("cam")
+    client = await client_for(stream, cfg)
+    try:
+        post = asyncio.create_task(client.post("/whep", data=OFFER, headers=SDP))
+        await asyncio.sleep(0.5)
+        assert not post.done()  # held (before, it was a 503 at once)
+        feed_one_keyframe(stream, cfg)
+        r = await post
+        assert r.status == 201, await r.text()
+        assert "profile-level-id=42e0" in await r.text()
+        assert (await client.delete(r.headers["Location"])).status == 200
     finally:
         await client.close()
 

@@ -33,6 +33,25 @@ TAP = "tpi0"
 SECTOR = 512
 BOOT_FILES = ("vmlinuz", "initrd.img", "bcm2837-rpi-3-b.dtb")
 
+# What an owner writes to the card before its first boot: a name, their key, the test pattern at
+# 320x240 (what TCG keeps up with), a stream.
+FIRST_BOOT = """\
+[system]
+hostname = "porch"
+
+[ssh]
+user = "owner"
+authorized_keys = ["{key}"]
+
+[video]
+source = "testsrc"
+width = 320
+height = 240
+
+[stream]
+name = "porch"
+"""
+
 
 def missing_tools() -> list[str]:
     need = ("qemu-system-aarch64", "mcopy", "sfdisk", "ssh", "ssh-keygen", "ip")

@@ -23,29 +23,12 @@ import pytest
 from tests.e2e.conftest import wait_until
 from tests.e2e.peers import AiortcViewer
 from tests.vm.machine import cached_sdcard, require
-from tests.vm.pi import GUEST, Pi, new_key
+from tests.vm.pi import FIRST_BOOT, GUEST, Pi, new_key
 
 pytestmark = [pytest.mark.image, pytest.mark.e2e, pytest.mark.timeout(1200)]
 
 URL = f"http://{GUEST}:8080"
 BOOT_TIMEOUT = 600.0  # TCG on two cores: READY at 1.5 to 3 minutes after power-on
-
-FIRST_BOOT = """\
-[system]
-hostname = "porch"
-
-[ssh]
-user = "owner"
-authorized_keys = ["{key}"]
-
-[video]
-source = "testsrc"
-width = 320
-height = 240
-
-[stream]
-name = "porch"
-"""
 
 
 def root_partition_bytes(card: Path) -> int:
