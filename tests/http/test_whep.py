@@ -157,6 +157,9 @@ async def test_source_not_ready_is_503_with_retry_after(cfg: config.Config) -> N
         assert r.status == 503
         assert r.headers["Retry-After"] == "1"
         assert "first keyframe" in await r.text()
+        h = await client.get("/healthz")  # seconds later, still no frame: not stalled, starting
+        assert h.status == 503
+        assert (await h.text()).startswith("source starting: no frame yet (")
     finally:
         await client.close()
 
