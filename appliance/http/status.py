@@ -142,12 +142,11 @@ async def healthz_handler(request: web.Request) -> web.Response:
     slot = status.source
     if slot.current is None and slot.last_error:
         return web.Response(status=503, text=f"source down: {slot.last_error}\n")
+    camera = status.streams.camera
+    if camera is not None and camera.last_frame_at is None:  # the daemon serves before it does
+        since = time.monotonic() - status.started
+        return web.Response(status=503, text=f"source starting: no frame yet ({since:.1f} s)\n")
     stalled = status.stalled_for()
     if stalled is not None:
-        camera = status.streams.camera
-        if camera is not None and camera.last_frame_at is None:  # the daemon serves before it
-            return web.Response(
-                status=503, text=f"source starting: no frame yet ({stalled:.1f} s)\n"
-            )
         return web.Response(status=503, text=f"source stalled: no frame for {stalled:.1f} s\n")
     return web.Response(text="ok\n")

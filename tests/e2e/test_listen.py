@@ -9,7 +9,7 @@ import aiohttp
 import pytest
 
 from tests import netns
-from tests.e2e.conftest import DaemonFactory
+from tests.e2e.conftest import DaemonFactory, wait_ready
 from tests.e2e.test_browser import free_port
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(60)]
@@ -29,7 +29,8 @@ async def test_default_host_serves_ipv4_and_ipv6_and_the_log_names_reachable_url
 ) -> None:
     caplog.set_level(logging.INFO, logger="appliance.app")
     port = free_port()
-    async with daemon(**{"http.host": "", "http.port": port}):
+    async with daemon(**{"http.host": "", "http.port": port}) as d:
+        await wait_ready(d)  # /healthz is 200 once the camera sends frames
         hosts = ["127.0.0.1", netns.ADDRESS] + (["[::1]"] if has_ipv6_loopback() else [])
         for host in hosts:
             async with http.get(f"http://{host}:{port}/healthz") as r:

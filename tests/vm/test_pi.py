@@ -98,7 +98,9 @@ async def test_first_power_on(pi: Pi, http: aiohttp.ClientSession, card: Path) -
     assert pi.ssh("ls /boot/firmware/appliance.toml*").split() == [
         "/boot/firmware/appliance.toml.applied"
     ]
-    # The root file system grown from the image's partition to the (bigger) card.
+    # The root file system grown from the image's partition to the (bigger) card (while the
+    # daemon started: wait for it).
+    pi.ssh("for i in $(seq 120); do [ -e /var/lib/appliance-growfs.done ] && break; sleep 1; done")
     grown = int(pi.ssh("findmnt -bno SIZE /").strip())
     assert grown > root_partition_bytes(card) * 1.2, (grown, root_partition_bytes(card))
 
