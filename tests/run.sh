@@ -53,7 +53,7 @@ fi
 .venv/bin/ruff format --check appliance tests
 .venv/bin/mypy
 # The machines and images are built here, with the registries reachable: the test machine (about a
-# minute), the .deb and the vm-amd64 image (two minutes), the arm64 SD card (about eight). All are
+# minute), the .deb and the vm-amd64 image (two minutes), the arm64 SD card (about thirteen). All are
 # cached by what goes into them. The tests themselves run without a network.
 if [ "$(id -u)" -eq 0 ]; then
     .venv/bin/python -m tests.vm.machine

@@ -139,13 +139,17 @@ export function startViewer({ video, overlay, status, url, login, unmute, clock,
 
 // The device's clock, as its status says (for a page whose token may read it, or on a device
 // without tokens): a Pi has no battery clock, and until it reaches a time server the time it
-// stamps on the picture and everything dated is wrong. Asked now and every 30 s.
+// stamps on the picture and everything dated is wrong. Asked now and every 30 s; no more once
+// the status is refused (a viewer's token without the admin right), which would only fill the
+// device's log with refusals.
 function watchClock(element, url, client) {
   const statusUrl = new URL("/api/status", url).toString();
+  let timer = null;
   const ask = async () => {
     try {
       const headers = client.token ? { Authorization: `Bearer ${client.token}` } : {};
       const response = await fetch(statusUrl, { headers });
+      if (response.status === 401 || response.status === 403) clearInterval(timer);
       if (!response.ok) return;
       const synchronised = (await response.json()).clock_synchronised;
       window.viewer.clockSynchronised = synchronised;
@@ -154,6 +158,6 @@ function watchClock(element, url, client) {
       // the device is restarting or unreachable: the connection state says so already
     }
   };
+  timer = setInterval(ask, 30000);
   ask();
-  setInterval(ask, 30000);
 }

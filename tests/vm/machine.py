@@ -137,8 +137,8 @@ def product() -> Path:
 
 
 def sdcard() -> Path:
-    """Build the arm64 .deb and the Raspberry Pi SD card with it, unless cached (about 8 min)."""
-    return _build(cached_sdcard(), "arm64", "debian", "sdcard.img", 8)
+    """Build the arm64 .deb and the Raspberry Pi SD card with it, unless cached (about 13 min)."""
+    return _build(cached_sdcard(), "arm64", "debian", "sdcard.img", 13)
 
 
 def _build(out: Path, arch: str, flavor: str, result: str, minutes: int) -> Path:
