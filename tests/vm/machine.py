@@ -187,6 +187,14 @@ def image() -> Path:
     return out
 
 
+def tap_up(name: str, host: str) -> None:
+    """A tap device `name` for a guest's NIC, up, with `host`/24 on this side (in the test
+    session's network namespace)."""
+    subprocess.run(["ip", "tuntap", "add", "dev", name, "mode", "tap"], check=True)
+    subprocess.run(["ip", "addr", "add", f"{host}/24", "dev", name], check=True)
+    subprocess.run(["ip", "link", "set", name, "up"], check=True)
+
+
 class Machine:
     """One boot of a machine (the camera test machine by default). Use as a context manager.
 
@@ -212,9 +220,7 @@ class Machine:
 
     def __enter__(self) -> Machine:
         shutil.copy(ROOT / "tests/vm/agent.sh", self.run_dir / "guest.sh")
-        subprocess.run(["ip", "tuntap", "add", "dev", TAP, "mode", "tap"], check=True)
-        subprocess.run(["ip", "addr", "add", f"{HOST}/24", "dev", TAP], check=True)
-        subprocess.run(["ip", "link", "set", TAP, "up"], check=True)
+        tap_up(TAP, HOST)
         img = self.image
         self._proc = subprocess.Popen(
             [

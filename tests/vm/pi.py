@@ -27,6 +27,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from tests.vm.machine import tap_up
+
 GUEST = "10.99.4.2"
 HOST = "10.99.4.1"
 TAP = "tpi0"
@@ -90,9 +92,7 @@ class Pi:
     def __enter__(self) -> Pi:
         try:
             self._prepare()
-            subprocess.run(["ip", "tuntap", "add", "dev", TAP, "mode", "tap"], check=True)
-            subprocess.run(["ip", "addr", "add", f"{HOST}/24", "dev", TAP], check=True)
-            subprocess.run(["ip", "link", "set", TAP, "up"], check=True)
+            tap_up(TAP, HOST)
             self.power_on()
         except BaseException:
             self.__exit__()
