@@ -52,6 +52,12 @@ height = 240
 
 [stream]
 name = "porch"
+
+# Under TCG the emulated Pi runs 10 to 20 times slower than a real one, and on first power-on the
+# daemon shares it with first boot, growfs and ssh-keygen: ICE and DTLS took 5.5 s there (a Pi:
+# well under 1 s), too close to the default 10 s after which the daemon gives a session up.
+[webrtc]
+connect_timeout = 60
 """
 
 

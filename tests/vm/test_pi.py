@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+from aiortc.mediastreams import MediaStreamError
 
 from tests.e2e.conftest import wait_until
 from tests.e2e.peers import AiortcViewer
@@ -79,19 +80,32 @@ async def status(http: aiohttp.ClientSession) -> dict[str, Any]:
         return result
 
 
-async def watch(http: aiohttp.ClientSession) -> None:
+def daemon_log(pi: Pi, what: object) -> str:
+    """`what`, with the daemon's state and its last log lines (kept on the Pi) for a failure."""
+    log = pi.ssh(
+        "systemctl status --no-pager appliance.service | head -12; "
+        "journalctl -u appliance.service -o short-monotonic --no-pager | tail -40",
+        check=False,
+    )
+    return f"{what}\n--- the daemon on the Pi ---\n{log}"
+
+
+async def watch(pi: Pi, http: aiohttp.ClientSession) -> None:
     viewer = AiortcViewer(http, f"{URL}/porch/whep")
     try:
         await viewer.connect()
         frames = await viewer.frames(10, timeout=120)
         assert {(f.width, f.height) for f in frames} == {(320, 240)}
+    except (AssertionError, MediaStreamError, TimeoutError) as e:
+        # What the daemon said of the session (why it ended) is on the Pi, not in the exception.
+        raise AssertionError(daemon_log(pi, f"no video from the emulated Pi: {e!r}")) from e
     finally:
         await viewer.close()
 
 
 async def test_first_power_on(pi: Pi, http: aiohttp.ClientSession, card: Path) -> None:
     await wait_serving(pi, http)
-    await watch(http)
+    await watch(pi, http)
 
     # First boot applied, and its secrets gone from the boot partition.
     assert pi.ssh("hostname").strip() == "porch"
@@ -107,7 +121,9 @@ async def test_first_power_on(pi: Pi, http: aiohttp.ClientSession, card: Path) -
     # The owner administers the device: sudo without a password, the daemon's journal.
     assert {"sudo", "adm", "systemd-journal"} <= set(pi.ssh("id -nG").split())
     assert pi.ssh("sudo -n id -u").strip() == "0"
-    assert pi.ssh("systemctl is-active appliance.service").strip() == "active"
+    # Started once and still running (a restart, by the watchdog or a crash, would show here).
+    state = pi.ssh("systemctl show -p ActiveState,NRestarts --value appliance.service").split()
+    assert state == ["active", "0"], daemon_log(pi, state)
     journal = pi.ssh("journalctl -u appliance.service -o cat --no-pager")
     serving = next(line for line in journal.splitlines() if "serving stream 'porch' at" in line)
     assert f"http://{GUEST}:8080/" in serving and "http://porch.local:8080/" in serving, serving
@@ -144,4 +160,4 @@ async def test_second_power_on_keeps_settings_and_time(pi: Pi, http: aiohttp.Cli
     )  # its condition (the file on the boot partition) no longer holds
     boots = pi.ssh("journalctl --list-boots --no-pager | wc -l").strip()
     assert int(boots) >= 2  # the journal persists across boots for the owner to read
-    await watch(http)
+    await watch(pi, http)
