@@ -76,6 +76,10 @@ class IceServer:
     urls: tuple[str, ...]
     username: str = ""
     credential: str = ""
+    # TURN's shared-secret scheme (coturn's use-auth-secret, static-auth-secret): the daemon mints
+    # a credential per session that expires after `lifetime` seconds; the secret never leaves it.
+    secret: str = ""
+    lifetime: int = 86400
 
 
 @dataclass(frozen=True, slots=True)
@@ -387,6 +391,12 @@ def _validate(c: Config) -> None:
                     f"webrtc.ice_servers[{i}].urls",
                     f"must start with stun:, stuns:, turn: or turns:; got {url!r}",
                 )
+        key = f"webrtc.ice_servers[{i}]"
+        if server.secret and (server.username or server.credential):
+            raise ConfigError(f"{key}.secret", "takes the place of username and credential")
+        if server.secret and not all(u.startswith(("turn:", "turns:")) for u in server.urls):
+            raise ConfigError(f"{key}.secret", "is for TURN servers (turn: or turns: URLs)")
+        _in_range(f"{key}.lifetime", server.lifetime, 60, 30 * 86400)
     _in_range("webrtc.connect_timeout", c.webrtc.connect_timeout, 1, 600)
     _one_of("webrtc.sender", c.webrtc.sender, SENDERS)
     _one_of("video.source", c.video.source, VIDEO_SOURCES)

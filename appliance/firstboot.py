@@ -19,9 +19,11 @@ The file is written on any laptop before the first boot (the boot partition is F
 
 Raspberry Pi Imager's own settings (its `firstrun.sh` on bookworm, cloud-init files on trixie) are
 applied by Raspberry Pi OS itself and need nothing from us; this file covers what Imager does not.
+Secrets go to `/etc/appliance/credentials/` (root only; systemd hands them to the daemon): `[auth]`
+tokens, and `[webrtc] ice_servers` when an entry holds a TURN `secret` or `credential`.
 Everything is validated before anything is written: a bad file changes nothing and says why. Once
-applied, the file is renamed `appliance.toml.applied`, with the Wi-Fi password removed, so it runs
-once; a new `appliance.toml` on the card is applied at the next boot.
+applied, the file is renamed `appliance.toml.applied`, with the Wi-Fi password and the other
+secrets removed, so it runs once; a new `appliance.toml` on the card is applied at the next boot.
 """
 
 from __future__ import annotations
@@ -74,19 +76,45 @@ def apply(path: Path, root: Path = Path("/"), config_path: Path | None = None) -
     if "ssh" in wanted:
         done.append(_ssh(wanted["ssh"], root))
     secrets = plan.pop("auth", None)
+    turn = _turn_secrets(plan)
     if plan:
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text(_merged_toml(target, plan))
         done.append(f"{target}: set {', '.join(sorted(_keys(plan)))}")
-    if secrets is not None:  # tokens: root-only, handed to the daemon by systemd's LoadCredential=
-        creds = target.parent / "credentials/auth.toml"
-        creds.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as f:
-            f.write(_merged_toml(creds, {"auth": secrets}))
+    # Secrets go where only root reads them; systemd's LoadCredential= hands them to the daemon.
+    if secrets is not None:
+        creds = _credentials(target, "auth", {"auth": secrets})
         done.append(f"{creds}: {len(secrets.get('tokens', []))} token(s)")
+    if turn is not None:
+        creds = _credentials(target, "webrtc", {"webrtc": {"ice_servers": turn}})
+        done.append(f"{creds}: {len(turn)} ICE server(s) with credentials")
     _retire(path, wanted)
     return done
+
+
+def _turn_secrets(plan: dict[str, Any]) -> list[Any] | None:
+    """Take `webrtc.ice_servers` out of the plan when an entry holds a TURN secret or
+    credential: that belongs in the credentials directory, not the world-readable config."""
+    webrtc = plan.get("webrtc")
+    servers = webrtc.get("ice_servers") if isinstance(webrtc, dict) else None
+    if not isinstance(servers, list) or not any(
+        isinstance(s, dict) and (s.get("secret") or s.get("credential")) for s in servers
+    ):
+        return None
+    assert isinstance(webrtc, dict)
+    del webrtc["ice_servers"]
+    if not webrtc:
+        del plan["webrtc"]
+    return servers
+
+
+def _credentials(target: Path, name: str, tree: dict[str, Any]) -> Path:
+    creds = target.parent / f"credentials/{name}.toml"
+    creds.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+    fd = os.open(creds, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(_merged_toml(creds, tree))
+    return creds
 
 
 def _validate(wanted: dict[str, Any], target: Path) -> dict[str, Any]:
@@ -204,6 +232,8 @@ def _retire(path: Path, wanted: dict[str, Any]) -> None:
         text = re.sub(r"(?m)^(\s*password\s*=\s*).*$", r'\1"" # removed once applied', text)
     if wanted.get("auth", {}).get("tokens"):
         text = re.sub(r"(?m)^(\s*token\s*=\s*).*$", r'\1"" # removed once applied', text)
+    # TURN secrets and credentials, in ice_servers' inline tables or tables of their own.
+    text = re.sub(r'\b(secret|credential)(\s*=\s*)"(?:[^"\\\n]|\\.)*"', r'\1\2""', text)
     applied = path.with_name(path.name + ".applied")
     applied.write_text(text)
     path.unlink()

@@ -20,6 +20,11 @@ if [ -n "$missing" ]; then
     echo "installing:$missing"
     $sudo apt-get update -qq
     DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq $missing
+    # coturn's package starts a TURN server on every address where systemd runs; the tests run
+    # their own, in a network namespace (tests/e2e/nat.py).
+    case " $missing " in *" coturn "*)
+        [ ! -d /run/systemd/system ] || $sudo systemctl disable --now coturn.service || true ;;
+    esac
 fi
 
 [ -x .venv/bin/python ] || python3 -m venv .venv

@@ -97,3 +97,28 @@ def test_a_bad_file_changes_nothing_and_says_why(tmp_path: Path, text: str, mess
     assert file.exists()  # left for the user to fix
     assert not (root / "etc/hostname").exists()
     assert (root / "etc/appliance/appliance.toml").read_text() == before
+
+
+def test_a_turn_secret_goes_to_the_credentials_not_the_config(tmp_path: Path) -> None:
+    root, file = scratch(
+        tmp_path,
+        '[webrtc]\nconnect_timeout = 20\nice_servers = [{ urls = ["turn:turn.example.net:3478"], '
+        'secret = "s3cret-of-coturn", lifetime = 3600 }]\n',
+    )
+    done = apply(file, root)
+    etc = root / "etc/appliance"
+    assert done[-1] == f"{etc}/credentials/webrtc.toml: 1 ICE server(s) with credentials"
+    creds = etc / "credentials/webrtc.toml"
+    assert creds.stat().st_mode & 0o777 == 0o600
+    assert "s3cret-of-coturn" not in (etc / "appliance.toml").read_text()
+    # The daemon reads both, as systemd hands it the credentials directory.
+    c = config.load(etc / "appliance.toml", env={"CREDENTIALS_DIRECTORY": str(creds.parent)})
+    (server,) = c.webrtc.ice_servers
+    assert (server.secret, server.lifetime, c.webrtc.connect_timeout) == (
+        "s3cret-of-coturn",
+        3600,
+        20,
+    )
+    applied = file.with_name("appliance.toml.applied").read_text()
+    assert "s3cret-of-coturn" not in applied
+    assert tomllib.loads(applied)["webrtc"]["ice_servers"][0]["secret"] == ""

@@ -71,6 +71,7 @@ PROGRAMS = {
     "ssh-keygen": "openssh-client",
     "tar": "tar",
     "tr": "coreutils",
+    "turnserver": "coturn",
     "update-binfmts": "binfmt-support",
 }
 

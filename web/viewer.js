@@ -6,7 +6,7 @@ import { WhepClient } from "./whep.js";
 import { readStamp, stampLatency } from "./stamp.js";
 import { bindLogin, initialToken } from "./token.js";
 
-export function startViewer({ video, overlay, status, url, login, unmute, clock, audio = true }) {
+export function startViewer({ video, overlay, status, url, login, unmute, clock, audio = true, trickle = true }) {
   const state = {
     url,
     state: "idle",
@@ -31,6 +31,7 @@ export function startViewer({ video, overlay, status, url, login, unmute, clock,
 
   const client = new WhepClient(url, {
     audio,
+    trickle,
     token: initialToken(url),
     onState(name, error) {
       state.state = name;

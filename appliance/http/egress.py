@@ -5,8 +5,9 @@ Ingress, MediaMTX, Cloudflare Stream, Janus behind a WHIP gateway, another appli
 stream once and fans it out. The remote endpoint is one more fast-path sink of the stream: the same
 packets every local viewer gets, its keyframe requests merged with theirs.
 
-Each `[[egress]]` target runs its own loop: wait for the stream to be ready, POST the offer (with
-the bearer token), apply the answer, stay connected; on any failure DELETE the session (best
+Each `[[egress]]` target runs its own loop: wait for the stream to be ready, ask the endpoint for
+its ICE servers (OPTIONS, `Link` headers: a TURN server beside an SFU), POST the offer (with the
+bearer token), apply the answer, stay connected; on any failure DELETE the session (best
 effort), log why, and try again with backoff (1, 2, 5, 10, 30 s, or the server's Retry-After),
 from 1 s again after 30 s of a good connection. Its state is in the status API and /metrics.
 """
@@ -23,8 +24,9 @@ from urllib.parse import urljoin, urlsplit
 import aiohttp
 
 from appliance import rtc
-from appliance.config import Config, EgressTarget
+from appliance.config import Config, EgressTarget, IceServer
 from appliance.core.streams import Streams
+from appliance.http import ice
 
 logger = logging.getLogger(__name__)
 
@@ -58,6 +60,7 @@ class Egress:
         self.failures = 0
         self.last_error = ""
         self.connected_at: float | None = None
+        self.endpoint_servers: list[IceServer] = []
         self.retry_at: float | None = None
         self.media: rtc.FastVideo | None = None
         self._retry_after: float | None = None
@@ -74,6 +77,8 @@ class Egress:
             "connected_s": round(now - self.connected_at, 3) if self.connected_at else None,
             "retry_in_s": round(max(0.0, self.retry_at - now), 3) if self.retry_at else None,
             "last_error": self.last_error or None,
+            # What the endpoint listed in its Link headers (URLs only: no credentials).
+            "endpoint_ice_servers": [u for s in self.endpoint_servers for u in s.urls],
         }
         if self.media is not None:
             m = self.media.describe()
@@ -116,18 +121,42 @@ class Egress:
                 return stream
             await asyncio.sleep(0.25)
 
+    async def _endpoint_servers(
+        self, http: aiohttp.ClientSession, headers: dict[str, str]
+    ) -> list[IceServer]:
+        """The ICE servers the endpoint lists in `Link` headers for an OPTIONS (RFC 9725
+        section 4.6): a TURN server beside an SFU is how a camera behind NAT reaches it. None
+        when it lists none or does not answer OPTIONS; the POST is tried all the same."""
+        try:
+            async with http.options(
+                self.target.url, headers=headers, timeout=aiohttp.ClientTimeout(total=HTTP_TIMEOUT)
+            ) as response:
+                servers = ice.offered(response.links) if response.status < 300 else []
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return []
+        if servers != self.endpoint_servers:
+            urls = ", ".join(u for s in servers for u in s.urls) or "none"
+            logger.info("egress %s: the endpoint's ICE servers: %s", self.url, urls)
+        self.endpoint_servers = servers
+        return servers
+
     async def _publish_once(self, http: aiohttp.ClientSession, stream: Any) -> str:
         config = self._config
-        pc, offer, media = await rtc.offer(stream, config.webrtc.ice_servers, "egress")
+        auth = {"Authorization": f"Bearer {self.target.token}"} if self.target.token else {}
+        # The endpoint's first: aiortc uses one STUN and one TURN server, the first it is given,
+        # and a relay beside the endpoint is the one sure to reach it.
+        servers = [
+            *await self._endpoint_servers(http, auth),
+            *ice.session_servers(config.webrtc.ice_servers, stream.name),
+        ]
+        pc, offer, media = await rtc.offer(stream, servers, "egress")
         media.join_when_connected(stream)  # the endpoint is one more sink of the stream's fan-out
         self.media = media
         location: str | None = None
         changed = asyncio.Event()
         pc.on("connectionstatechange", changed.set)
         try:
-            headers = {"Content-Type": "application/sdp"}
-            if self.target.token:
-                headers["Authorization"] = f"Bearer {self.target.token}"
+            headers = {"Content-Type": "application/sdp", **auth}
             try:
                 async with http.post(
                     self.target.url,

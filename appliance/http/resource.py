@@ -14,7 +14,7 @@ import math
 from aiohttp import web
 
 from appliance import rtc
-from appliance.config import Config
+from appliance.config import Config, IceServer
 from appliance.core import sdp
 from appliance.core.errors import (
     BadOffer,
@@ -25,6 +25,9 @@ from appliance.core.errors import (
     Unprocessable,
     UnsupportedMedia,
 )
+from appliance.core.streams import name_problem
+from appliance.http import ice
+from appliance.http.auth import Authorizer
 from appliance.http.ratelimit import RateLimiter
 from appliance.http.sessions import Session, SessionRegistry
 
@@ -50,30 +53,24 @@ async def body_text(request: web.Request, content_type: str) -> str:
         raise BadRequest(f"the body is not UTF-8 text (byte {e.start})") from None
 
 
-def ice_server_links(config: Config) -> list[str]:
-    """`Link` header values for the configured ICE servers (RFC 9725 section 4.6)."""
-    links = []
-    for server in config.webrtc.ice_servers:
-        for url in server.urls:
-            link = f'<{url}>; rel="ice-server"'
-            if server.username:
-                link += (
-                    f'; username="{server.username}"; credential="{server.credential}"'
-                    '; credential-type="password"'
-                )
-            links.append(link)
-    return links
-
-
 class SessionResources:
     """POST/PATCH/DELETE/OPTIONS plumbing for one protocol (`kind` is "whep" or "whip")."""
 
     kind = ""
+    right = ""  # what a token needs to create a session here ("read", "publish")
 
     def __init__(self, config: Config, sessions: SessionRegistry, rate: RateLimiter) -> None:
         self._config = config
         self._sessions = sessions
         self._rate = rate
+        self._authorizer = Authorizer(config.auth)
+
+    def _servers(self, stream: str) -> tuple[IceServer, ...]:
+        """The ICE servers for one new session on `stream`, shared-secret credentials minted."""
+        return ice.session_servers(self._config.webrtc.ice_servers, stream)
+
+    def _stream_of(self, request: web.Request) -> str:
+        return request.match_info["stream"]
 
     def session_routes(self) -> list[web.RouteDef]:
         return [
@@ -111,12 +108,14 @@ class SessionResources:
             raise BadOffer("empty body: expected an SDP offer")
         return offer
 
-    def _created(self, session: Session, answer: str) -> web.Response:
+    def _created(
+        self, session: Session, answer: str, servers: tuple[IceServer, ...]
+    ) -> web.Response:
         response = web.Response(status=201, body=answer.encode(), content_type=SDP)
         response.headers["Location"] = f"/{session.stream}/{self.kind}/{session.id}"
         response.headers["ETag"] = session.etag
         response.headers["Accept-Patch"] = SDPFRAG
-        for link in ice_server_links(self._config):
+        for link in ice.links(servers):
             response.headers.add("Link", link)
         return response
 
@@ -148,10 +147,22 @@ class SessionResources:
 
     async def options(self, request: web.Request) -> web.Response:
         """Always 204, for any stream: a CORS preflight that failed would hide the POST's own,
-        precise answer (404, 409) from the page behind a network error."""
+        precise answer (404, 409) from the page behind a network error.
+
+        A client allowed to POST here (its token has the right, or none is needed) also gets the
+        ICE servers as `Link` headers, credentials minted: it can then gather its relay
+        candidates while its offer is on the way, instead of after the answer. A preflight
+        carries no token, so it gets none."""
         response = web.Response(status=204)
         response.headers["Accept-Post"] = SDP
         response.headers["Allow"] = "OPTIONS, POST"
+        stream = self._stream_of(request)
+        if not stream or name_problem(stream) is not None:  # its name goes into the credential
+            return response
+        decision = self._authorizer.check(request.headers.get("Authorization"), self.right, stream)
+        if decision.allowed:
+            for link in ice.links(self._servers(stream)):
+                response.headers.add("Link", link)
         return response
 
     async def options_session(self, request: web.Request) -> web.Response:

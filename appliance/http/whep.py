@@ -26,6 +26,7 @@ FIRST_KEYFRAME_WAIT_S = 5.0
 
 class WhepHandlers(SessionResources):
     kind = "whep"
+    right = "read"
 
     def __init__(
         self, config: Config, streams: Streams, viewers: SessionRegistry, rate: RateLimiter
@@ -42,12 +43,12 @@ class WhepHandlers(SessionResources):
             *self.session_routes(),
         ]
 
-    def _stream_name(self, request: web.Request) -> str:
+    def _stream_of(self, request: web.Request) -> str:
         camera = self._streams.camera
         return request.match_info.get("stream") or (camera.name if camera else "")
 
     async def post(self, request: web.Request) -> web.Response:
-        stream = self._streams.get(self._stream_name(request))
+        stream = self._streams.get(self._stream_of(request))
         offer = await self._offer(request)
         if stream.profile_level_id is None:
             # A camera still starting (the daemon serves before it is open), or a publisher
@@ -64,11 +65,12 @@ class WhepHandlers(SessionResources):
         self._take_rate(request)
         session_id = new_session_id()
         peer = request.remote or "?"
+        servers = self._servers(stream.name)
         with self._sessions.reserve(stream.name, peer):  # the limits hold across the await
             pc, answer, media = await rtc.answer(
                 offer,
                 stream,
-                self._config.webrtc.ice_servers,
+                servers,
                 self._config.webrtc.sender,
                 session_id[:8],
             )
@@ -82,4 +84,4 @@ class WhepHandlers(SessionResources):
         logger.info(
             "viewer %s: new session on %s from %s", session.id[:8], stream.name, session.peer
         )
-        return self._created(session, answer)
+        return self._created(session, answer, servers)

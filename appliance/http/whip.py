@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 class WhipHandlers(SessionResources):
     kind = "whip"
+    right = "publish"
 
     def __init__(
         self,
@@ -87,11 +88,10 @@ class WhipHandlers(SessionResources):
         self._pending.add(name)
         session_id = new_session_id()
         peer = request.remote or "?"
+        servers = self._servers(name)
         try:
             with self._sessions.reserve(name, peer):
-                pc, answer, media = await rtc.receive(
-                    offer, stream, self._config.webrtc.ice_servers, session_id[:8]
-                )
+                pc, answer, media = await rtc.receive(offer, stream, servers, session_id[:8])
         except BaseException:
             if created and self.publisher(name) is None:
                 self._streams.remove(stream)
@@ -109,7 +109,7 @@ class WhipHandlers(SessionResources):
         self._sessions.add(session)
         session.watch(self._sessions, self._config.webrtc.connect_timeout)
         logger.info("publisher %s: new session on %s from %s", session_id[:8], name, session.peer)
-        return self._created(session, answer)
+        return self._created(session, answer, servers)
 
     def _publisher_left(self, stream: Stream, media: rtc.IngestVideo) -> None:
         stream.detach_encoder(media.request_keyframe)

@@ -10,6 +10,7 @@ and nothing is left open.
 from __future__ import annotations
 
 import asyncio
+import logging
 from collections.abc import Sequence
 from typing import Any
 
@@ -26,6 +27,7 @@ from aiortc.sdp import candidate_from_sdp
 from appliance.config import IceServer
 from appliance.core import h264, sdp
 from appliance.core.errors import BadOffer, NoCommonCodec
+from appliance.core.stats import LogLimiter
 from appliance.core.stream import Stream
 from appliance.rtc import internals
 from appliance.rtc.ingest import IngestAudio, IngestVideo
@@ -39,6 +41,24 @@ from appliance.rtc.viewer import (
 
 _BASELINE = "4200"
 _CONSTRAINED_BASELINE = "42e0"
+
+
+logger = logging.getLogger(__name__)
+# A TURN server that refuses or does not answer fails every session's allocation the same way:
+# one line a minute says so (aioice drops the error and gathers without a relay).
+_no_relay = LogLimiter(logger, interval=60.0)
+
+
+def _say_if_no_relay(local_sdp: str, servers: Sequence[IceServer], name: str) -> None:
+    turn = next((u for s in servers for u in s.urls if u.startswith(("turn:", "turns:"))), None)
+    if turn is not None and " typ relay" not in local_sdp:
+        _no_relay.log(
+            logging.WARNING,
+            "%s: no relay candidate from %s (it refused the credentials or did not answer in "
+            "5 s): peers behind another NAT cannot reach this one",
+            name,
+            turn,
+        )
 
 
 def ice_configuration(servers: Sequence[IceServer]) -> RTCConfiguration:
@@ -128,6 +148,7 @@ async def answer(
             audio_transceiver.setCodecPreferences(_opus())
         await _apply_offer(pc, offer)
         await _create_answer(pc)
+        _say_if_no_relay(pc.localDescription.sdp, ice_servers, name)
         text = sdp.set_h264_profile_level_id(pc.localDescription.sdp, answer_plid)
         if audio_transceiver is not None and stream.audio is not None and stream.audio.channels > 1:
             text = sdp.set_opus_stereo(text)
@@ -197,6 +218,7 @@ async def receive(
             if other not in (transceiver, audio_transceiver):
                 other.direction = "inactive"
         await _create_answer(pc)
+        _say_if_no_relay(pc.localDescription.sdp, ice_servers, name)
         return pc, str(pc.localDescription.sdp), media
     except BaseException:
         media.on_close.clear()
@@ -220,6 +242,7 @@ async def offer(
         if stream.audio is not None:
             _add_audio(pc, media.add_audio(stream.audio)).setCodecPreferences(_opus())
         await pc.setLocalDescription(await pc.createOffer())
+        _say_if_no_relay(pc.localDescription.sdp, ice_servers, name)
         text = sdp.set_h264_profile_level_id(pc.localDescription.sdp, stream.profile_level_id)
         return pc, text, media
     except BaseException:

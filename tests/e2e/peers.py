@@ -6,14 +6,14 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import tempfile
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
 from typing import Any
 from urllib.parse import urljoin
 
 import aiohttp
 import av
 import numpy as np
-from aiortc import RTCConfiguration, RTCPeerConnection, RTCSessionDescription
+from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import VideoStreamTrack
 
 CHROMIUM = "/usr/bin/chromium"
@@ -33,14 +33,20 @@ FAKE_CAMERA = ("--use-fake-device-for-media-stream", "--use-fake-ui-for-media-st
 
 
 class AiortcPeer:
-    """What the WHEP viewer and the WHIP publisher share: an aiortc peer connection with no ICE
-    servers, the endpoint, the bearer token, and the session resource to DELETE."""
+    """What the WHEP viewer and the WHIP publisher share: an aiortc peer connection (no ICE
+    servers unless given), the endpoint, the bearer token, and the session resource to DELETE."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, token: str | None) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        token: str | None,
+        ice_servers: Sequence[RTCIceServer] = (),
+    ) -> None:
         self.http = http
         self.url = url
         self.auth = {"Authorization": f"Bearer {token}"} if token else {}
-        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+        self.pc = RTCPeerConnection(RTCConfiguration(iceServers=list(ice_servers)))
         self.location: str | None = None
         self.etag: str | None = None
 
@@ -58,9 +64,14 @@ class AiortcViewer(AiortcPeer):
     decoded by aiortc with PyAV."""
 
     def __init__(
-        self, http: aiohttp.ClientSession, url: str, token: str | None = None, audio: bool = False
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        token: str | None = None,
+        audio: bool = False,
+        ice_servers: Sequence[RTCIceServer] = (),
     ) -> None:
-        super().__init__(http, url, token)
+        super().__init__(http, url, token, ice_servers)
         self.audio = audio
         self.answer: str | None = None
         loop = asyncio.get_running_loop()
@@ -171,15 +182,16 @@ class AiortcPublisher(AiortcPeer):
 
 
 @contextlib.asynccontextmanager
-async def chromium(*extra_args: str) -> AsyncIterator[Any]:
-    """A headless Debian Chromium driven by Playwright, with a fresh profile."""
+async def chromium(*extra_args: str, executable: str = CHROMIUM) -> AsyncIterator[Any]:
+    """A headless Debian Chromium driven by Playwright, with a fresh profile (`executable`: a
+    wrapper that starts it elsewhere, in another network namespace)."""
     from playwright.async_api import async_playwright
 
     with tempfile.TemporaryDirectory(prefix="chromium-") as profile:
         async with async_playwright() as p:
             context = await p.chromium.launch_persistent_context(
                 profile,
-                executable_path=CHROMIUM,
+                executable_path=executable,
                 headless=True,
                 args=[*CHROMIUM_ARGS, *extra_args],
             )

@@ -233,7 +233,8 @@ async def test_killed_viewer_is_dropped_by_consent_expiry(daemon: DaemonFactory,
         stays = AiortcViewer(http, f"{d.url}/cam/whep")
         try:
             assert proc.stdout is not None
-            assert await asyncio.wait_for(proc.stdout.readline(), 30) == b"playing\n"
+            line = await asyncio.wait_for(proc.stdout.readline(), 30)
+            assert line == b"playing host host\n", line
             await stays.connect()
             await stays.frames(3)
             assert len((await status(http, d.url))["viewers"]) == 2

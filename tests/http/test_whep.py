@@ -12,10 +12,8 @@ from aiohttp.test_utils import TestClient, TestServer
 
 from appliance import config
 from appliance.capture.testsrc import TestPattern
-from appliance.config import IceServer
 from appliance.core.stream import Stream
 from appliance.encoders.software import X264Encoder
-from appliance.http.resource import ice_server_links
 from appliance.http.sessions import SessionRegistry
 from appliance.http.status import STATUS_KEY
 from tests.apps import app_for, yuv420p
@@ -278,24 +276,6 @@ async def test_viewer_page_and_modules_are_served(client: TestClient) -> None:
         r = await client.get(f"/web/{module}")
         assert r.status == 200 and "export" in await r.text()
     assert (await client.get("/cam/")).status == 200
-
-
-def test_ice_server_link_headers() -> None:
-    cfg = config.load(
-        None,
-        env={},
-        overrides={
-            "webrtc.ice_servers": [
-                "stun:stun.lan:3478",
-                {"urls": ["turn:turn.lan:3478"], "username": "u", "credential": "p"},
-            ]
-        },
-    )
-    assert cfg.webrtc.ice_servers[0] == IceServer(urls=("stun:stun.lan:3478",))
-    assert ice_server_links(cfg) == [
-        '<stun:stun.lan:3478>; rel="ice-server"',
-        '<turn:turn.lan:3478>; rel="ice-server"; username="u"; credential="p"; credential-type="password"',
-    ]
 
 
 async def test_answer_to_chromium_picks_constrained_baseline_and_playout_delay(
