@@ -126,8 +126,9 @@ async def test_first_power_on(pi: Pi, http: aiohttp.ClientSession, card: Path) -
     assert {"sudo", "adm", "systemd-journal"} <= set(pi.ssh("id -nG").split())
     assert pi.ssh("sudo -n id -u").strip() == "0"
     # Started once and still running (a restart, by the watchdog or a crash, would show here).
-    state = pi.ssh("systemctl show -p ActiveState,NRestarts --value appliance.service").split()
-    assert state == ["active", "0"], daemon_log(pi, state)
+    shown = pi.ssh("systemctl show -p ActiveState -p NRestarts appliance.service")
+    state = dict(line.split("=", 1) for line in shown.split())  # systemd's order, not ours
+    assert state == {"ActiveState": "active", "NRestarts": "0"}, daemon_log(pi, state)
     journal = pi.ssh("journalctl -u appliance.service -o cat --no-pager")
     serving = next(line for line in journal.splitlines() if "serving stream 'porch' at" in line)
     assert f"http://{GUEST}:8080/" in serving and "http://porch.local:8080/" in serving, serving
