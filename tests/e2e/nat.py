@@ -92,6 +92,7 @@ class Internet:
         self.mobile = Namespace(f"apl-mobile-{tag}")
         self._spaces = (self.homegw, self.home, self.mobgw, self.mobile)
         self._links = ("nhw0", "nmw0")
+        self._wan = 2  # the mobile router's public address: 10.77.2.<_wan>
         self._ruleset = "inet apl_internet"
 
     def __enter__(self) -> Internet:
@@ -156,10 +157,9 @@ table {self._ruleset} {{
         """The phone's network gets a new public address, as on a move from Wi-Fi to 4G: its
         NAT mappings are gone, and with them the paths of its TURN allocations and the
         permissions the camera's allocation gave its old address."""
-        index = getattr(self, "_wan", 2) + 1
-        self._wan = index
+        self._wan += 1
         self.mobgw.run("ip", "addr", "flush", "dev", "nmw1")
-        self.mobgw.run("ip", "addr", "add", f"10.77.2.{index}/24", "dev", "nmw1")
+        self.mobgw.run("ip", "addr", "add", f"10.77.2.{self._wan}/24", "dev", "nmw1")
         self.mobgw.run("ip", "route", "add", "default", "via", "10.77.2.1")
 
     def __exit__(self, *exc: object) -> None:

@@ -16,16 +16,15 @@ import sys
 import aiohttp
 from aiortc import RTCIceServer
 
+from appliance import rtc
 from appliance.http import ice
 from tests.e2e.peers import AiortcViewer
 
 
 async def offered_servers(http: aiohttp.ClientSession, url: str) -> list[RTCIceServer]:
+    """The endpoint's ICE servers, made into aiortc's as the daemon makes its own."""
     async with http.options(url) as response:
-        return [
-            RTCIceServer(urls=list(s.urls), username=s.username, credential=s.credential)
-            for s in ice.offered(response.links)
-        ]
+        return list(rtc.ice_configuration(ice.offered(response.links)).iceServers)
 
 
 def nominated_types(viewer: AiortcViewer) -> tuple[str, str]:
