@@ -58,10 +58,21 @@ class Notifier:
         self.send("STOPPING=1", "STATUS=stopping")
 
     async def _watchdog(self) -> None:
-        assert self.watchdog_interval is not None
+        interval = self.watchdog_interval
+        assert interval is not None
+        loop = asyncio.get_running_loop()
         while True:
             self.send("WATCHDOG=1")
-            await asyncio.sleep(self.watchdog_interval)
+            due = loop.time() + interval
+            await asyncio.sleep(interval)
+            late = loop.time() - due
+            if late > interval / 2:  # half-way to systemd's kill: say so while we still can
+                logger.warning(
+                    "the event loop was held up for %.1f s (systemd restarts the daemon after"
+                    " %g s without a ping)",
+                    late,
+                    2 * interval,
+                )
 
     async def close(self) -> None:
         if self._task is not None:

@@ -45,6 +45,23 @@ async def test_ready_then_watchdog_pings_from_the_loop(
     assert got[1:] == ["WATCHDOG=1", "WATCHDOG=1"]
 
 
+async def test_a_held_up_loop_is_logged_before_systemd_kills_it(
+    systemd_socket: tuple[socket.socket, str], caplog: pytest.LogCaptureFixture
+) -> None:
+    sock, path = systemd_socket
+    notifier = Notifier({"NOTIFY_SOCKET": path, "WATCHDOG_USEC": "200000"})  # pings every 0.1 s
+    notifier.ready("serving")
+    await asyncio.sleep(0.15)
+    assert not [r for r in caplog.records if "held up" in r.getMessage()]
+    # A callback that blocks the loop: the next ping is 0.2 s late or more.
+    asyncio.get_running_loop().call_soon(time.sleep, 0.3)
+    await asyncio.sleep(0.15)
+    await notifier.close()
+    held = [r.getMessage() for r in caplog.records if "held up" in r.getMessage()]
+    assert len(held) == 1, held
+    assert "systemd restarts the daemon after 0.2 s without a ping" in held[0]
+
+
 async def test_no_watchdog_for_another_pid_and_nothing_outside_systemd() -> None:
     other = Notifier({"NOTIFY_SOCKET": "/x", "WATCHDOG_USEC": "1000", "WATCHDOG_PID": "1"})
     assert other.watchdog_interval is None

@@ -281,6 +281,9 @@ def tone(first_wall_ns: int, samples: int, channels: int, rate: int = 48_000) ->
     return (np.repeat(mono, channels) if channels > 1 else mono).tobytes()
 
 
+MAX_LAG_S = 0.2  # the tone skips what is older than this rather than make it late
+
+
 class ToneSource:
     """The test source's sound: `tone()` in real time, a period at a time, encoded to Opus on the
     event loop. The tone bursts start on whole wall-clock seconds, with the picture's flash."""
@@ -313,16 +316,18 @@ class ToneSource:
                 # A period is "captured" once its last sample's time has passed.
                 end_ns = start_ns + (n + self.period) * 1_000_000_000 // AUDIO_CLOCK_RATE
                 delay = (end_ns - time.monotonic_ns()) / 1e9
-                if delay > 0:
-                    await asyncio.sleep(delay)
+                # Yield every period, also when behind: a machine too slow to make the sound
+                # in real time (an emulated Pi) must still serve HTTP and ping the watchdog.
+                await asyncio.sleep(max(delay, 0.0))
+                if delay < -MAX_LAG_S:  # held up: skip to the present, as a device's overrun would
+                    late = int(-delay * AUDIO_CLOCK_RATE) // self.period * self.period
+                    self.skipped += late
+                    n += late
                 first_ns = start_ns + n * 1_000_000_000 // AUDIO_CLOCK_RATE
                 pcm = tone(first_ns + wall_minus_monotonic, self.period, self.channels)
                 for packet in self.encoder.encode(pcm, pts0 + n):
                     self.packets += 1
                     publish(packet)
                 n += self.period
-                if delay < -0.2:  # the loop was held up: skip what is past, as a device would
-                    self.skipped += int(-delay * AUDIO_CLOCK_RATE) // self.period * self.period
-                    n += int(-delay * AUDIO_CLOCK_RATE) // self.period * self.period
         finally:
             self.encoder.close()

@@ -2,15 +2,23 @@ from __future__ import annotations
 
 import asyncio
 import threading
+import time
 
 import av
 import numpy as np
 import pytest
 
 from appliance import config
-from appliance.capture.testsrc import TestPattern, TestSource, read_stamp, stamp_block_size
+from appliance.capture.testsrc import (
+    TestPattern,
+    TestSource,
+    ToneSource,
+    read_stamp,
+    stamp_block_size,
+)
 from appliance.core import h264
-from appliance.core.media import EncodedFrame
+from appliance.core.media import AUDIO_CLOCK_RATE, EncodedAudio, EncodedFrame
+from appliance.encoders.opus import OpusEncoder
 from appliance.encoders.software import X264Encoder
 from tests.apps import yuv420p
 
@@ -113,3 +121,56 @@ async def test_source_delivers_on_the_loop_and_stops_on_cancel() -> None:
     assert got[0].keyframe
     assert all(b.pts > a.pts for a, b in zip(got, got[1:], strict=False))
     assert not any(t.name == "testsrc" for t in threading.enumerate())
+
+
+class _SlowMachine(Exception):
+    pass
+
+
+class SlowOpus:
+    """The real Opus encoder on a machine too slow for real time (an emulated Pi): each period
+    holds the event loop for 30 ms, longer than the 20 ms it lasts. Gives up after `periods`."""
+
+    def __init__(self, periods: int) -> None:
+        self.inner = OpusEncoder(config.AudioConfig())
+        self.name, self.left = self.inner.name, periods
+
+    def encode(self, pcm: bytes, pts: int) -> list[EncodedAudio]:
+        self.left -= 1
+        if self.left < 0:
+            raise _SlowMachine
+        time.sleep(0.03)
+        return self.inner.encode(pcm, pts)
+
+    def close(self) -> None:
+        self.inner.close()
+
+
+async def test_tone_too_slow_for_real_time_still_lets_the_loop_run() -> None:
+    # The watchdog's ping, HTTP and every viewer share this loop: a tone that falls behind must
+    # yield each period and skip what is past, never loop until it catches up (systemd killed
+    # the daemon on the emulated Pi that way: no ping for 20 s).
+    source = ToneSource(1, 20, SlowOpus(periods=60))  # mono, as AudioConfig()
+    beats = 0
+
+    async def heartbeat() -> None:
+        nonlocal beats
+        while True:
+            await asyncio.sleep(0.005)
+            beats += 1
+
+    beating = asyncio.create_task(heartbeat())
+    packets: list[EncodedAudio] = []
+    started = time.monotonic()
+    with pytest.raises(_SlowMachine):
+        await source.run(packets.append)
+    elapsed = time.monotonic() - started
+    beating.cancel()
+    # The heartbeat's timer comes due during each 30 ms period, and asyncio runs it within the
+    # next two or three periods (before this fix: never, the tone looped until it caught up).
+    assert beats >= 60 // 6
+    assert len(packets) == source.packets > 0
+    assert source.skipped > 0  # fell behind by more than MAX_LAG_S, and skipped to the present
+    pts = [p.pts for p in packets]
+    assert pts[-1] - pts[0] <= elapsed * AUDIO_CLOCK_RATE  # never ahead of real time
+    assert all(b > a for a, b in zip(pts, pts[1:], strict=False))

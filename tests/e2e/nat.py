@@ -199,6 +199,12 @@ table {self._ruleset} {{
                     "no-dtls",
                     "no-cli",
                     "no-multicast-peers",
+                    # The README's hardening, but for 10.0.0.0/8: this test's internet.
+                    "denied-peer-ip=127.0.0.0-127.255.255.255",
+                    "denied-peer-ip=172.16.0.0-172.31.255.255",
+                    "denied-peer-ip=192.168.0.0-192.168.255.255",
+                    "no-tcp-relay",
+                    "total-quota=400",
                     "no-stdout-log",
                     f"log-file={folder / 'turn.log'}",
                     "simple-log",

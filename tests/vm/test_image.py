@@ -4,8 +4,9 @@ onto the SD card's boot partition before the first boot.
 
 One boot, in order: the first-boot file applied (hostname, stream settings, Wi-Fi password removed);
 the unit active under systemd with READY from the daemon; /healthz and a real WHEP viewer from the
-host; the journal without double timestamps; a SIGKILL restarted by systemd; a hung event loop
-(SIGSTOP) killed by the watchdog and restarted; `systemd-analyze security`'s rating.
+host; the journal without double timestamps; a SIGKILL restarted by systemd; a SIGABRT that leaves
+every thread's Python stack in the journal; a hung event loop (SIGSTOP) killed by the watchdog and
+restarted; `systemd-analyze security`'s rating.
 """
 
 from __future__ import annotations
@@ -166,6 +167,26 @@ async def test_systemd_restarts_a_killed_daemon(
 
     await wait_until(restarted, 90, "systemd did not restart the daemon", 1.0)
     assert int(show(machine, "NRestarts")["NRestarts"]) >= 1
+    await wait_until(lambda: healthy(http), 90, "no /healthz after the restart", 1.0)
+
+
+async def test_an_abort_leaves_every_thread_s_stack_in_the_journal(
+    machine: Machine, http: aiohttp.ClientSession
+) -> None:
+    # SIGABRT is what the watchdog sends a loop that stopped pinging: with the unit's
+    # PYTHONFAULTHANDLER the journal then says where each thread was, and systemd restarts it.
+    before = int(show(machine, "NRestarts")["NRestarts"])
+    since = machine.run("date +%s").strip()
+    machine.run("kill -ABRT $(systemctl show -p MainPID --value appliance.service)")
+
+    async def restarted() -> bool:
+        props = show(machine, "NRestarts", "ActiveState")
+        return int(props["NRestarts"]) > before and props["ActiveState"] == "active"
+
+    await wait_until(restarted, 90, "systemd did not restart the aborted daemon", 1.0)
+    journal = machine.run(f"journalctl -u appliance.service --since @{since} -o cat --no-pager")
+    assert "Fatal Python error: Aborted" in journal, journal[-3000:]
+    assert "most recent call first" in journal and "asyncio/base_events.py" in journal
     await wait_until(lambda: healthy(http), 90, "no /healthz after the restart", 1.0)
 
 
