@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -14,17 +13,17 @@ from appliance.app import running
 from appliance.capture.sources import SourceSlot
 
 
-def settings(**extra: Any) -> config.Config:
+def settings(state: Path, **extra: Any) -> config.Config:
     values = {
         "http.host": "127.0.0.1", "http.port": 0, "video.width": 320, "video.height": 240,
-        "http.state_dir": tempfile.mkdtemp(prefix="appliance-state-"),
+        "http.state_dir": str(state),
     }  # fmt: skip
     return config.load(None, env={}, overrides={**values, **extra})
 
 
-async def test_a_missing_camera_keeps_the_daemon_up_and_says_why() -> None:
+async def test_a_missing_camera_keeps_the_daemon_up_and_says_why(tmp_path: Path) -> None:
     async with running(
-        settings(**{"video.source": "v4l2", "video.device": "/dev/video-none"})
+        settings(tmp_path, **{"video.source": "v4l2", "video.device": "/dev/video-none"})
     ) as d:
         async with aiohttp.ClientSession() as http:
             for _ in range(100):
@@ -47,8 +46,8 @@ async def test_a_missing_camera_keeps_the_daemon_up_and_says_why() -> None:
                 assert r.status == 503  # no picture yet: a viewer is told to come back
 
 
-async def test_controls_api_on_the_test_source() -> None:
-    async with running(settings(**{"video.source": "testsrc"})) as d:
+async def test_controls_api_on_the_test_source(tmp_path: Path) -> None:
+    async with running(settings(tmp_path, **{"video.source": "testsrc"})) as d:
         async with aiohttp.ClientSession() as http:
             for _ in range(100):
                 if d.source.current is not None:
@@ -74,7 +73,7 @@ async def test_controls_api_on_the_test_source() -> None:
             assert source["mode"] == {"width": 320, "height": 240, "fps": 30}
 
 
-async def test_snapshot_is_the_newest_picture_as_jpeg() -> None:
+async def test_snapshot_is_the_newest_picture_as_jpeg(tmp_path: Path) -> None:
     import time
 
     import av
@@ -82,7 +81,7 @@ async def test_snapshot_is_the_newest_picture_as_jpeg() -> None:
 
     from appliance.capture.testsrc import read_stamp
 
-    async with running(settings(**{"video.source": "testsrc", "video.gop": 30})) as d:
+    async with running(settings(tmp_path, **{"video.source": "testsrc", "video.gop": 30})) as d:
         async with aiohttp.ClientSession() as http:
             for _ in range(200):
                 if d.stream.frames >= 20:

@@ -1,7 +1,6 @@
 from __future__ import annotations
 
 import asyncio
-import tempfile
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import AbstractAsyncContextManager
 from typing import Any
@@ -16,7 +15,7 @@ DaemonFactory = Callable[..., AbstractAsyncContextManager[Running]]
 
 
 @pytest.fixture
-def daemon() -> DaemonFactory:
+def daemon(tmp_path_factory: pytest.TempPathFactory) -> DaemonFactory:
     """Start a real daemon on loopback with the test source: `async with daemon(**overrides)`."""
 
     def start(**overrides: Any) -> AbstractAsyncContextManager[Running]:
@@ -24,7 +23,7 @@ def daemon() -> DaemonFactory:
             "http.host": "127.0.0.1",
             "http.port": 0,
             "video.source": "testsrc",
-            "http.state_dir": tempfile.mkdtemp(prefix="appliance-state-"),
+            "http.state_dir": str(tmp_path_factory.mktemp("state")),
             "video.width": 640,
             "video.height": 360,
             **overrides,

@@ -3,8 +3,8 @@ outside (a running daemon on loopback): each request the right status, and nothi
 
 from __future__ import annotations
 
-import tempfile
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import aiohttp
@@ -102,11 +102,11 @@ def test_what_each_request_needs() -> None:
 
 
 @pytest.fixture
-async def daemon() -> AsyncIterator[Running]:
+async def daemon(tmp_path: Path) -> AsyncIterator[Running]:
     overrides = {
         "http.host": "127.0.0.1", "http.port": 0, "video.source": "testsrc",
         "video.width": 320, "video.height": 240, "auth.public_read": False, "auth.tokens": TOKENS,
-        "http.cors_origins": ["http://page.example"], "http.state_dir": tempfile.mkdtemp(),
+        "http.cors_origins": ["http://page.example"], "http.state_dir": str(tmp_path),
     }  # fmt: skip
     async with running(config.load(None, env={}, overrides=overrides)) as d:
         yield d

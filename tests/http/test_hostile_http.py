@@ -15,7 +15,6 @@ import resource
 import socket
 import subprocess
 import sys
-import tempfile
 import time
 import urllib.request
 from collections.abc import AsyncIterator
@@ -34,10 +33,10 @@ TOKEN = "reader-token-0123456789"
 
 
 @pytest.fixture
-async def daemon() -> AsyncIterator[Running]:
+async def daemon(tmp_path: Path) -> AsyncIterator[Running]:
     overrides = {
         "http.host": "127.0.0.1", "http.port": 0, "video.source": "testsrc",
-        "video.width": 320, "video.height": 240, "http.state_dir": tempfile.mkdtemp(),
+        "video.width": 320, "video.height": 240, "http.state_dir": str(tmp_path),
         "http.idle_timeout": 1.0, "http.max_connections_per_client": 4,
     }  # fmt: skip
     async with running(config.load(None, env={}, overrides=overrides)) as d:
@@ -123,10 +122,10 @@ async def test_bad_bodies_headers_and_targets_are_precise_4xx(
     no_tracebacks(caplog)
 
 
-async def test_a_token_that_is_not_utf8_is_refused() -> None:
+async def test_a_token_that_is_not_utf8_is_refused(tmp_path: Path) -> None:
     overrides = {
         "http.host": "127.0.0.1", "http.port": 0, "video.source": "testsrc",
-        "video.width": 320, "video.height": 240, "http.state_dir": tempfile.mkdtemp(),
+        "video.width": 320, "video.height": 240, "http.state_dir": str(tmp_path),
         "auth.public_read": False, "auth.tokens": [{"token": TOKEN, "rights": ["read"]}],
     }  # fmt: skip
     async with running(config.load(None, env={}, overrides=overrides)) as d:
@@ -280,11 +279,11 @@ def _wait_for(url: str, seconds: float) -> None:
 
 
 async def test_refused_tokens_are_a_line_a_second_not_a_line_each(
-    caplog: pytest.LogCaptureFixture,
+    caplog: pytest.LogCaptureFixture, tmp_path: Path
 ) -> None:
     overrides = {
         "http.host": "127.0.0.1", "http.port": 0, "video.source": "testsrc",
-        "video.width": 320, "video.height": 240, "http.state_dir": tempfile.mkdtemp(),
+        "video.width": 320, "video.height": 240, "http.state_dir": str(tmp_path),
         "auth.public_read": False, "auth.tokens": [{"token": TOKEN, "rights": ["read"]}],
     }  # fmt: skip
     caplog.set_level(logging.INFO)
