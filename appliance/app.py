@@ -39,6 +39,7 @@ from appliance.http.server import WHIP_KEY, make_app
 from appliance.http.sessions import SessionRegistry
 from appliance.http.status import Status
 from appliance.http.tls import context as tls_context
+from appliance.rtsp.server import RtspServer
 from appliance.sdnotify import Notifier
 
 CLOCK_CHECK_S = 60.0  # how often the clock's synchronisation is asked after start
@@ -99,6 +100,7 @@ class Running:
     egress: EgressSet
     url: str
     port: int
+    rtsp: RtspServer | None = None
 
 
 @contextlib.asynccontextmanager
@@ -139,6 +141,7 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
     )  # fmt: skip
     app = make_app(status)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.http.idle_timeout)
+    rtsp_server: RtspServer | None = None
     try:
         await runner.setup()
         assert runner.server is not None
@@ -164,6 +167,9 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
             "ready %.1f s after the process started: Python %.1f s, imports %.1f s, HTTP %.1f s",
             took["ready_s"], took["python_s"], took["imports_s"], took["http_s"],
         )  # fmt: skip
+        rtsp_server = status.rtsp = await _start_rtsp(
+            config, streams, sessions, stream.name, host
+        )
         # The camera after the HTTP server: opening it (probing, the encoder) runs meanwhile.
         tasks.append(asyncio.create_task(supervise(config, stream, slot), name="source"))
         tasks.append(asyncio.create_task(_first_frame(stream, startup), name="first frame"))
@@ -175,10 +181,13 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
         )
         egress.start()
         yield Running(
-            config, stream, streams, sessions, publishers, slot, audio_slot, egress, url, port
-        )
+            config, stream, streams, sessions, publishers, slot, audio_slot, egress, url, port,
+            rtsp_server,
+        )  # fmt: skip
     finally:
         logger.info("stopping")
+        if rtsp_server is not None:
+            await rtsp_server.close()
         await egress.close()
         await app[WHIP_KEY].close()
         await publishers.close_all("daemon stopping")
@@ -189,6 +198,23 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         streams.close()
+
+
+async def _start_rtsp(
+    config: Config, streams: Streams, viewers: SessionRegistry, name: str, host: str
+) -> RtspServer | None:
+    """The RTSP server (rtsp.enabled), or None. A port that cannot be had turns RTSP off with one
+    log line: the camera's WebRTC viewers do not depend on it."""
+    if not config.rtsp.enabled:
+        return None
+    server = RtspServer(config, streams, viewers.count)
+    try:
+        await server.start(config.http.host, config.rtsp.port)
+    except OSError as e:
+        logger.error("RTSP is off: cannot listen on port %d: %s", config.rtsp.port, e.strerror)
+        return None
+    logger.info("RTSP: rtsp://%s:%d/%s", host, server.port, name)
+    return server
 
 
 async def _first_frame(stream: Stream, startup: Startup) -> None:

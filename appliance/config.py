@@ -158,6 +158,14 @@ class EgressTarget:
 
 
 @dataclass(frozen=True, slots=True)
+class RtspConfig:
+    enabled: bool = True
+    port: int = 8554
+    session_timeout: float = 60.0  # a reader that sends nothing for this long is freed
+    max_connections: int = 256
+
+
+@dataclass(frozen=True, slots=True)
 class Config:
     http: HttpConfig = field(default_factory=HttpConfig)
     webrtc: WebRTCConfig = field(default_factory=WebRTCConfig)
@@ -166,6 +174,7 @@ class Config:
     stream: StreamConfig = field(default_factory=StreamConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
     whip: WhipConfig = field(default_factory=WhipConfig)
+    rtsp: RtspConfig = field(default_factory=RtspConfig)
     egress: tuple[EgressTarget, ...] = ()
     log_level: str = "info"
 
@@ -248,7 +257,7 @@ def _env_items(env: Mapping[str, str]) -> list[tuple[str, str]]:
     return items
 
 
-SECTIONS = ("http", "webrtc", "video", "audio", "stream", "auth", "whip")
+SECTIONS = ("http", "webrtc", "video", "audio", "stream", "auth", "whip", "rtsp")
 
 
 def _set_dotted(tree: dict[str, Any], key: str, value: Any) -> None:
@@ -436,6 +445,9 @@ def _validate(c: Config) -> None:
         raise ConfigError("stream.name", problem)
     _in_range("stream.max_viewers", c.stream.max_viewers, 1, 10_000)
     _in_range("stream.max_viewers_total", c.stream.max_viewers_total, 1, 10_000)
+    _in_range("rtsp.port", c.rtsp.port, 0, 65535)
+    _in_range("rtsp.session_timeout", c.rtsp.session_timeout, 5, 3600)
+    _in_range("rtsp.max_connections", c.rtsp.max_connections, 1, 100_000)
     _one_of("whip.on_conflict", c.whip.on_conflict, WHIP_CONFLICTS)
     _in_range("whip.max_streams", c.whip.max_streams, 0, 64)
     _in_range("whip.linger", c.whip.linger, 0, 3600)

@@ -24,7 +24,8 @@ PACKAGE = Path(appliance.__file__).parent
 PRIVATE_OWNERS = {"appliance.rtc.internals", "appliance.send.srtp"}
 THIRD_PARTY_WITH_INTERNALS = ("aiortc", "aioice", "pylibsrtp")
 
-# Which room may import which: http → rtc → send → core; capture → devices/encoders → core.
+# Which room may import which: http → rtc → send → core; rtsp → http (auth), send → core;
+# capture → devices/encoders → core.
 # The composition root (app, cli) and config may import anything.
 ALLOWED = {
     "core": {"core"},
@@ -34,6 +35,7 @@ ALLOWED = {
     "send": {"core", "send"},
     "rtc": {"core", "send", "rtc", "config"},
     "http": {"core", "send", "rtc", "http", "capture", "devices", "config", "__init__"},
+    "rtsp": {"core", "send", "http", "rtsp", "config"},
 }
 
 

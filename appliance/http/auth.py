@@ -14,6 +14,7 @@ so in its log). With tokens, `public_read` still lets anyone watch without one.
 from __future__ import annotations
 
 import hmac
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from appliance.config import RIGHTS, AuthConfig
@@ -35,17 +36,41 @@ class Authorizer:
         self.public_read = config.public_read
         self.enforced = bool(self._tokens)
 
+    def open_to(self, right: str) -> bool:
+        """Whether `right` needs no token at all."""
+        return not self.enforced or (right == "read" and self.public_read)
+
     def check(self, authorization: str | None, right: str, stream: str = "*") -> Decision:
         """May the bearer of `authorization` (the Authorization header) use `right` on `stream`?"""
-        if not self.enforced or (right == "read" and self.public_read):
+        if self.open_to(right):
             return Decision(True)
-        presented = _bearer(authorization)
+        return self.check_token(_bearer(authorization), right, stream)
+
+    def check_token(self, presented: str | None, right: str, stream: str = "*") -> Decision:
+        """May the holder of token `presented` (None: none given) use `right` on `stream`? For
+        protocols that carry the token otherwise than as a bearer (RTSP's Basic password)."""
+        if self.open_to(right):
+            return Decision(True)
         if presented is None:
             return Decision(False, 401, "")
-        found = None
         candidate = presented.encode("utf-8", "surrogateescape")  # any bytes the client sent
+        return self._grant(lambda secret: hmac.compare_digest(candidate, secret), right, stream)
+
+    def check_digest(
+        self, response_for: Callable[[bytes], bytes], response: bytes, right: str, stream: str
+    ) -> Decision:
+        """HTTP Digest (RFC 7616), as RTSP uses it: `response_for(token)` is the response a
+        client that knows `token` would have sent; `response` is what it sent."""
+        if self.open_to(right):
+            return Decision(True)
+        return self._grant(
+            lambda secret: hmac.compare_digest(response_for(secret), response), right, stream
+        )
+
+    def _grant(self, matches: Callable[[bytes], bool], right: str, stream: str) -> Decision:
+        found = None
         for secret, token in self._tokens:  # every one, always: constant time in the match
-            if hmac.compare_digest(candidate, secret) and found is None:
+            if matches(secret) and found is None:
                 found = token
         if found is None:
             return Decision(False, 401, "invalid_token")

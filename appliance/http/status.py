@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Protocol
 
 from aiohttp import web
 
@@ -21,6 +21,17 @@ from appliance.http.egress import EgressSet
 from appliance.http.sessions import SessionRegistry
 
 logger = logging.getLogger(__name__)
+
+
+class RtspReaders(Protocol):
+    """What the status reads of the RTSP server (rtsp/server.py, which imports this room)."""
+
+    @property
+    def port(self) -> int: ...
+
+    def by_transport(self, stream: str) -> dict[str, int]: ...
+
+    def describe(self) -> list[dict[str, Any]]: ...
 
 
 class Status:
@@ -48,6 +59,7 @@ class Status:
         self.clock = clock
         self.startup = startup
         self.started = time.monotonic()
+        self.rtsp: RtspReaders | None = None  # set once it listens
 
     def stalled_for(self) -> float | None:
         """Seconds since the camera's last frame when that is longer than two frame intervals
@@ -76,6 +88,7 @@ class Status:
             "keyframes_forced": s.keyframes_forced,
             "keyframe_requests": s.keyframe_requests,
             "viewers": self.viewers.count(s.name),
+            "rtsp_readers": self.rtsp.by_transport(s.name) if self.rtsp else {"tcp": 0, "udp": 0},
         }
         if s is self.streams.camera:
             video = self.config.video
@@ -127,6 +140,12 @@ class Status:
                 "publishers": list(self.publishers.recent_failures),
             },
             "egress": self.egress.describe(),
+            "rtsp": {
+                "port": self.rtsp.port,
+                "readers": self.rtsp.describe(),
+            }
+            if self.rtsp
+            else None,
         }
 
 

@@ -22,6 +22,7 @@ def daemon(tmp_path_factory: pytest.TempPathFactory) -> DaemonFactory:
         values = {
             "http.host": "127.0.0.1",
             "http.port": 0,
+            "rtsp.port": 0,
             "video.source": "testsrc",
             "http.state_dir": str(tmp_path_factory.mktemp("state")),
             "video.width": 640,
