@@ -167,9 +167,7 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
             "ready %.1f s after the process started: Python %.1f s, imports %.1f s, HTTP %.1f s",
             took["ready_s"], took["python_s"], took["imports_s"], took["http_s"],
         )  # fmt: skip
-        rtsp_server = status.rtsp = await _start_rtsp(
-            config, streams, sessions, stream.name, host
-        )
+        rtsp_server = status.rtsp = await _start_rtsp(config, streams, sessions, stream.name, host)
         # The camera after the HTTP server: opening it (probing, the encoder) runs meanwhile.
         tasks.append(asyncio.create_task(supervise(config, stream, slot), name="source"))
         tasks.append(asyncio.create_task(_first_frame(stream, startup), name="first frame"))

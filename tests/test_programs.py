@@ -35,6 +35,8 @@ PROGRAMS = {
     "du": "coreutils",
     "e2fsck": "e2fsprogs",
     "ethtool": "ethtool",
+    "ffmpeg": "ffmpeg",
+    "ffprobe": "ffmpeg",
     "find": "findutils",
     "genimage": "genimage",
     "gpg": "gpg",

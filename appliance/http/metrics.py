@@ -67,6 +67,14 @@ async def metrics_handler(request: web.Request) -> web.Response:
         "appliance_viewers", "gauge", "Viewers connected now.",
         [({"stream": n}, viewers.count(n)) for n in names],
     )  # fmt: skip
+    rtsp = st.rtsp
+    e.family(
+        "appliance_rtsp_readers", "gauge", "RTSP readers with a session now, per transport.",
+        [
+            ({"stream": n, "transport": t}, rtsp.by_transport(n)[t] if rtsp else 0)
+            for n in names for t in ("tcp", "udp")
+        ],
+    )  # fmt: skip
     e.family(
         "appliance_viewer_sessions_total", "counter", "WHEP sessions created.",
         [({"stream": n}, viewers.created.get(n, 0)) for n in names],

@@ -17,6 +17,7 @@ from appliance.core.streams import Streams
 from appliance.http.ratelimit import RateLimiter
 from appliance.http.resource import SessionResources
 from appliance.http.sessions import Session, SessionRegistry, new_session_id
+from appliance.http.status import STATUS_KEY
 
 logger = logging.getLogger(__name__)
 
@@ -58,9 +59,11 @@ class WhepHandlers(SessionResources):
             except asyncio.TimeoutError:
                 raise SourceNotReady("the stream has not had its first keyframe yet") from None
         limits = self._config.stream
-        if self._sessions.count(stream.name) >= limits.max_viewers:
+        rtsp = request.app[STATUS_KEY].rtsp  # RTSP readers count against the same limits
+        here = self._sessions.count(stream.name) + (rtsp.count(stream.name) if rtsp else 0)
+        if here >= limits.max_viewers:
             raise Overloaded(f"viewer limit of this stream reached ({limits.max_viewers})")
-        if self._sessions.count() >= limits.max_viewers_total:
+        if self._sessions.count() + (rtsp.count() if rtsp else 0) >= limits.max_viewers_total:
             raise Overloaded(f"viewer limit reached ({limits.max_viewers_total})")
         self._take_rate(request)
         session_id = new_session_id()

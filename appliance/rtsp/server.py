@@ -83,10 +83,12 @@ class Reader:
 class RtspServer:
     """The RTSP listener and its sessions."""
 
-    def __init__(self, config: Config, streams: Streams, webrtc_viewers: Callable[[str], int]):
+    def __init__(
+        self, config: Config, streams: Streams, webrtc_viewers: Callable[[str | None], int]
+    ) -> None:
         self.config = config
         self.streams = streams
-        self._webrtc_viewers = webrtc_viewers
+        self.webrtc_viewers = webrtc_viewers  # WebRTC viewers of a stream (None: of all)
         self.authorizer = Authorizer(config.auth)
         self.readers: dict[str, Reader] = {}
         self.connections: set[Connection] = set()
@@ -397,10 +399,12 @@ class Connection(asyncio.Protocol):
             if control in reader.senders:
                 raise RtspError(455, f"track {control} is set up already")
         else:
-            config = self.server.config.stream
-            watching = self.server.count(stream.name) + self.server._webrtc_viewers(stream.name)
-            if watching >= config.max_viewers:
-                raise RtspError(453, f"viewer limit of this stream reached ({config.max_viewers})")
+            limits = self.server.config.stream
+            here = self.server.count(stream.name) + self.server.webrtc_viewers(stream.name)
+            if here >= limits.max_viewers:
+                raise RtspError(453, f"viewer limit of this stream reached ({limits.max_viewers})")
+            if self.server.count() + self.server.webrtc_viewers(None) >= limits.max_viewers_total:
+                raise RtspError(453, f"viewer limit reached ({limits.max_viewers_total})")
             reader = Reader(
                 secrets.token_hex(8), stream, self.peer, "tcp" if transport.tcp else "udp", self
             )
