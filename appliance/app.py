@@ -167,7 +167,7 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
             "ready %.1f s after the process started: Python %.1f s, imports %.1f s, HTTP %.1f s",
             took["ready_s"], took["python_s"], took["imports_s"], took["http_s"],
         )  # fmt: skip
-        rtsp_server = status.rtsp = await _start_rtsp(config, streams, sessions, stream.name, host)
+        rtsp_server = status.rtsp = await _start_rtsp(config, streams, sessions, stream.name)
         # The camera after the HTTP server: opening it (probing, the encoder) runs meanwhile.
         tasks.append(asyncio.create_task(supervise(config, stream, slot), name="source"))
         tasks.append(asyncio.create_task(_first_frame(stream, startup), name="first frame"))
@@ -199,7 +199,7 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
 
 
 async def _start_rtsp(
-    config: Config, streams: Streams, viewers: SessionRegistry, name: str, host: str
+    config: Config, streams: Streams, viewers: SessionRegistry, name: str
 ) -> RtspServer | None:
     """The RTSP server (rtsp.enabled), or None. A port that cannot be had turns RTSP off with one
     log line: the camera's WebRTC viewers do not depend on it."""
@@ -211,7 +211,8 @@ async def _start_rtsp(
     except OSError as e:
         logger.error("RTSP is off: cannot listen on port %d: %s", config.rtsp.port, e.strerror)
         return None
-    logger.info("RTSP: rtsp://%s:%d/%s", host, server.port, name)
+    urls = network.reachable_urls("rtsp", config.http.host, server.port)
+    logger.info("RTSP: %s", ", ".join(f"{u}/{name}" for u in urls))
     return server
 
 
