@@ -46,7 +46,7 @@ REALM = "appliance"
 PUBLIC = ", ".join(rtsp.METHODS)
 VIDEO_CLOCK = 90_000
 AUDIO_CLOCK = 48_000
-SR_INTERVAL = 1.0
+SEND_BUFFER = 512 * 1024  # bytes; the kernel doubles it (socket(7))
 
 
 @dataclass
@@ -210,7 +210,11 @@ class Connection(asyncio.Protocol):
             transport.close()
             return
         self.server.connections.add(self)
-        # A reader's media is written from the fan-out: let the kernel hold a few frames.
+        # What a reader that falls behind may hold: the kernel's buffer is bounded (no autotuning
+        # to megabytes), and past `max_backlog` in ours the sender skips to the next keyframe.
+        sock = transport.get_extra_info("socket")
+        if sock is not None:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, SEND_BUFFER)
         transport.set_write_buffer_limits(high=4 << 20)
 
     def connection_lost(self, exc: Exception | None) -> None:

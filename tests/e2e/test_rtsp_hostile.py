@@ -6,9 +6,11 @@ from __future__ import annotations
 
 import asyncio
 import signal
+import socket
 import subprocess
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
+from typing import Any
 
 import aiohttp
 import pytest
@@ -214,5 +216,58 @@ async def test_rtsp_readers_and_webrtc_viewers_share_the_viewer_limit(
             ) as r:
                 assert r.status == 503 and "viewer limit" in await r.text()
             assert status_of(await exchange(d.rtsp.port, setup.encode())) == 453
+        finally:
+            writer.close()
+
+
+async def play_without_reading(port: int, url: str) -> tuple[asyncio.StreamWriter, str]:
+    """SETUP and PLAY over TCP with a tiny receive window, then read nothing more."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)  # before connect: a small window
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    writer.write(
+        f"SETUP {url}/video RTSP/1.0\r\nCSeq: 1\r\n"
+        "Transport: RTP/AVP/TCP;interleaved=0-1\r\n\r\n".encode()
+    )
+    head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)
+    assert status_of(head) == 200, head
+    session = head.split(b"Session: ")[1].split(b";")[0].decode()
+    writer.write(f"PLAY {url} RTSP/1.0\r\nCSeq: 2\r\nSession: {session}\r\n\r\n".encode())
+    assert status_of(await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5)) == 200
+    return writer, session
+
+
+async def test_a_reader_that_stops_reading_skips_frames_and_the_others_do_not(
+    daemon: DaemonFactory,
+) -> None:
+    """A TCP reader that reads nothing more (a stuck NVR): once its connection holds a
+    megabyte unsent, its frames are dropped to the next keyframe, counted; the ffmpeg reader next
+    to it drops none."""
+    settings = {
+        **SETTINGS, "video.width": 1280, "video.height": 720, "video.bitrate": 8_000_000,
+        "rtsp.session_timeout": 120,
+    }  # fmt: skip
+    async with daemon(**settings) as d:
+        await wait_ready(d)
+        assert d.rtsp is not None
+        writer, session = await play_without_reading(
+            d.rtsp.port, f"rtsp://127.0.0.1:{d.rtsp.port}/cam"
+        )
+        try:
+            async with watched(d):
+
+                def readers() -> dict[str, dict[str, Any]]:
+                    assert d.rtsp is not None
+                    return {r["id"]: r for r in d.rtsp.describe()}
+
+                async def dropping() -> bool:
+                    return readers()[session]["dropped"] > 0
+
+                await wait_until(dropping, 60, "the stuck reader never dropped a frame", 0.5)
+                others = [r for sid, r in readers().items() if sid != session]
+                assert len(others) == 1 and others[0]["dropped"] == 0, others
+                assert others[0]["frames"] > 0
         finally:
             writer.close()
