@@ -46,6 +46,7 @@ REALM = "appliance"
 PUBLIC = ", ".join(rtsp.METHODS)
 VIDEO_CLOCK = 90_000
 AUDIO_CLOCK = 48_000
+SR_INTERVAL = 1.0  # seconds between sender reports, and between checks for quiet readers
 SEND_BUFFER = 512 * 1024  # bytes; the kernel doubles it (socket(7))
 
 
@@ -145,7 +146,9 @@ class RtspServer:
                 reader.stream.remove_sink(sender)
             elif reader.stream.audio is not None:
                 reader.stream.audio.remove_sink(sender)
+        loop = asyncio.get_running_loop()
         for sock in reader.sockets:
+            loop.remove_reader(sock.fileno())
             sock.close()
         reader.connection.sessions.discard(reader.id)
         video = reader.senders.get("video")
@@ -156,23 +159,24 @@ class RtspServer:
         )  # fmt: skip
 
     async def _sweep(self) -> None:
-        """Free the sessions whose readers went quiet (a killed client, a pulled cable)."""
+        """Once a second: sender reports (RTP time against the capture clock, which readers need
+        to line up sound and picture), and free what went quiet (a killed client, a pulled
+        cable, a connection that never set anything up)."""
         timeout = self.config.rtsp.session_timeout
         while True:
-            await asyncio.sleep(min(5.0, timeout / 4))
+            await asyncio.sleep(SR_INTERVAL)
             now = time.monotonic()
             for reader in list(self.readers.values()):
                 if now - reader.last_seen > timeout:
                     self.teardown(reader, f"nothing from the reader for {timeout:g} s")
-            for connection in list(self.connections):  # connections that never set anything up
-                if not connection.sessions and now - connection.last_seen > timeout:
-                    connection.close()
-            for reader in self.readers.values():  # sender reports: RTP time against capture time
-                if reader.playing:
+                elif reader.playing:
                     for sender in reader.senders.values():
                         report = sender.sender_report()
                         if report is not None:
                             sender.send_rtcp(report)
+            for connection in list(self.connections):
+                if not connection.sessions and now - connection.last_seen > timeout:
+                    connection.close()
 
 
 class Connection(asyncio.Protocol):
