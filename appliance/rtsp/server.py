@@ -244,6 +244,12 @@ class Connection(asyncio.Protocol):
                 self._handle(message)
             except RtspError as e:
                 self._refuse(e, message.cseq)
+            except Exception as e:  # a bug of ours: one line, a 500, and the daemon goes on
+                logger.error(
+                    "rtsp %s %s: 500: %s: %s", self.peer, message.method[:20], type(e).__name__, e
+                )
+                logger.debug("rtsp: 500", exc_info=True)
+                self._send(rtsp.response(500, message.cseq))
 
     def close(self) -> None:
         if self.transport is not None:
