@@ -13,6 +13,8 @@ million or more, coverage-guided with atheris, and reports the figures.
   (rtc.deliver_rtcp: NACK, PLI, FIR, receiver reports), which sends over real SRTP and UDP.
 - `datagram`: a UDP datagram from a stranger to an ICE socket (rtc.install's guard in front of
   aioice): nothing may reach the DTLS queue, and nothing may raise.
+- `rtsp`: what an RTSP client sends, as the server reads it (core/rtsp.py's MessageReader, the
+  Transport header, the Digest header): only RtspError, with a status the server sends.
 - `config`, `firstboot`: a file as the daemon or the first boot reads it.
 """
 
@@ -34,7 +36,7 @@ from aiortc.sdp import candidate_from_sdp
 from pylibsrtp import Policy, Session
 
 from appliance import config, firstboot, rtc
-from appliance.core import sdp
+from appliance.core import rtsp, sdp
 from appliance.core.errors import ConfigError, RequestError
 from appliance.core.packetizer import H264Packetizer
 from appliance.core.ring import PacketRing
@@ -55,6 +57,13 @@ SEEDS = {
         bytes.fromhex("81c90007") + bytes(4) + (0x11223344).to_bytes(4, "big") + bytes(20),
     ],
     "datagram": [b"", b"\x16\xfe\xfd" + bytes(20), b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)],
+    "rtsp": [
+        b"SETUP rtsp://10.0.0.2:8554/cam/video RTSP/1.0\r\nCSeq: 3\r\nAuthorization: Digest "
+        b'username="nvr", realm="appliance", nonce="ab", uri="rtsp://10.0.0.2:8554/cam", '
+        b'response="00"\r\nTransport: RTP/AVP/TCP;unicast;interleaved=0-1\r\n\r\n'
+        b"$\x01\x00\x04abcdGET_PARAMETER rtsp://h/cam RTSP/1.0\r\nCSeq: 4\r\n"
+        b"Content-Length: 2\r\n\r\nhi",
+    ],
     "config": [(Path(config.__file__).parent / "appliance.example.toml").read_bytes()],
     "firstboot": [b'[system]\nhostname = "door"\n[stream]\nname = "door"\n'],
 }
@@ -117,6 +126,21 @@ def trickle(data: bytes) -> None:
                 candidate_from_sdp(line.split(":", 1)[1])
             except (AssertionError, ValueError, IndexError):
                 pass
+
+
+def rtsp_stream(data: bytes) -> None:
+    try:
+        messages = rtsp.MessageReader().feed(data)
+    except rtsp.RtspError as e:
+        assert e.status in rtsp.REASONS, e.status
+        return
+    for message in messages:
+        if isinstance(message, rtsp.Request):
+            try:
+                rtsp.parse_transport(message.headers.get("transport", ""))
+            except rtsp.RtspError as e:
+                assert e.status in rtsp.REASONS, e.status
+            rtsp.digest_params(message.headers.get("authorization", ""))
 
 
 class _RtcpTarget:
@@ -216,6 +240,7 @@ def targets() -> dict[str, Callable[[bytes], None]]:
     return {
         "offer": offer,
         "trickle": trickle,
+        "rtsp": rtsp_stream,
         "rtcp": _RtcpTarget(),
         "datagram": _DatagramTarget(),
         "config": _file_target(lambda p: config.load(p, env={}), ConfigError),

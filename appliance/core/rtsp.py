@@ -270,3 +270,28 @@ def sdp(description: Description, address: str, session_id: int) -> bytes:
             lines.append(f"a=fmtp:{track.payload_type} {track.fmtp}")
         lines.append(f"a=control:{track.control}")
     return ("\r\n".join(lines) + "\r\n").encode()
+
+
+def digest_params(value: str) -> dict[str, str]:
+    """The name=value pairs of a Digest Authorization header (RFC 7616; values quoted or not)."""
+    out: dict[str, str] = {}
+    i, n = 0, len(value)
+    while i < n:
+        while i < n and value[i] in " ,\t":
+            i += 1
+        eq = value.find("=", i)
+        if eq < 0:
+            break
+        name = value[i:eq].strip().lower()
+        i = eq + 1
+        if i < n and value[i] == '"':
+            end = value.find('"', i + 1)
+            end = n if end < 0 else end
+            out[name] = value[i + 1 : end]
+            i = end + 1
+        else:
+            end = value.find(",", i)
+            end = n if end < 0 else end
+            out[name] = value[i:end].strip()
+            i = end
+    return out

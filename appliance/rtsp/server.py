@@ -355,7 +355,7 @@ class Connection(asyncio.Protocol):
             raise RtspError(403, f"this token does not give the read right on {stream!r}")
 
     def _digest(self, value: str, method: str, stream: str) -> Any:
-        params = _digest_params(value)
+        params = rtsp.digest_params(value)
         if params.get("nonce") != self.nonce or params.get("realm") != REALM:
             raise RtspError(401, "a stale or foreign Digest nonce")
         user, uri = params.get("username", ""), params.get("uri", "")
@@ -533,28 +533,3 @@ def _udp_pair(host: str) -> tuple[socket.socket, socket.socket]:
 
 def _md5(text: str) -> str:
     return hashlib.md5(text.encode("utf-8", "surrogateescape")).hexdigest()
-
-
-def _digest_params(value: str) -> dict[str, str]:
-    """The name=value pairs of a Digest Authorization header (values quoted or not)."""
-    out: dict[str, str] = {}
-    i, n = 0, len(value)
-    while i < n:
-        while i < n and value[i] in " ,\t":
-            i += 1
-        eq = value.find("=", i)
-        if eq < 0:
-            break
-        name = value[i:eq].strip().lower()
-        i = eq + 1
-        if i < n and value[i] == '"':
-            end = value.find('"', i + 1)
-            end = n if end < 0 else end
-            out[name] = value[i + 1 : end]
-            i = end + 1
-        else:
-            end = value.find(",", i)
-            end = n if end < 0 else end
-            out[name] = value[i:end].strip()
-            i = end
-    return out

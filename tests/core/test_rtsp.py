@@ -102,3 +102,15 @@ def test_a_response_may_repeat_a_header() -> None:
     text = rtsp.response(401, "3", challenge).decode()
     assert text.startswith("RTSP/1.0 401 Unauthorized\r\nCSeq: 3\r\n")
     assert text.count("WWW-Authenticate:") == 2 and text.endswith("\r\n\r\n")
+
+
+def test_digest_parameters_quoted_or_not() -> None:
+    value = (
+        'username="nvr", realm="appliance", nonce="n0", uri="rtsp://h:8554/cam", '
+        'response="abc", algorithm=MD5, qop=auth, nc=00000001, cnonce="c,1"'
+    )
+    params = rtsp.digest_params(value)
+    assert params["username"] == "nvr" and params["uri"] == "rtsp://h:8554/cam"
+    assert (params["algorithm"], params["qop"], params["nc"]) == ("MD5", "auth", "00000001")
+    assert params["cnonce"] == "c,1"  # a comma inside quotes is the value's
+    assert rtsp.digest_params("") == {} and rtsp.digest_params('broken="') == {"broken": ""}
