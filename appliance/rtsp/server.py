@@ -44,8 +44,6 @@ logger = logging.getLogger(__name__)
 
 REALM = "appliance"
 PUBLIC = ", ".join(rtsp.METHODS)
-VIDEO_CLOCK = 90_000
-AUDIO_CLOCK = 48_000
 SR_INTERVAL = 1.0  # seconds between sender reports, and between checks for quiet readers
 SEND_BUFFER = 512 * 1024  # bytes; the kernel doubles it (socket(7))
 
@@ -445,10 +443,10 @@ class Connection(asyncio.Protocol):
     ) -> tuple[PlainRtpSender, tuple[int, int]]:
         video = control == "video"
         if video:
-            ring, pt, clock = stream.ring, 96, VIDEO_CLOCK
+            ring, pt = stream.ring, 96
         else:
             assert stream.audio is not None
-            ring, pt, clock = stream.audio.ring, 97, AUDIO_CLOCK
+            ring, pt = stream.audio.ring, 97
         name = f"{reader.id[:8]}/{control}"
         if transport.tcp:
             assert self.transport is not None
@@ -456,7 +454,6 @@ class Connection(asyncio.Protocol):
                 name,
                 ring,
                 pt,
-                clock,
                 stream.request_keyframe,
                 tcp=self.transport,
                 channels=transport.channels,
@@ -470,7 +467,6 @@ class Connection(asyncio.Protocol):
             name,
             ring,
             pt,
-            clock,
             stream.request_keyframe,
             udp=(rtp_sock, rtcp_sock),
             addresses=addresses,

@@ -45,7 +45,6 @@ class PlainRtpSender:
         name: str,
         ring: PacketRing,
         payload_type: int,
-        clock_rate: int,
         request_keyframe: Callable[[], None],
         *,
         tcp: Writer | None = None,
@@ -58,7 +57,6 @@ class PlainRtpSender:
         assert (tcp is None) != (udp is None or addresses is None)
         self.name = name
         self._ring = ring
-        self._clock_rate = clock_rate
         self._request_keyframe = request_keyframe
         self._tcp, self._channels = tcp, channels
         self._udp, self._addresses = udp, addresses
@@ -121,13 +119,12 @@ class PlainRtpSender:
             size = ring.length[slot]
             _SEQ.pack_into(header, 2, seq & 0xFFFF)
             header[1] = (header[1] & 0x7F) | (0x80 if ring.flags[slot] & FLAG_MARKER else 0)
-            start = len(buf)
             if tcp:
                 buf += _FRAME.pack(0x24, self._channels[0], len(header) + size)
             buf += header
             buf += ring.slot_views[slot][:size]
-            if not tcp:
-                self._send_udp(memoryview(buf)[start:])
+            if not tcp:  # one datagram, sent now
+                self._send_udp(buf)
                 buf.clear()
             seq += 1
             octets += size
@@ -139,11 +136,13 @@ class PlainRtpSender:
         if tcp:
             self.bytes += len(buf)
             assert self._tcp is not None
+            # A copy the transport may keep (it holds what it could not send yet); `buf` is
+            # reused for the next access unit.
             self._tcp.write(bytes(buf))
         else:
             self.bytes += octets + count * len(header)
 
-    def _send_udp(self, datagram: memoryview) -> None:
+    def _send_udp(self, datagram: bytearray) -> None:
         assert self._udp is not None and self._addresses is not None
         try:
             self._udp[0].sendto(datagram, self._addresses[0])
