@@ -4,7 +4,8 @@
 The same sink as a WebRTC viewer's sender (sender.py), without SRTP, RTX or header extensions:
 for each access unit the stream has packetized, `send_range()` writes this reader's own RTP header
 (its SSRC, sequence numbers and timestamp offset) and copies each payload once into a buffer of
-its own, which goes out in one write (TCP) or one `sendto` per packet (UDP). It never awaits and
+its own, which goes out in one write (TCP) or in GSO batches of datagrams (UDP, as udp.py does for
+WebRTC viewers). It never awaits and
 never queues without bound: a TCP reader whose connection holds more than `max_backlog` bytes
 unsent is dropped to the next keyframe (which it asks for), counted, and logged at most once a
 second; the stream and the other readers never wait for it.
@@ -22,6 +23,8 @@ from typing import Any, Protocol
 from appliance.core import rtp
 from appliance.core.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
 from appliance.core.stats import DropReporter
+from appliance.send.sender import MAX_DATAGRAMS_BYTES, MAX_SEGMENTS
+from appliance.send.udp import UdpOutput
 
 logger = logging.getLogger(__name__)
 
@@ -66,7 +69,12 @@ class PlainRtpSender:
         self._header = bytearray(self._layout.template)
         self._seq = random.getrandbits(16)
         self._ts_offset = random.getrandbits(32)
-        self._buffer = bytearray()
+        # UDP: the batch of datagrams on its way to the kernel, and the socket it goes out of.
+        self._output = UdpOutput(udp[0], addresses[0]) if udp and addresses else None
+        self._batch = bytearray(MAX_DATAGRAMS_BYTES)
+        self._batch_view = memoryview(self._batch)
+        self._at = self._count = self._stride = 0
+        self._run_closed = False
         self._waiting = needs_keyframe
         self._needs_keyframe = needs_keyframe
         self.paused = False
@@ -109,45 +117,74 @@ class PlainRtpSender:
         self._last_rtp_ts = timestamp
         self._last_capture_ns = ring.capture_ns[first]
         self._layout.write(header, 0, 0, 0, timestamp)
-        buf = self._buffer
-        buf.clear()
         seq = self._seq
         octets = 0
-        tcp = self._tcp is not None
-        for index in indices:
-            slot = index & mask
-            size = ring.length[slot]
-            _SEQ.pack_into(header, 2, seq & 0xFFFF)
-            header[1] = (header[1] & 0x7F) | (0x80 if ring.flags[slot] & FLAG_MARKER else 0)
-            if tcp:
-                buf += _FRAME.pack(0x24, self._channels[0], len(header) + size)
-            buf += header
-            buf += ring.slot_views[slot][:size]
-            if not tcp:  # one datagram, sent now
-                self._send_udp(buf)
-                buf.clear()
-            seq += 1
-            octets += size
+        if self._tcp is not None:
+            # One bytes object per access unit, joined from the headers and the ring's views:
+            # the payload's one copy. The transport may keep it (what the kernel did not take).
+            parts: list[bytes | memoryview] = []
+            channel = self._channels[0]
+            for index in indices:
+                slot = index & mask
+                size = ring.length[slot]
+                _SEQ.pack_into(header, 2, seq & 0xFFFF)
+                header[1] = (header[1] & 0x7F) | (0x80 if ring.flags[slot] & FLAG_MARKER else 0)
+                parts.append(_FRAME.pack(0x24, channel, len(header) + size) + header)
+                parts.append(ring.slot_views[slot][:size])
+                seq += 1
+                octets += size
+            data = b"".join(parts)
+            self.bytes += len(data)
+            self._tcp.write(data)
+        else:
+            for index in indices:
+                slot = index & mask
+                size = ring.length[slot]
+                _SEQ.pack_into(header, 2, seq & 0xFFFF)
+                header[1] = (header[1] & 0x7F) | (0x80 if ring.flags[slot] & FLAG_MARKER else 0)
+                self._add_datagram(header, ring.slot_views[slot], size)
+                seq += 1
+                octets += size
+            self._flush_datagrams()
         self._seq = seq & 0xFFFF
-        count = len(indices)
-        self.packets += count
+        self.packets += len(indices)
         self.octets += octets
         self.frames += 1
-        if tcp:
-            self.bytes += len(buf)
-            assert self._tcp is not None
-            # A copy the transport may keep (it holds what it could not send yet); `buf` is
-            # reused for the next access unit.
-            self._tcp.write(bytes(buf))
-        else:
-            self.bytes += octets + count * len(header)
 
-    def _send_udp(self, datagram: bytearray) -> None:
-        assert self._udp is not None and self._addresses is not None
-        try:
-            self._udp[0].sendto(datagram, self._addresses[0])
-        except OSError:  # a full socket buffer or an unreachable port: dropped, counted
-            self.drops.add(1)
+    def _add_datagram(self, header: bytearray, payload: memoryview, size: int) -> None:
+        """Lay one datagram after the others in the batch; full-size runs go out as one GSO
+        `sendmsg` (the kernel cuts them), like a WebRTC viewer's (udp.py)."""
+        wire = len(header) + size
+        count, at = self._count, self._at
+        if count and (
+            self._run_closed
+            or wire > self._stride
+            or count == MAX_SEGMENTS
+            or at + wire > MAX_DATAGRAMS_BYTES
+        ):
+            self._flush_datagrams()
+            count, at = 0, 0
+        if not count:
+            self._stride = wire
+        view = self._batch_view
+        view[at : at + len(header)] = header
+        view[at + len(header) : at + wire] = payload[:size]
+        self._at, self._count = at + wire, count + 1
+        if wire < self._stride:  # a shorter datagram can only end a GSO run
+            self._run_closed = True
+
+    def _flush_datagrams(self) -> None:
+        count = self._count
+        if not count:
+            return
+        assert self._output is not None
+        error = self._output.send(self._batch_view[: self._at], self._stride if count > 1 else 0)
+        if error:  # a full socket buffer or an unreachable port: dropped, counted
+            self.drops.add(count)
+        else:
+            self.bytes += self._at
+        self._at = self._count = 0
+        self._run_closed = False
 
     def sender_report(self) -> bytes | None:
         """An RTCP SR mapping this reader's RTP time to the capture clock, or None before any
@@ -178,3 +215,6 @@ class PlainRtpSender:
 
     def close(self) -> None:
         self.closed = True
+        if self._output is not None:
+            self._output.close()  # our duplicate of the session's socket; the session closes its own
+            self._output = None
