@@ -4,13 +4,14 @@ onto the SD card's boot partition before the first boot.
 
 One boot, in order: the first-boot file applied (hostname, stream settings, Wi-Fi password removed);
 the unit active under systemd with READY from the daemon; /healthz and a real WHEP viewer from the
-host; the journal without double timestamps; a SIGKILL restarted by systemd; a SIGABRT that leaves
+host; RTSP read by ffprobe; the journal without double timestamps; a SIGKILL restarted by systemd; a SIGABRT that leaves
 every thread's Python stack in the journal; a hung event loop (SIGSTOP) killed by the watchdog and
 restarted; `systemd-analyze security`'s rating.
 """
 
 from __future__ import annotations
 
+import json
 import subprocess
 from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
@@ -153,6 +154,22 @@ async def test_first_boot_file_is_applied_and_the_service_serves(
     lines = machine.run("journalctl -u appliance.service -o cat --no-pager").splitlines()
     assert any(line.startswith("INFO appliance.app: serving stream 'door'") for line in lines)
     assert machine.run("avahi-resolve -4 -n frontdoor.local").split()[0] == "frontdoor.local"
+
+
+def test_an_nvr_reads_rtsp_from_the_service(machine: Machine) -> None:
+    # What Frigate or Home Assistant does with rtsp://<device>:8554/<stream>: the packaged daemon,
+    # under its unit's hardening, serves the same stream over RTSP (Debian's ffprobe, TCP).
+    url = f"rtsp://{GUEST}:8554/door"
+    probe = subprocess.run(
+        ["ffprobe", "-v", "error", "-rtsp_transport", "tcp", "-show_streams", "-of", "json", url],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert probe.returncode == 0, probe.stderr
+    streams = json.loads(probe.stdout)["streams"]
+    video = next(s for s in streams if s["codec_type"] == "video")
+    assert (video["codec_name"], video["width"], video["height"]) == ("h264", 640, 360)
+    journal = machine.run("journalctl -u appliance.service -o cat --no-pager")
+    assert f"rtsp://{GUEST}:8554/door" in journal  # the log names the URL to give an NVR
 
 
 async def test_systemd_restarts_a_killed_daemon(
