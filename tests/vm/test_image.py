@@ -4,9 +4,9 @@ onto the SD card's boot partition before the first boot.
 
 One boot, in order: the first-boot file applied (hostname, stream settings, Wi-Fi password removed);
 the unit active under systemd with READY from the daemon; /healthz and a real WHEP viewer from the
-host; RTSP read by ffprobe; the journal without double timestamps; a SIGKILL restarted by systemd; a SIGABRT that leaves
-every thread's Python stack in the journal; a hung event loop (SIGSTOP) killed by the watchdog and
-restarted; `systemd-analyze security`'s rating.
+host; RTSP read by ffprobe; the journal without double timestamps; a SIGKILL restarted by
+systemd; a SIGABRT that leaves every thread's Python stack in the journal; a hung event loop
+(SIGSTOP) killed by the watchdog and restarted; `systemd-analyze security`'s rating.
 """
 
 from __future__ import annotations
