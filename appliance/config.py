@@ -31,7 +31,7 @@ ENV_PREFIX = "APPLIANCE_"
 DEFAULT_PATH = Path("/etc/appliance/appliance.toml")
 EXAMPLE_PATH = Path(__file__).with_name("appliance.example.toml")
 
-VIDEO_SOURCES = ("auto", "testsrc", "v4l2", "picamera2")
+VIDEO_SOURCES = ("auto", "testsrc", "v4l2", "picamera2", "gstreamer")
 VIDEO_ENCODERS = ("auto", "libx264", "v4l2m2m")
 AUDIO_SOURCES = ("auto", "none", "alsa", "testsrc")
 AUDIO_RATES = (8000, 12000, 16000, 24000, 44100, 48000)
@@ -105,6 +105,7 @@ class VideoConfig:
     gop: int = 60
     profile: str = "constrained-baseline"
     preset: str = "veryfast"
+    pipeline: str = ""  # source = "gstreamer": up to where H.264 comes out
 
 
 @dataclass(frozen=True, slots=True)
@@ -409,6 +410,16 @@ def _validate(c: Config) -> None:
     _in_range("webrtc.connect_timeout", c.webrtc.connect_timeout, 1, 600)
     _one_of("webrtc.sender", c.webrtc.sender, SENDERS)
     _one_of("video.source", c.video.source, VIDEO_SOURCES)
+    if c.video.source == "gstreamer" and not c.video.pipeline.strip():
+        raise ConfigError(
+            "video.pipeline",
+            'is needed with source = "gstreamer": a GStreamer pipeline up to where H.264 comes'
+            ' out, e.g. "videotestsrc is-live=true ! x264enc tune=zerolatency"',
+        )
+    if "appsink" in c.video.pipeline or c.video.pipeline.rstrip().endswith("!"):
+        raise ConfigError(
+            "video.pipeline", "ends where H.264 comes out: the daemon adds h264parse and appsink"
+        )
     if c.video.device != "auto" and not c.video.device.startswith("/dev/"):
         raise ConfigError("video.device", f'must be "auto" or a /dev path; got {c.video.device!r}')
     _one_of("video.pixel_format", c.video.pixel_format, PIXEL_FORMATS)

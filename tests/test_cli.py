@@ -78,6 +78,9 @@ def test_probe_reports_the_machine_as_json() -> None:
     report = json.loads(out.stdout)
     assert set(report) >= {"board", "video_devices", "encoders", "sound_capture", "selected"}
     assert "libx264 (PyAV)" in [e["name"] for e in report["encoders"]]
+    # Debian's GStreamer (tests/packages.txt) has x264enc and rtspsrc, and no NVIDIA elements.
+    gst = report["gstreamer"]
+    assert gst["x264enc"] and gst["rtspsrc"] and not gst["nvv4l2h264enc"], gst
     cameras = [v for v in report["video_devices"] if v.get("kind") == "capture"]
     if not cameras:  # this machine (CI): nothing to capture, so serve would run the test pattern
         assert report["selected"] == {
@@ -95,6 +98,7 @@ def test_probe_prints_for_people() -> None:
         "board:",
         "video devices:",
         "H.264 encoders:",
+        'GStreamer (video.source = "gstreamer"):',
         "sound capture:",
         "serve would use:",
     ):

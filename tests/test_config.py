@@ -72,7 +72,7 @@ def test_ice_server_tables_in_toml(tmp_path: Path) -> None:
         ),
         (
             "[video]\nsource = 'webcam'\n",
-            "config: video.source: must be one of auto, testsrc, v4l2, picamera2; got 'webcam'",
+            "config: video.source: must be one of auto, testsrc, v4l2, picamera2, gstreamer; got 'webcam'",
         ),
         (
             "[video]\ndevice = 'video0'\n",

@@ -12,11 +12,18 @@ import re
 from pathlib import Path
 from typing import Any
 
-from appliance.capture import picamera
+from appliance.capture import gstreamer, picamera
 from appliance.config import Config
 from appliance.core.errors import DeviceError
 from appliance.core.videomode import pick_mode, usable
 from appliance.devices import v4l2 as dev
+
+# The GStreamer elements that decide what a pipeline source can do on this machine: NVIDIA's
+# (Argus CSI cameras, NVENC), Rockchip's, VA-API, the V4L2 encoders, x264, and RTSP cameras.
+GST_ELEMENTS = (
+    "nvarguscamerasrc", "nvv4l2h264enc", "nvvidconv", "mpph264enc", "vah264enc", "vaapih264enc",
+    "v4l2h264enc", "x264enc", "v4l2src", "rtspsrc", "rtph264depay",
+)  # fmt: skip
 
 
 def board() -> str:
@@ -162,6 +169,7 @@ def probe(config: Config) -> dict[str, Any]:
         "video_devices": videos,
         "picamera2": {"installed": picamera.available(), "cameras": picamera.cameras()},
         "encoders": encoders(videos),
+        "gstreamer": gstreamer.available_elements(GST_ELEMENTS),
         "sound_capture": sound_cards(),
         "selected": selection(config),
     }
@@ -203,6 +211,12 @@ def render(report: dict[str, Any]) -> str:
     lines += [
         f"  {e['name']}{'  ' + e['device'] if e['device'] else ''}" for e in report["encoders"]
     ] or ["  none"]
+    found = [name for name, there in report["gstreamer"].items() if there]
+    lines += ["", 'GStreamer (video.source = "gstreamer"):']
+    if not report["gstreamer"]:
+        lines.append(f"  not available from Python: install {gstreamer.NEEDS}")
+    else:
+        lines.append(f"  {', '.join(found) or 'none of the elements that matter here'}")
     lines += ["", "sound capture:"]
     lines += [f"  {s['device']}  {s['name']}" for s in report["sound_capture"]] or ["  none"]
     sel = report["selected"]

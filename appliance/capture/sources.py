@@ -55,8 +55,9 @@ class Source(Protocol):
 
 
 def resolve(video: VideoConfig) -> tuple[str, str]:
-    """("testsrc" | "v4l2" | "picamera2", device) for the configured source; "auto" decided here."""
-    if video.source in ("testsrc", "picamera2"):
+    """("testsrc" | "v4l2" | "picamera2" | "gstreamer", device) for the configured source;
+    "auto" decided here."""
+    if video.source in ("testsrc", "picamera2", "gstreamer"):
         return video.source, ""
     if video.source == "auto":
         from appliance.capture import picamera
@@ -89,6 +90,10 @@ def open_source(
         from appliance.capture.picamera import PicameraSource
 
         return PicameraSource(video, controls)
+    if kind == "gstreamer":
+        from appliance.capture.gstreamer import GstSource
+
+        return GstSource(video.pipeline)
     from appliance.capture.testsrc import TestSource
     from appliance.encoders.software import X264Encoder
 
