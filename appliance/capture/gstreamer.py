@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import importlib.util
 import logging
+import re
 import sys
 import threading
 import time
@@ -47,6 +48,7 @@ TAIL = (
 )
 STALL_S = 5.0  # no access unit for this long (once the first came): the pipeline is restarted
 FIRST_S = 20.0  # how long the first access unit may take (an IP camera's RTSP handshake)
+_CREDENTIALS = re.compile(r"(\b[a-z][a-z0-9+.-]*://[^\s/:@]*:)[^\s/@]*@", re.IGNORECASE)
 SYSTEM_PACKAGES = Path("/usr/lib/python3/dist-packages")
 NEEDS = "python3-gi gir1.2-gstreamer-1.0 gir1.2-gst-plugins-base-1.0 (and the plugins it names)"
 
@@ -106,6 +108,11 @@ def encoders_in(Gst: Any, pipeline: Any) -> list[str]:
             found.append(factory.get_name())
 
 
+def redacted(pipeline: str) -> str:
+    """The pipeline with the passwords of its URLs replaced (an IP camera's rtsp://user:pw@)."""
+    return _CREDENTIALS.sub(r"\1***@", pipeline)
+
+
 def undecodable(keyframe: bytes) -> str:
     """Why browsers cannot decode this access unit's H.264 profile ("" when they can). An
     owner's pipeline can make any profile: x264enc, given 4:4:4 pictures, makes High 4:4:4."""
@@ -136,7 +143,8 @@ class GstSource:
 
     def __init__(self, pipeline: str) -> None:
         self.description = pipeline.strip()
-        self.name = f"gstreamer {self.description.split('!')[0].strip()[:60]}"
+        self.shown = redacted(self.description)  # what the log and the status may say
+        self.name = f"gstreamer {self.shown.split('!')[0].strip()[:60]}"
         self.frames = 0
         self.keyframes = 0
         self.state = "stopped"
@@ -150,7 +158,7 @@ class GstSource:
     def describe(self) -> dict[str, Any]:
         return {
             "source": "gstreamer",
-            "pipeline": self.description,
+            "pipeline": self.shown,
             "state": self.state,
             "encoder": ", ".join(self.encoders) or "none (passed through)",
             "frames": self.frames,
@@ -262,7 +270,7 @@ class GstSource:
             self.state = "playing"
             logger.info(
                 "gstreamer: playing %s (%s; keyframes on request: %s)",
-                self.description,
+                self.shown,
                 "live" if live else "paced by the clock",
                 ", ".join(self.encoders) or "no, no encoder in the pipeline",
             )
@@ -279,7 +287,7 @@ class GstSource:
             self.state = "stopped"
             stopping.set()
             await asyncio.to_thread(self._stop, pipeline, Gst)
-            watcher.join(timeout=1.0)
+            await asyncio.to_thread(watcher.join, 1.0)
             self._pipeline = None
 
     @staticmethod

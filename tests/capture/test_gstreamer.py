@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from appliance.capture.gstreamer import GstSource, import_gst
+from appliance.capture.gstreamer import GstSource, import_gst, redacted
 from appliance.core import h264
 from appliance.core.errors import DeviceError
 from appliance.core.media import EncodedFrame
@@ -156,6 +156,19 @@ async def test_an_rtp_camera_passes_through_and_keyframe_requests_are_said_once(
             await stop(task)
     finally:
         camera.set_state(Gst.State.NULL)
+
+
+def test_an_ip_camera_s_password_stays_out_of_the_log_and_status() -> None:
+    source = GstSource(
+        "rtspsrc location=rtsp://admin:s3cr%40t@192.168.1.20:554/h264 ! rtph264depay"
+    )
+    assert source.describe()["pipeline"] == (
+        "rtspsrc location=rtsp://admin:***@192.168.1.20:554/h264 ! rtph264depay"
+    )
+    assert "s3cr" not in source.name
+    assert redacted("souphttpsrc location=http://cam.lan/x.h264") == (
+        "souphttpsrc location=http://cam.lan/x.h264"
+    )
 
 
 def test_gstreamer_is_found_from_the_system() -> None:
