@@ -1,6 +1,6 @@
 """`video.source = "gstreamer"` in the running daemon, watched by aiortc: an encoder pipeline whose
 keyframes come on request, an IP camera (GStreamer's own RTSP server) passed through without
-re-encoding, and a pipeline that ends, restarted by the supervisor."""
+re-encoding, both played in Chromium too, and a pipeline that ends, restarted by the supervisor."""
 
 from __future__ import annotations
 
@@ -13,8 +13,8 @@ import aiohttp
 import pytest
 
 from tests.e2e.conftest import DaemonFactory, wait_ready, wait_until
-from tests.e2e.peers import AiortcViewer
-from tests.e2e.test_browser import free_port
+from tests.e2e.peers import AiortcViewer, chromium
+from tests.e2e.test_browser import free_port, viewer_state, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -79,6 +79,21 @@ async def test_an_ip_camera_is_passed_through_without_encoding(
         assert described["encoder"] == "none (passed through)", described
         assert await watch(http, f"{d.url}/cam/whep") == {(320, 240)}
         assert d.stream.profile_level_id.startswith("42e0")  # the camera's own SPS
+
+
+async def test_chromium_plays_the_ip_camera_and_the_encoder_pipeline(
+    daemon: DaemonFactory, ip_camera: str
+) -> None:
+    passthrough = f"rtspsrc location={ip_camera} protocols=tcp latency=50 ! rtph264depay"
+    for pipeline in (passthrough, X264):
+        overrides = {"video.source": "gstreamer", "video.pipeline": pipeline}
+        async with daemon(**overrides, **{"audio.source": "none"}) as d, chromium() as browser:
+            await wait_ready(d, 30)
+            page = await browser.new_page()
+            await page.goto(f"{d.url}/")
+            await wait_for(page, "window.viewer && window.viewer.framesPresented >= 30")
+            state = await viewer_state(page)
+            assert (state["width"], state["height"]) == (320, 240), pipeline
 
 
 async def test_a_pipeline_that_ends_is_restarted_and_says_why(
