@@ -75,6 +75,14 @@ def test_ice_server_tables_in_toml(tmp_path: Path) -> None:
             "config: video.source: must be one of auto, testsrc, v4l2, picamera2, gstreamer; got 'webcam'",
         ),
         (
+            "[video]\nsource = 'gstreamer'\n",
+            'config: video.pipeline: is needed with source = "gstreamer"',
+        ),
+        (
+            "[video]\nsource = 'gstreamer'\npipeline = 'v4l2src ! x264enc ! appsink'\n",
+            "config: video.pipeline: ends where H.264 comes out: the daemon adds h264parse",
+        ),
+        (
             "[video]\ndevice = 'video0'\n",
             "config: video.device: must be \"auto\" or a /dev path; got 'video0'",
         ),
