@@ -86,7 +86,14 @@ class QuietAcceptErrors:
         self._pending = 0
 
     def __call__(self, loop: asyncio.AbstractEventLoop, context: dict[str, Any]) -> None:
-        if context.get("message") != self.MESSAGE:
+        message = str(context.get("message", ""))
+        if "._start_serving(" in message and isinstance(context.get("exception"), ValueError):
+            # After EMFILE asyncio retries accepting a second later (call_later), and closing the
+            # server does not cancel that retry: it then finds the socket closed (fd -1). The
+            # server is gone, so there is nothing to serve: not a traceback at shutdown.
+            logger.debug("a listening socket closed while asyncio was to retry accepting")
+            return
+        if message != self.MESSAGE:
             loop.default_exception_handler(context)
             return
         self._pending += 1

@@ -135,11 +135,13 @@ async def test_vivid_camera_controls_and_replug(
         after = float(luma((await viewer.frames(1))[0])[100:260, 10:630].mean())
         assert after > before + 20, (before, after)
 
-        # Unplug: vivid's "disconnect" makes every ioctl fail with ENODEV and removes the node,
-        # as a USB camera pulled out does. Then plug it back (reload the driver).
-        machine.run("v4l2-ctl -d /dev/video0 -c disconnect=1")
+        # Unplug: vivid's "disconnect" makes every ioctl fail with ENODEV, as a USB camera pulled
+        # out does. Then plug it back (reload the driver). The daemon may open the node again
+        # before the driver can go (CI saw it reopen it within its 1 s backoff): disconnect
+        # again until rmmod wins, as the backoff grows (1, 2, 5 s).
         machine.run(
-            "for i in $(seq 100); do rmmod vivid 2>/dev/null && break; sleep 0.2; done; "
+            "for i in $(seq 100); do v4l2-ctl -d /dev/video0 -c disconnect=1 2>/dev/null; "
+            "rmmod vivid 2>/dev/null && break; sleep 0.2; done; "
             "lsmod | grep -q '^vivid' && { echo 'vivid still in use'; exit 1; }; "
             "sleep 2; modprobe vivid n_devs=1"
         )
