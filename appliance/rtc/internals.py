@@ -14,6 +14,8 @@ What the rest of the daemon gets from here:
   waits on; `RTCDtlsTransport._tx_srtp`, `._send_rtp`; `RTCIceTransport._connection._nominated`.
 - `aim_keyframe_requests(sender, callback)`: aiortc's own send path calls
   `RTCRtpSender._send_keyframe()` on PLI/FIR; we aim it at the stream.
+- `drop_receive_state(receiver)`: a sendonly transceiver's receiver loses the remote bitrate
+  estimator it never uses (`_RTCRtpReceiver__remote_bitrate_estimator`).
 - `tap_receiver(receiver, queue, jitter_buffer)`: a WHIP publisher's media is not decoded: the
   receiver's `_RTCRtpReceiver__decoder_queue` becomes our queue (its `get()` returns None, so
   aiortc's decoder thread exits at once), and its `_RTCRtpReceiver__jitter_buffer` ours.
@@ -23,7 +25,8 @@ What the rest of the daemon gets from here:
 - `handshake_facts(pc)`: what ICE and DTLS got to, for `rtc.diagnose` to say why a connection
   failed: aioice's check list and remote candidates, `RTCDtlsTransport._ssl` and `_role`, and
   the alerts OpenSSL's info callback saw (installed with the cipher list, below).
-- `install()`: see its docstring.
+- `install()`: see its docstring. It replaces `RTCCertificate.generateCertificate` (public) and
+  wraps `RTCCertificate._create_ssl_context` (private).
 
 send/srtp.py also touches pylibsrtp (`Session._srtp` and its cffi binding) for in-place SRTP:
 that is the hot path, kept beside the code that uses it, and checked there byte for byte.
@@ -32,6 +35,7 @@ that is the hot path, kept beside the code that uses it, and checked there byte 
 from __future__ import annotations
 
 import asyncio
+import datetime
 import ipaddress
 import logging
 import random
@@ -53,6 +57,7 @@ from aiortc.rtcrtpparameters import (
     RTCRtpCodecParameters,
     RTCRtpHeaderExtensionParameters,
 )
+from OpenSSL import SSL
 
 from appliance.core import rtp
 from appliance.core.stats import DropReporter
@@ -190,6 +195,14 @@ def nominated_output(dtls: Any) -> Output:
 # --- A publisher's receiver, not decoded ------------------------------------------------------
 
 
+def drop_receive_state(receiver: RTCRtpReceiver) -> None:
+    """The receiver of a sendonly video transceiver (every viewer's, and an egress's) never gets
+    media, yet aiortc gives it a remote bitrate estimator: a 1000-bucket rate counter, 96 KB of a
+    viewer's memory. It goes. Private: `RTCRtpReceiver.__remote_bitrate_estimator`, which aiortc
+    checks for None before use (it is None on audio receivers)."""
+    receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+
+
 def tap_receiver(receiver: RTCRtpReceiver, queue: Any, jitter_buffer: JitterBuffer) -> None:
     """Before the receiver starts: its reassembled frames go to `queue.put((codec, frame))` on the
     event loop, from `jitter_buffer`; `queue.get()` must return None (aiortc's decoder thread then
@@ -302,13 +315,48 @@ def _accept_rsa_dtls_peers() -> None:
         return
 
     def create(self: RTCCertificate, srtp_profiles: Any) -> Any:
-        context = original(self, srtp_profiles)
-        context.set_cipher_list(DTLS_CIPHERS)
-        _trace_handshake(context)
+        key = (id(self), tuple(p.openssl_profile for p in srtp_profiles))
+        context = _CONTEXTS.get(key)
+        if context is None or _CONTEXT_OWNERS.get(key) is not self:
+            context = original(self, srtp_profiles)
+            context.set_cipher_list(DTLS_CIPHERS)
+            # Shared by every connection: no session of one may be kept for another (WebRTC never
+            # resumes a DTLS session), and the cache would grow with every viewer.
+            context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
+            context.set_info_callback(_trace_handshake)
+            _CONTEXTS.clear()  # the certificate rotated: the old contexts go with it
+            _CONTEXT_OWNERS.clear()
+            _CONTEXTS[key], _CONTEXT_OWNERS[key] = context, self
         return context
 
     create.wider_ciphers = True  # type: ignore[attr-defined]
     RTCCertificate._create_ssl_context = create  # type: ignore[method-assign]
+
+
+# One DTLS certificate (and OpenSSL context per SRTP profile list) for every connection of the
+# process, instead of aiortc's key, certificate and context per peer connection (about 27 KB of a
+# viewer's memory, and an ECDSA key generation per offer). WebRTC peers check the certificate's
+# fingerprint from the SDP, never a chain, so sharing it loses nothing; it is new at every start,
+# and renewed a day before aiortc's 30-day validity ends.
+_CERTIFICATE: list[RTCCertificate] = []
+_CONTEXTS: dict[tuple[int, tuple[bytes, ...]], Any] = {}
+_CONTEXT_OWNERS: dict[tuple[int, tuple[bytes, ...]], RTCCertificate] = {}
+CERTIFICATE_RENEW_BEFORE = datetime.timedelta(days=1)
+
+
+def _share_certificate() -> None:
+    generate = RTCCertificate.generateCertificate
+    if getattr(generate, "shared", False):
+        return
+
+    def shared(cls: type[RTCCertificate]) -> RTCCertificate:
+        now = datetime.datetime.now(datetime.timezone.utc)
+        if not _CERTIFICATE or _CERTIFICATE[0].expires - now < CERTIFICATE_RENEW_BEFORE:
+            _CERTIFICATE[:] = [generate()]
+        return _CERTIFICATE[0]
+
+    shared.shared = True  # type: ignore[attr-defined]
+    RTCCertificate.generateCertificate = classmethod(shared)  # type: ignore[assignment]
 
 
 def _accept_extra_extensions() -> None:
@@ -336,7 +384,7 @@ ALERTS = {
     116: "certificate_required", 120: "no_application_protocol",
 }  # fmt: skip
 _CB_LOOP, _CB_READ, _CB_WRITE, _CB_ALERT = 0x01, 0x04, 0x08, 0x4000
-# The DTLS context of each transport (aiortc makes one per transport), and what it saw.
+# What OpenSSL's info callback saw of each DTLS connection.
 _TRACES: weakref.WeakKeyDictionary[Any, DtlsTrace] = weakref.WeakKeyDictionary()
 
 
@@ -349,23 +397,21 @@ class DtlsTrace:
     alert_received: str | None = None  # a fatal alert the peer sent
 
 
-def _trace_handshake(context: Any) -> None:
-    trace = DtlsTrace()
-
-    def info(connection: Any, where: int, value: int) -> None:
-        if where & _CB_ALERT:
-            if value >> 8 != 2:  # warnings (close_notify at the end) are not failures
-                return
-            alert = ALERTS.get(value & 0xFF, f"alert {value & 0xFF}")
-            if where & _CB_WRITE:
-                trace.alert_sent = trace.alert_sent or alert
-            elif where & _CB_READ:
-                trace.alert_received = trace.alert_received or alert
-        elif where & _CB_LOOP:
-            trace.stage = connection.get_state_string().decode(errors="replace")
-
-    context.set_info_callback(info)
-    _TRACES[context] = trace
+def _trace_handshake(connection: Any, where: int, value: int) -> None:
+    """OpenSSL's info callback, on the shared DTLS contexts: notes each connection's progress."""
+    trace = _TRACES.get(connection)
+    if trace is None:
+        trace = _TRACES[connection] = DtlsTrace()
+    if where & _CB_ALERT:
+        if value >> 8 != 2:  # warnings (close_notify at the end) are not failures
+            return
+        alert = ALERTS.get(value & 0xFF, f"alert {value & 0xFF}")
+        if where & _CB_WRITE:
+            trace.alert_sent = trace.alert_sent or alert
+        elif where & _CB_READ:
+            trace.alert_received = trace.alert_received or alert
+    elif where & _CB_LOOP:
+        trace.stage = connection.get_state_string().decode(errors="replace")
 
 
 @dataclass
@@ -396,7 +442,6 @@ def handshake_facts(pc: Any) -> HandshakeFacts | None:
     connection = dtls.transport._connection
     pairs = list(connection._check_list)
     ssl = dtls._ssl
-    context = ssl.get_context() if ssl is not None else None
     certificate = None
     profile = None
     if ssl is not None:
@@ -412,7 +457,7 @@ def handshake_facts(pc: Any) -> HandshakeFacts | None:
         dtls_state=str(dtls.state),
         dtls_role=str(dtls._role),
         encrypted=bool(dtls.encrypted),
-        trace=(_TRACES.get(context) if context is not None else None) or DtlsTrace(),
+        trace=(_TRACES.get(ssl) if ssl is not None else None) or DtlsTrace(),
         peer_certificate=certificate,
         srtp_profile=profile,
     )
@@ -574,6 +619,9 @@ def install(interfaces: Sequence[str] = ()) -> None:
       `RTCCertificate._create_ssl_context` is wrapped to offer ECDHE-RSA suites too, and to
       note, through OpenSSL's info callback, where each handshake got to and which fatal alert
       ended it (`handshake_facts`, for the log line that says why a connection failed).
+    - **One DTLS certificate for the process**: `RTCCertificate.generateCertificate` returns the
+      same certificate to every peer connection, and its SSL context is made once per SRTP
+      profile list (session cache off), not once per connection (see `_share_certificate`).
     - **playout-delay and abs-capture-time** join aiortc's video header extensions, so that it
       accepts them in the answer when a viewer offers them.
     """
@@ -583,4 +631,5 @@ def install(interfaces: Sequence[str] = ()) -> None:
     aioice.ice.get_host_addresses = _host_addresses
     _accept_more_h264_profiles()
     _accept_rsa_dtls_peers()
+    _share_certificate()
     _accept_extra_extensions()

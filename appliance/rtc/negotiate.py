@@ -133,6 +133,7 @@ async def answer(
     if path == "fast":
         media = FastVideo(stream, name)
         transceiver = pc.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        internals.drop_receive_state(transceiver.receiver)
         internals.take_over(transceiver.sender, media)
         if stream.audio is not None and sdp.has_media(offer, "audio"):
             audio_transceiver = _add_audio(pc, media.add_audio(stream.audio))
@@ -140,6 +141,7 @@ async def answer(
         reader = stream.subscribe(name)
         media = AiortcVideo(reader)
         transceiver = pc.addTransceiver(EncodedVideoTrack(reader), direction="sendonly")
+        internals.drop_receive_state(transceiver.receiver)
         # aiortc calls this on PLI/FIR; aim it at the encoder (see the module docstring).
         internals.aim_keyframe_requests(transceiver.sender, stream.request_keyframe)
     try:
@@ -237,6 +239,7 @@ async def offer(
     media = FastVideo(stream, name)
     try:
         transceiver = pc.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        internals.drop_receive_state(transceiver.receiver)
         internals.take_over(transceiver.sender, media)
         transceiver.setCodecPreferences(_codec_preferences(stream.profile_level_id))
         if stream.audio is not None:

@@ -9,10 +9,15 @@ is never written and protected across a suspension point, and the stream never w
 A send the kernel refuses (socket buffer full) is dropped and counted; the viewer then resumes at
 the next keyframe, which it asks for. Retransmissions (NACK) come from the shared ring, as RTX when
 negotiated.
+
+The send buffer is shared by every sender of the process with the same packet size (`_shared_buffer`):
+a sender fills, protects and hands it to the kernel (which copies it) without a suspension point in
+between, so no other sender can find it half written, and a viewer costs no 58 KiB buffer of its own.
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import random
@@ -36,6 +41,16 @@ MAX_SEGMENTS = 40  # and at most 64 KiB per call: the kernel refuses more (EMSGS
 MAX_DATAGRAMS_BYTES = 65_000
 SPANS = 256  # access units remembered for NACK: over 8 s at 30 fps, longer than the ring holds
 _U16 = struct.Struct("!H")
+_BUFFERS: dict[int, bytearray] = {}
+
+
+def _shared_buffer(room: int) -> bytearray:
+    """The send buffer of every sender whose packets need `room` bytes each (see the module's
+    docstring: safe because nothing awaits between writing it and the kernel copying it)."""
+    buffer = _BUFFERS.get(room)
+    if buffer is None:
+        buffer = _BUFFERS[room] = bytearray(room * MAX_SEGMENTS)
+    return buffer
 
 
 @dataclass
@@ -98,6 +113,19 @@ class Negotiated:
     rtx_ssrc: int | None = None
 
 
+@functools.lru_cache(maxsize=64)
+def _batch_positions(
+    stride: int, count: int, header: int, slot: int
+) -> list[tuple[int, int, int, int]]:
+    """Per place in a batch: where the packet, its sequence number, its payload and the copied
+    slot's end are in the send buffer (computed once, and shared by senders alike, not per
+    packet). Read only."""
+    return [
+        (k * stride, k * stride + 2, k * stride + header, k * stride + header + slot)
+        for k in range(count)
+    ]
+
+
 class RtpSender:
     """Sends the ring's packets to one viewer. All methods run on the event loop and never await."""
 
@@ -133,7 +161,7 @@ class RtpSender:
         # (an RTX header is 2 bytes longer), with its SRTP tag.
         self._max_payload = ring.slot_size
         self._room = header_room + 2 + ring.slot_size + TRAILER_ROOM
-        self._buffer = bytearray(self._room * MAX_SEGMENTS)
+        self._buffer = _shared_buffer(self._room)
         self._view = memoryview(self._buffer)
         self._slot_size = ring.slot_size
         self._protector = InPlaceProtector(session, self._buffer, self._room, 1)
@@ -241,13 +269,7 @@ class RtpSender:
         return wire
 
     def _batch_positions(self, stride: int, count: int) -> list[tuple[int, int, int, int]]:
-        """Per place in a batch: where the packet, its sequence number, its payload and the copied
-        slot's end are in the send buffer (computed once, not per packet)."""
-        header, slot = self._layout.size, self._slot_size
-        return [
-            (k * stride, k * stride + 2, k * stride + header, k * stride + header + slot)
-            for k in range(count)
-        ]
+        return _batch_positions(stride, count, self._layout.size, self._slot_size)
 
     def _record_span(self, first_seq: int, first_index: int, count: int) -> None:
         # Within an access unit, sequence numbers and ring indices advance together: one span

@@ -1,11 +1,13 @@
 """Fan-out to many real WebRTC viewers: ours against aiortc's path, the same stream, one process.
 
     .venv/bin/python -m tests.perf.bench_fanout [--fast 10,50,100,200] [--aiortc 10,25,50] [--seconds 10]
+        [--workload 1080p|720p] [--profile FILE]
 
 Inside a private network namespace (tests/netns.py). This process is the daemon: the real Stream,
 sessions, WHEP over aiohttp, and `webrtc.sender` set to "fast" or "aiortc"; its camera is the
-workload of tests/perf/workload.py (1080p30, ~4 Mbit/s, GOP 2 s) replayed at 30 fps (pre-encoded,
-so it cannot honour keyframe requests: viewers start at the next IDR). The viewers are
+workload of tests/perf/workload.py (1080p30 at ~4 Mbit/s, or 720p30 at ~600 kbit/s; GOP 2 s)
+replayed at 30 fps (pre-encoded, so it cannot honour keyframe requests: viewers start at the next
+IDR). The viewers are
 tests/perf/light_viewers.py in another process: real ICE, DTLS and RTCP, RTP only counted.
 
 Per case, over `--seconds` once every viewer receives video:
@@ -16,12 +18,16 @@ Per case, over `--seconds` once every viewer receives video:
   RTCDtlsTransport._send_rtp), p50 and p99; on the fast path also P-frames' p99 and keyframes' max;
 - the slowest viewer's received frame rate;
 - RSS, and its slope per viewer against the no-viewer run.
+
+`--profile FILE`: cProfile of the daemon over the measurement window of the largest fast-path case
+(pstats format; cProfile's own overhead inflates Python-heavy code, so read it for shares only).
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
+import cProfile
 import json
 import os
 import resource
@@ -38,7 +44,7 @@ from appliance.core.stream import Stream
 from appliance.http.sessions import SessionRegistry
 from tests import netns
 from tests.apps import app_for
-from tests.perf.workload import access_units
+from tests.perf.workload import WORKLOADS, access_units
 
 
 def rss_mb() -> float:
@@ -49,6 +55,10 @@ def rss_mb() -> float:
 def cpu_s() -> float:
     r = resource.getrusage(resource.RUSAGE_SELF)
     return r.ru_utime + r.ru_stime
+
+
+def kernel_s() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_stime
 
 
 def pct(values: list[float], p: float) -> float:
@@ -112,7 +122,11 @@ def hook_aiortc_sends(replay: Replay) -> Any:
 
 
 async def case(
-    path: str, viewers: int, seconds: float, aus: list[tuple[bytes, bool]]
+    path: str,
+    viewers: int,
+    seconds: float,
+    aus: list[tuple[bytes, bool]],
+    profile: str | None = None,
 ) -> dict[str, Any]:
     cfg = config.load(
         None,
@@ -179,9 +193,16 @@ async def case(
         replay.p_skews_ms.clear()
         stream.fanout_ns.clear()
         sent0 = sum(s.media.describe().get("packets", 0) for s in sessions)
-        c0, t0 = cpu_s(), time.monotonic()
+        profiler = cProfile.Profile() if profile else None
+        c0, k0, t0 = cpu_s(), kernel_s(), time.monotonic()
+        if profiler is not None:
+            profiler.enable()
         await asyncio.sleep(seconds)
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(profile)
         cpu = (cpu_s() - c0) / (time.monotonic() - t0)
+        kernel = (kernel_s() - k0) / (time.monotonic() - t0)
         elapsed = time.monotonic() - t0
         rss = rss_mb()
         sent = sum(s.media.describe().get("packets", 0) for s in sessions) - sent0
@@ -206,6 +227,7 @@ async def case(
             "path": path,
             "viewers": viewers,
             "cpu": cpu,
+            "kernel": kernel,
             "rss_mb": rss,
             "packets_sent": sent,
             "skew_p50_ms": pct(skews, 50),
@@ -237,13 +259,15 @@ async def main() -> None:
     p.add_argument("--fast", default="10,50,100,200")
     p.add_argument("--aiortc", default="10,25,50")
     p.add_argument("--seconds", type=float, default=10.0)
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="1080p")
+    p.add_argument("--profile", metavar="FILE")
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     problem = netns.enter()
     if problem:
         raise SystemExit(f"cannot make a private network namespace: {problem}")
     rtc.install()  # as the daemon does at start-up (app.py)
-    aus = access_units()
+    aus = access_units(workload=args.workload)
     pkts_per_s = sum(-(-len(au) // 1290) for au, _ in aus) * 30 / len(aus)
     results = []
     for path, counts in (("fast", args.fast), ("aiortc", args.aiortc)):
@@ -255,13 +279,16 @@ async def main() -> None:
             flush=True,
         )
         ramp = []
-        for n in (int(x) for x in counts.split(",") if x):
-            r = await case(path, n, args.seconds, aus)
+        ns = [int(x) for x in counts.split(",") if x]
+        for n in ns:
+            profile = args.profile if path == "fast" and n == max(ns) else None
+            r = await case(path, n, args.seconds, aus, profile)
             r["us_per_packet_viewer"] = (r["cpu"] - base["cpu"]) / (pkts_per_s * n) * 1e6
             results.append(r)
             ramp.append(r)
             print(
                 f"{path:6} {n:4d} viewers: daemon CPU {r['cpu'] * 100:5.1f} % "
+                f"(kernel {r['kernel'] * 100:4.1f}) "
                 f"({r['us_per_packet_viewer']:5.2f} µs/pkt/viewer), skew p50 {r['skew_p50_ms']:6.2f} "
                 f"p99 {r['skew_p99_ms']:6.2f} ms, slowest viewer {r['min_fps']:4.1f} fps, "
                 f"RSS {r['rss_mb']:6.1f} MB",

@@ -1,8 +1,9 @@
 """The send path per packet per viewer: ours against aiortc's, on the same access units.
 
-    .venv/bin/python -m tests.perf.bench_sendpath [--viewers 1,10,100] [--passes 3]
+    .venv/bin/python -m tests.perf.bench_sendpath [--viewers 1,10,100] [--passes 3] [--workload 720p]
 
-Workload: tests/perf/workload.py (1080p30 H.264, ~4 Mbit/s, GOP 2 s, 180 access units). Every
+Workload: tests/perf/workload.py (1080p30 H.264, ~4 Mbit/s, GOP 2 s, 180 access units; or 720p30
+at ~600 kbit/s, one or two packets per access unit, where the per-access-unit cost shows). Every
 viewer has its own real SRTP session (AEAD_AES_128_GCM, as aiortc and Chromium negotiate) and sends
 real UDP datagrams to a sink in another process on 127.0.0.1 that reads them all.
 
@@ -42,7 +43,7 @@ from appliance.core.ring import PacketRing
 from appliance.core.stream import max_payload
 from appliance.send.sender import Negotiated, RtpSender
 from appliance.send.udp import UdpOutput
-from tests.perf.workload import access_units
+from tests.perf.workload import WORKLOADS, access_units
 
 HERE = Path(__file__).parent
 SHIM = Path("/tmp/appliance-malloc-count.so")
@@ -183,8 +184,10 @@ class Aiortc:
             sock.close()
 
 
-def measure(kind: str, viewers: int, passes: int, address: tuple[str, int]) -> dict[str, float]:
-    aus = access_units()
+def measure(
+    kind: str, viewers: int, passes: int, address: tuple[str, int], workload: str
+) -> dict[str, float]:
+    aus = access_units(workload=workload)
     path: Any = (Fast if kind == "fast" else Aiortc)(viewers, address)
     try:
         path.run(aus[:30], 0)  # warm up: caches, first-packet work
@@ -228,6 +231,7 @@ def main() -> None:
     )
     p.add_argument("--viewers", default="1,10,100")
     p.add_argument("--passes", type=int, default=3)
+    p.add_argument("--workload", choices=sorted(WORKLOADS), default="1080p")
     p.add_argument("--no-malloc-count", action="store_true")
     args = p.parse_args()
     if not args.no_malloc_count and "APPLIANCE_BENCH_MALLOC_COUNT" not in os.environ:
@@ -253,7 +257,7 @@ def main() -> None:
         os.execve(
             sys.executable, [sys.executable, "-m", "tests.perf.bench_sendpath", *sys.argv[1:]], env
         )
-    access_units()  # build the workload before measuring
+    access_units(workload=args.workload)  # build the workload before measuring
     proc, address = sink()
     try:
         print(
@@ -262,7 +266,7 @@ def main() -> None:
         )
         for n in (int(x) for x in args.viewers.split(",")):
             for kind in ("fast", "aiortc"):
-                r = measure(kind, n, args.passes, address)
+                r = measure(kind, n, args.passes, address, args.workload)
                 allocs, nbytes = r["mallocs_per_packet_viewer"], r["malloc_bytes_per_packet_viewer"]
                 allocs_text = "n/a" if allocs != allocs else f"{allocs:.2f}"  # NaN: no counter
                 bytes_text = "n/a" if nbytes != nbytes else f"{nbytes:.0f}"

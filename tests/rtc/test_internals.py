@@ -7,6 +7,7 @@ this file again on the oldest aiortc and aioice the pins allow.
 from __future__ import annotations
 
 import asyncio
+import datetime
 import struct
 from importlib.metadata import version
 from typing import Any
@@ -20,8 +21,11 @@ from aiortc import (
     RTCSessionDescription,
 )
 from aiortc.codecs import CODECS
-from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket
+from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80, generate_certificate
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes
+from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
 from appliance.rtc import internals
@@ -244,7 +248,8 @@ async def test_handshake_facts_of_a_connection_and_of_a_fingerprint_that_does_no
         await liar.setLocalDescription(await liar.createOffer())
         await honest.setRemoteDescription(liar.localDescription)
         await honest.setLocalDescription(await honest.createAnswer())
-        other = RTCCertificate.generateCertificate().getFingerprints()[0].value
+        key = ec.generate_private_key(ec.SECP256R1())
+        other = RTCCertificate(key, generate_certificate(key)).getFingerprints()[0].value
         answer = "\r\n".join(
             f"a=fingerprint:sha-256 {other}" if line.startswith("a=fingerprint:sha-256") else line
             for line in honest.localDescription.sdp.split("\r\n")
@@ -255,6 +260,78 @@ async def test_handshake_facts_of_a_connection_and_of_a_fingerprint_that_does_no
         facts = internals.handshake_facts(liar)
         assert facts is not None and facts.encrypted and facts.dtls_state == "failed"
         assert explain(facts, connected=False).code == "dtls_fingerprint"
+        # The DTLS context is shared (one certificate for the process), what it saw is not.
+        assert liar_ssl(liar).get_context() is liar_ssl(server).get_context()
+        later = internals.handshake_facts(server)
+        assert later is not None and later.trace.alert_sent is None
+        assert later.trace.alert_received is None and later.dtls_state == "connected"
     finally:
         for pc in (viewer, server, liar, honest):
             await pc.close()
+
+
+def certificate_valid_for(left: datetime.timedelta) -> RTCCertificate:
+    key = ec.generate_private_key(ec.SECP256R1())
+    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "expiring")])
+    now = datetime.datetime.now(datetime.timezone.utc)
+    cert = (
+        x509.CertificateBuilder()
+        .subject_name(name)
+        .issuer_name(name)
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(days=1))
+        .not_valid_after(now + left)
+        .sign(key, hashes.SHA256())
+    )
+    return RTCCertificate(key, cert)
+
+
+def liar_ssl(pc: RTCPeerConnection) -> Any:
+    return pc.getTransceivers()[0].sender.transport._ssl
+
+
+async def test_every_connection_of_the_process_shares_one_certificate() -> None:
+    internals.install()
+    first = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    second = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        first.addTransceiver("video", direction="recvonly")
+        second.addTransceiver("video", direction="recvonly")
+        offers = []
+        for pc in (first, second):
+            await pc.setLocalDescription(await pc.createOffer())
+            offers.append(
+                [x for x in pc.localDescription.sdp.split("\r\n") if x.startswith("a=fingerprint")]
+            )
+        assert offers[0] and offers[0] == offers[1]
+        # ... until it is a day from the end of its validity: then a new one, kept in turn.
+        shared = RTCCertificate.generateCertificate()
+        assert RTCCertificate.generateCertificate() is shared
+        expiring = certificate_valid_for(datetime.timedelta(hours=23))
+        internals._CERTIFICATE[:] = [expiring]
+        renewed = RTCCertificate.generateCertificate()
+        assert renewed is not expiring and renewed is not shared
+        assert renewed.expires - datetime.datetime.now(datetime.timezone.utc) > (
+            datetime.timedelta(days=2)
+        )
+        assert RTCCertificate.generateCertificate() is renewed
+    finally:
+        await first.close()
+        await second.close()
+
+
+async def test_a_sendonly_receiver_loses_the_bitrate_estimator_it_never_uses() -> None:
+    pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        receiver = pc.addTransceiver(EncodedVideoTrack(None), direction="sendonly").receiver
+        assert receiver._RTCRtpReceiver__remote_bitrate_estimator is not None  # aiortc's name
+        internals.drop_receive_state(receiver)
+        assert receiver._RTCRtpReceiver__remote_bitrate_estimator is None
+        # RTP that reaches it anyway (abs-send-time set: the estimator's input) is handled.
+        packet = RtpPacket(payload_type=96, sequence_number=1, timestamp=0, ssrc=1234)
+        packet.extensions.abs_send_time = 0x123456
+        await receiver._handle_rtp_packet(packet, arrival_time_ms=1000)
+        assert 1234 in receiver._RTCRtpReceiver__active_ssrc
+    finally:
+        await pc.close()
