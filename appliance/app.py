@@ -33,6 +33,7 @@ from appliance.core.stream import Stream
 from appliance.core.streams import Streams
 from appliance.devices import network
 from appliance.devices.clock import ClockWatch
+from appliance.devices.headroom import HeadroomWatch
 from appliance.http.connections import ConnectionLimit, QuietAcceptErrors, raise_open_files_limit
 from appliance.http.egress import EgressSet
 from appliance.http.server import WHIP_KEY, make_app
@@ -139,6 +140,11 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
     status = Status(
         config, streams, sessions, publishers, slot, audio_slot, egress, clock, startup.phases
     )  # fmt: skip
+    headroom = status.headroom = HeadroomWatch(
+        config.stream.max_load,
+        lambda: sessions.count() + (status.rtsp.count() if status.rtsp is not None else 0),
+    )
+    tasks.append(asyncio.create_task(headroom.run(), name="headroom"))
     app = make_app(status)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.http.idle_timeout)
     rtsp_server: RtspServer | None = None
@@ -167,7 +173,9 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
             "ready %.1f s after the process started: Python %.1f s, imports %.1f s, HTTP %.1f s",
             took["ready_s"], took["python_s"], took["imports_s"], took["http_s"],
         )  # fmt: skip
-        rtsp_server = status.rtsp = await _start_rtsp(config, streams, sessions, stream.name)
+        rtsp_server = status.rtsp = await _start_rtsp(
+            config, streams, sessions, stream.name, headroom
+        )
         # The camera after the HTTP server: opening it (probing, the encoder) runs meanwhile.
         tasks.append(asyncio.create_task(supervise(config, stream, slot), name="source"))
         tasks.append(asyncio.create_task(_first_frame(stream, startup), name="first frame"))
@@ -199,13 +207,14 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
 
 
 async def _start_rtsp(
-    config: Config, streams: Streams, viewers: SessionRegistry, name: str
+    config: Config, streams: Streams, viewers: SessionRegistry, name: str, headroom: HeadroomWatch
 ) -> RtspServer | None:
     """The RTSP server (rtsp.enabled), or None. A port that cannot be had turns RTSP off with one
     log line: the camera's WebRTC viewers do not depend on it."""
     if not config.rtsp.enabled:
         return None
     server = RtspServer(config, streams, viewers.count)
+    server.headroom = headroom
     try:
         await server.start(config.http.host, config.rtsp.port)
     except OSError as e:

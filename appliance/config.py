@@ -123,6 +123,7 @@ class StreamConfig:
     name: str = "cam"
     max_viewers: int = 64
     max_viewers_total: int = 128
+    max_load: float = 0.8
     keyframe_interval_min: float = 0.25
     mtu: int = 1400
     ring_packets: int = 2048
@@ -456,6 +457,7 @@ def _validate(c: Config) -> None:
         raise ConfigError("stream.name", problem)
     _in_range("stream.max_viewers", c.stream.max_viewers, 1, 10_000)
     _in_range("stream.max_viewers_total", c.stream.max_viewers_total, 1, 10_000)
+    _in_range("stream.max_load", c.stream.max_load, 0.01, 1.0)
     _in_range("rtsp.port", c.rtsp.port, 0, 65535)
     _in_range("rtsp.session_timeout", c.rtsp.session_timeout, 5, 3600)
     _in_range("rtsp.max_connections", c.rtsp.max_connections, 1, 100_000)

@@ -24,7 +24,8 @@ PACKAGE = Path(appliance.__file__).parent
 PRIVATE_OWNERS = {"appliance.rtc.internals", "appliance.send.srtp"}
 THIRD_PARTY_WITH_INTERNALS = ("aiortc", "aioice", "pylibsrtp")
 
-# Which room may import which: http → rtc → send → core; rtsp → http (auth), send → core;
+# Which room may import which: http → rtc → send → core; rtsp → http (auth), send → core,
+# devices (the daemon's headroom);
 # capture → devices/encoders → core.
 # The composition root (app, cli) and config may import anything.
 ALLOWED = {
@@ -35,7 +36,7 @@ ALLOWED = {
     "send": {"core", "send"},
     "rtc": {"core", "send", "rtc", "config"},
     "http": {"core", "send", "rtc", "http", "capture", "devices", "config", "__init__"},
-    "rtsp": {"core", "send", "http", "rtsp", "config"},
+    "rtsp": {"core", "send", "http", "rtsp", "config", "devices"},
 }
 
 

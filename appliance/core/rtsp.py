@@ -39,9 +39,10 @@ REASONS = {
 class RtspError(Exception):
     """A request refused with `status`; the message says why, in one line."""
 
-    def __init__(self, status: int, message: str) -> None:
+    def __init__(self, status: int, message: str, retry_after: int | None = None) -> None:
         super().__init__(message)
         self.status = status
+        self.retry_after = retry_after
 
 
 @dataclass

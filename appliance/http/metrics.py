@@ -63,6 +63,26 @@ async def metrics_handler(request: web.Request) -> web.Response:
         "Datagrams to ICE ports dropped: empty, or not STUN and from no validated peer.",
         [(None, STRAY.total)],
     )  # fmt: skip
+    if st.headroom is not None:
+        h = st.headroom.headroom
+        e.family(
+            "appliance_loop_busy_ratio", "gauge",
+            "Share of one core the event loop used, smoothed over about 2 s.", [(None, h.busy)],
+        )  # fmt: skip
+        e.family(
+            "appliance_loop_lag_seconds", "gauge", "How late the event loop's last tick woke.",
+            [(None, h.last_lag)],
+        )  # fmt: skip
+        e.family(
+            "appliance_udp_drops_total", "counter",
+            "Datagrams the kernel dropped on the daemon's UDP sockets (not read in time).",
+            [(None, h.drops_total)],
+        )  # fmt: skip
+        e.family(
+            "appliance_viewers_refused_total", "counter",
+            "New viewers (WHEP, RTSP) refused with 503 for lack of room, by reason.",
+            [({"reason": r}, n) for r, n in h.refused.items()],
+        )  # fmt: skip
     e.family(
         "appliance_viewers", "gauge", "Viewers connected now.",
         [({"stream": n}, viewers.count(n)) for n in names],

@@ -17,6 +17,7 @@ from appliance.config import Config
 from appliance.core.stream import Stream
 from appliance.core.streams import Streams
 from appliance.devices.clock import ClockWatch
+from appliance.devices.headroom import HeadroomWatch
 from appliance.http.egress import EgressSet
 from appliance.http.sessions import SessionRegistry
 
@@ -62,6 +63,7 @@ class Status:
         self.startup = startup
         self.started = time.monotonic()
         self.rtsp: RtspReaders | None = None  # set once it listens
+        self.headroom: HeadroomWatch | None = None  # admission of viewers (the daemon sets it)
 
     def stalled_for(self) -> float | None:
         """Seconds since the camera's last frame when that is longer than two frame intervals
@@ -142,6 +144,8 @@ class Status:
                 "publishers": list(self.publishers.recent_failures),
             },
             "egress": self.egress.describe(),
+            # Room for more viewers: the event loop's load, lag, its sockets' drops, refusals.
+            "headroom": self.headroom.describe() if self.headroom is not None else None,
             "rtsp": {
                 "port": self.rtsp.port,
                 "readers": self.rtsp.describe(),

@@ -65,6 +65,10 @@ class WhepHandlers(SessionResources):
             raise Overloaded(f"viewer limit of this stream reached ({limits.max_viewers})")
         if self._sessions.count() + (rtsp.count() if rtsp else 0) >= limits.max_viewers_total:
             raise Overloaded(f"viewer limit reached ({limits.max_viewers_total})")
+        headroom = request.app[STATUS_KEY].headroom
+        refusal = headroom.check() if headroom is not None else None
+        if refusal is not None:
+            raise Overloaded(refusal)
         self._take_rate(request)
         session_id = new_session_id()
         peer = request.remote or "?"

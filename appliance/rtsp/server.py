@@ -33,10 +33,12 @@ from urllib.parse import unquote, urlsplit
 
 from appliance.config import Config
 from appliance.core import h264, rtsp
+from appliance.core.errors import Overloaded
 from appliance.core.rtsp import Interleaved, Request, RtspError, Transport
 from appliance.core.stats import LogLimiter
 from appliance.core.stream import Stream
 from appliance.core.streams import Streams
+from appliance.devices.headroom import HeadroomWatch
 from appliance.http.auth import Authorizer
 from appliance.send.plain import PlainRtpSender
 
@@ -92,6 +94,7 @@ class RtspServer:
         self.readers: dict[str, Reader] = {}
         self.connections: set[Connection] = set()
         self.refusals = LogLimiter(logger)
+        self.headroom: HeadroomWatch | None = None  # admission by the daemon's headroom
         self._server: asyncio.Server | None = None
         self._sweeper: asyncio.Task[None] | None = None
 
@@ -271,6 +274,8 @@ class Connection(asyncio.Protocol):
             ]
         elif e.status == 405:
             headers.append(("Allow", PUBLIC))
+        if e.retry_after is not None:
+            headers.append(("Retry-After", str(e.retry_after)))
         self._send(rtsp.response(e.status, cseq, headers))
         self.server.refusals.log(logging.INFO, "rtsp %s: %d %s", self.peer, e.status, e)
 
@@ -417,6 +422,9 @@ class Connection(asyncio.Protocol):
                 raise RtspError(453, f"viewer limit of this stream reached ({limits.max_viewers})")
             if self.server.count() + self.server.webrtc_viewers(None) >= limits.max_viewers_total:
                 raise RtspError(453, f"viewer limit reached ({limits.max_viewers_total})")
+            refusal = self.server.headroom.check() if self.server.headroom else None
+            if refusal is not None:
+                raise RtspError(503, refusal, retry_after=Overloaded.retry_after)
             reader = Reader(
                 secrets.token_hex(8), stream, self.peer, "tcp" if transport.tcp else "udp", self
             )

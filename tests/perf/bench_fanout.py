@@ -19,6 +19,8 @@ Per case, over `--seconds` once every viewer receives video:
 - the slowest viewer's received frame rate;
 - RSS, and its slope per viewer against the no-viewer run.
 
+`--max-load 0.8`: the fast path's viewers are admitted as the daemon admits them (stream.max_load,
+devices/headroom.py): those past its room get 503, and the figures are those of the admitted.
 `--profile FILE`: cProfile of the daemon over the measurement window of the largest fast-path case
 (pstats format; cProfile's own overhead inflates Python-heavy code, so read it for shares only).
 """
@@ -41,7 +43,9 @@ from aiohttp import web
 from appliance import config, rtc
 from appliance.core.media import EncodedFrame
 from appliance.core.stream import Stream
+from appliance.devices.headroom import HeadroomWatch
 from appliance.http.sessions import SessionRegistry
+from appliance.http.status import STATUS_KEY
 from tests import netns
 from tests.apps import app_for
 from tests.perf.workload import WORKLOADS, access_units
@@ -127,6 +131,7 @@ async def case(
     seconds: float,
     aus: list[tuple[bytes, bool]],
     profile: str | None = None,
+    max_load: float | None = None,
 ) -> dict[str, Any]:
     cfg = config.load(
         None,
@@ -142,11 +147,17 @@ async def case(
             "http.sessions_burst": 10_000,
             "webrtc.half_open_per_client": 10_000,  # ... and connects ten at a time
             "stream.max_viewers_total": 1000,
+            "stream.max_load": max_load or 1.0,
         },
     )
     stream = Stream("cam", mtu=cfg.stream.mtu, ring_packets=cfg.stream.ring_packets)
     sessions = SessionRegistry()
-    runner = web.AppRunner(app_for(cfg, stream, sessions), access_log=None)
+    app = app_for(cfg, stream, sessions)
+    watch = None
+    if max_load is not None:  # admission by headroom, as the daemon does (devices/headroom.py)
+        watch = app[STATUS_KEY].headroom = HeadroomWatch(max_load, sessions.count)
+        watching = asyncio.create_task(watch.run())
+    runner = web.AppRunner(app, access_log=None)
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", 0)
     await site.start()
@@ -158,6 +169,7 @@ async def case(
     try:
         await asyncio.sleep(0.5)
         frames0: list[int] = []
+        admitted: list[int] = []
         if viewers:
             load = await asyncio.create_subprocess_exec(
                 sys.executable,
@@ -173,7 +185,13 @@ async def case(
             while True:
                 line = await asyncio.wait_for(load.stdout.readline(), 60)
                 report = json.loads(line)
-                if report["connected"] == viewers and min(report["frames"]) > 0:
+                refused = report["refused"]
+                admitted = [i for i, no in enumerate(refused) if not no]
+                if (
+                    report["connected"] + sum(refused) == viewers
+                    and admitted
+                    and min(report["frames"][i] for i in admitted) > 0
+                ):
                     break
                 if time.monotonic() > deadline:
                     raise RuntimeError(
@@ -182,12 +200,12 @@ async def case(
             while True:  # skip what queued up while the viewers were joining
                 line = await asyncio.wait_for(load.stdout.readline(), 10)
                 if (
-                    json.loads(line)["connected"] == viewers
+                    json.loads(line)["connected"] == len(admitted)
                     and time.monotonic() - deadline > -119.5
                 ):
                     break
             frames0 = json.loads(line)["frames"]
-            replay.expected = viewers if path == "aiortc" else 0
+            replay.expected = len(admitted) if path == "aiortc" else 0
         replay.skews.clear()
         replay.key_skews_ms.clear()
         replay.p_skews_ms.clear()
@@ -217,7 +235,7 @@ async def case(
                     break
             report = json.loads(line)
             span = time.monotonic() - t0
-            min_fps = min(b - a for a, b in zip(frames0, report["frames"], strict=True)) / span
+            min_fps = min(report["frames"][i] - frames0[i] for i in admitted) / span
         skews = (
             [ns / 1e6 for ns in stream.fanout_ns]
             if path == "fast"
@@ -233,6 +251,7 @@ async def case(
             "skew_p50_ms": pct(skews, 50),
             "skew_p99_ms": pct(skews, 99),
             "min_fps": min_fps,
+            "admitted": len(admitted) if viewers else 0,
             "p_frame_skew_p99_ms": pct(replay.p_skews_ms, 99),
             "keyframe_skew_max_ms": max(replay.key_skews_ms, default=float("nan")),
             "seconds": elapsed,
@@ -246,6 +265,8 @@ async def case(
             except asyncio.TimeoutError:
                 load.kill()
         task.cancel()
+        if watch is not None:
+            watching.cancel()
         await sessions.close_all("benchmark done")
         await runner.cleanup()
         stream.close()
@@ -261,6 +282,12 @@ async def main() -> None:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="1080p")
     p.add_argument("--profile", metavar="FILE")
+    p.add_argument(
+        "--max-load",
+        type=float,
+        help="admit fast-path viewers by the daemon's headroom (stream.max_load), as it does; "
+        "by default every viewer is admitted, to find where the daemon breaks",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
     problem = netns.enter()
@@ -282,18 +309,28 @@ async def main() -> None:
         ns = [int(x) for x in counts.split(",") if x]
         for n in ns:
             profile = args.profile if path == "fast" and n == max(ns) else None
-            r = await case(path, n, args.seconds, aus, profile)
-            r["us_per_packet_viewer"] = (r["cpu"] - base["cpu"]) / (pkts_per_s * n) * 1e6
+            max_load = args.max_load if path == "fast" else None
+            r = await case(path, n, args.seconds, aus, profile, max_load)
+            watching = r["admitted"]
+            r["us_per_packet_viewer"] = (r["cpu"] - base["cpu"]) / (pkts_per_s * watching) * 1e6
+            r["ms_per_viewer_s"] = (r["cpu"] - base["cpu"]) / watching * 1e3
             results.append(r)
             ramp.append(r)
             print(
                 f"{path:6} {n:4d} viewers: daemon CPU {r['cpu'] * 100:5.1f} % "
                 f"(kernel {r['kernel'] * 100:4.1f}) "
-                f"({r['us_per_packet_viewer']:5.2f} µs/pkt/viewer), skew p50 {r['skew_p50_ms']:6.2f} "
+                f"({r['us_per_packet_viewer']:5.2f} µs/pkt/viewer, {r['ms_per_viewer_s']:4.2f} ms/s "
+                f"per viewer), skew p50 {r['skew_p50_ms']:6.2f} "
                 f"p99 {r['skew_p99_ms']:6.2f} ms, slowest viewer {r['min_fps']:4.1f} fps, "
                 f"RSS {r['rss_mb']:6.1f} MB",
                 flush=True,
             )
+            if watching < n:
+                print(
+                    f"{'':6} {'':4}          admitted {watching} of {n} (stream.max_load "
+                    f"{args.max_load}): the others got 503",
+                    flush=True,
+                )
             if path == "fast":
                 print(
                     f"{'':6} {'':4}          fan-out of P-frames p99 {r['p_frame_skew_p99_ms']:6.2f} ms, "

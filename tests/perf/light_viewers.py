@@ -5,8 +5,9 @@
 Each viewer negotiates like any other, then its DTLS transport's RTP handler is replaced by a
 counter that reads the marker bit from the clear RTP header (no SRTP unprotect, no depacketizing,
 no decoding), so that one load process can hold a hundred viewers on a 2-core machine. Prints one
-JSON line per second: viewers connected, and per-viewer frames (marker bits) so far. Stops on EOF
-of standard input.
+JSON line per second: viewers connected, per-viewer frames (marker bits) so far, and the viewers
+the daemon refused (503: no room; `refused`, with its Retry-After and reason in `refusals`). Stops
+on EOF of standard input.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ class LightViewer:
         self.frames = 0
         self.packets = 0
         self.location: str | None = None
+        self.refusal: dict[str, str] | None = None  # a 503: Retry-After and the reason
 
     async def connect(self, http: aiohttp.ClientSession, url: str) -> None:
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
@@ -34,6 +36,10 @@ class LightViewer:
             url, data=self.pc.localDescription.sdp, headers={"Content-Type": "application/sdp"}
         ) as r:
             answer = await r.text()
+            if r.status == 503:
+                self.refusal = {"retry_after": r.headers.get("Retry-After", ""), "why": answer}
+                await self.pc.close()
+                return
             if r.status != 201:
                 raise RuntimeError(f"WHEP POST {r.status}: {answer}")
             self.location = r.headers["Location"]
@@ -61,6 +67,8 @@ async def main(url: str, count: int) -> None:
                     {
                         "connected": connected,
                         "frames": [v.frames for v in viewers],
+                        "refused": [v.refusal is not None for v in viewers],
+                        "refusals": [v.refusal for v in viewers if v.refusal][:3],
                         "packets": sum(v.packets for v in viewers),
                     }
                 ),
