@@ -1,7 +1,7 @@
 """Fan-out to many real WebRTC viewers: ours against aiortc's path, the same stream, one process.
 
     .venv/bin/python -m tests.perf.bench_fanout [--fast 10,50,100,200] [--aiortc 10,25,50] [--seconds 10]
-        [--workload 1080p|720p] [--profile FILE]
+        [--janus 10,50,100,200] [--pin] [--workload 1080p|720p] [--max-load 0.8] [--profile FILE]
 
 Inside a private network namespace (tests/netns.py). This process is the daemon: the real Stream,
 sessions, WHEP over aiohttp, and `webrtc.sender` set to "fast" or "aiortc"; its camera is the
@@ -19,6 +19,10 @@ Per case, over `--seconds` once every viewer receives video:
 - the slowest viewer's received frame rate;
 - RSS, and its slope per viewer against the no-viewer run.
 
+`--janus N,...`: the same workload (plain RTP, packetized as ours) and the same viewers through
+Debian's Janus, its streaming plugin on one event loop (tests/perf/janus_fanout.py): its CPU (all
+its threads) and RSS from /proc. `--pin`: the server (this process, or Janus) on core 0, the
+viewers (and Janus's feed) on core 1.
 `--max-load 0.8`: the fast path's viewers are admitted as the daemon admits them (stream.max_load,
 devices/headroom.py): those past its room get 503, and the figures are those of the admitted.
 `--profile FILE`: cProfile of the daemon over the measurement window of the largest fast-path case
@@ -30,12 +34,15 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import itertools
 import json
 import os
 import resource
 import subprocess
 import sys
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from aiohttp import web
@@ -48,6 +55,7 @@ from appliance.http.sessions import SessionRegistry
 from appliance.http.status import STATUS_KEY
 from tests import netns
 from tests.apps import app_for
+from tests.perf.janus_fanout import RtpFeeder, janus_streaming
 from tests.perf.workload import WORKLOADS, access_units
 
 
@@ -125,6 +133,137 @@ def hook_aiortc_sends(replay: Replay) -> Any:
     return lambda: setattr(RTCDtlsTransport, "_send_rtp", original)
 
 
+class Viewers:
+    """tests/perf/light_viewers.py in another process (on the other core with --pin)."""
+
+    def __init__(self, process: asyncio.subprocess.Process) -> None:
+        self.process = process
+        self.admitted: list[int] = []  # which of them the server let in
+        self.frames0: list[int] = []  # their frames when the measurement starts
+
+    @classmethod
+    async def start(cls, url: str, count: int, janus: bool = False) -> Viewers:
+        """Until every viewer is answered (admitted and receiving, or refused)."""
+        process = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "tests.perf.light_viewers", url, str(count),
+            *(["--janus"] if janus else []),
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, preexec_fn=_pin_load,
+        )  # fmt: skip
+        self = cls(process)
+        assert process.stdout is not None
+        deadline = time.monotonic() + 120
+        while True:
+            line = await asyncio.wait_for(process.stdout.readline(), 60)
+            report = json.loads(line)
+            refused = report["refused"]
+            self.admitted = [i for i, no in enumerate(refused) if not no]
+            if (
+                report["connected"] + sum(refused) == count
+                and self.admitted
+                and min(report["frames"][i] for i in self.admitted) > 0
+            ):
+                break
+            if time.monotonic() > deadline:
+                await self.stop()
+                raise RuntimeError(f"viewers did not all start: {report['connected']} connected")
+        while True:  # skip what queued up while the viewers were joining
+            line = await asyncio.wait_for(process.stdout.readline(), 10)
+            if (
+                json.loads(line)["connected"] == len(self.admitted)
+                and time.monotonic() - deadline > -119.5
+            ):
+                break
+        self.frames0 = json.loads(line)["frames"]
+        return self
+
+    async def min_fps(self, since: float) -> float:
+        """The slowest admitted viewer's frame rate since `since` (time.monotonic())."""
+        assert self.process.stdout is not None
+        # the load process reports every second: take its newest line, stamped by arrival
+        before = time.monotonic()
+        while True:
+            line = await asyncio.wait_for(self.process.stdout.readline(), 10)
+            if time.monotonic() - before > 0.5:
+                break
+        report = json.loads(line)
+        span = time.monotonic() - since
+        return min(report["frames"][i] - self.frames0[i] for i in self.admitted) / span
+
+    async def stop(self) -> None:
+        assert self.process.stdin is not None
+        self.process.stdin.close()
+        try:
+            await asyncio.wait_for(self.process.wait(), 30)
+        except asyncio.TimeoutError:
+            self.process.kill()
+
+
+PIN: dict[str, set[int]] = {}  # --pin: "server" and "load" cores
+
+
+def _pin_load() -> None:
+    if PIN:
+        os.sched_setaffinity(0, PIN["load"])
+
+
+def _pin_server() -> None:
+    if PIN:
+        os.sched_setaffinity(0, PIN["server"])
+
+
+def proc_cpu_s(pid: int) -> tuple[float, float]:
+    """(user + system, system) CPU seconds of process `pid`, all its threads."""
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    tick = os.sysconf("SC_CLK_TCK")
+    user, system = int(fields[11]) / tick, int(fields[12]) / tick
+    return user + system, system
+
+
+def proc_rss_mb(pid: int) -> float:
+    with open(f"/proc/{pid}/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+async def janus_case(viewers: int, seconds: float, aus: list[tuple[bytes, bool]]) -> dict[str, Any]:
+    """The same workload and viewers through Debian's Janus (tests/perf/janus_fanout.py)."""
+    with tempfile.TemporaryDirectory() as folder:
+        async with janus_streaming(Path(folder), preexec_fn=_pin_server) as janus:
+            feeder = RtpFeeder(janus.video_port)
+
+            async def feed() -> None:
+                t0 = time.monotonic()
+                for i in itertools.count():
+                    await asyncio.sleep(max(0.0, t0 + i / 30 - time.monotonic()))
+                    au, key = aus[i % len(aus)]
+                    feeder.send(au, i * 3000, key)
+
+            task = asyncio.create_task(feed())
+            load = None
+            try:
+                await asyncio.sleep(1.0)
+                if viewers:
+                    load = await Viewers.start(janus.api, viewers, janus=True)
+                (c0, k0), t0 = proc_cpu_s(janus.pid), time.monotonic()
+                await asyncio.sleep(seconds)
+                (c1, k1), elapsed = proc_cpu_s(janus.pid), time.monotonic() - t0
+                return {
+                    "path": "janus",
+                    "viewers": viewers,
+                    "admitted": len(load.admitted) if load else 0,
+                    "cpu": (c1 - c0) / elapsed,
+                    "kernel": (k1 - k0) / elapsed,
+                    "rss_mb": proc_rss_mb(janus.pid),
+                    "min_fps": await load.min_fps(t0) if load is not None else 0.0,
+                    "seconds": elapsed,
+                }
+            finally:
+                if load is not None:
+                    await load.stop()
+                task.cancel()
+                feeder.close()
+
+
 async def case(
     path: str,
     viewers: int,
@@ -165,46 +304,13 @@ async def case(
     replay = Replay(stream, aus)
     unhook = hook_aiortc_sends(replay) if path == "aiortc" else (lambda: None)
     task = asyncio.create_task(replay.run())
-    load = None
+    load: Viewers | None = None
     try:
         await asyncio.sleep(0.5)
-        frames0: list[int] = []
         admitted: list[int] = []
         if viewers:
-            load = await asyncio.create_subprocess_exec(
-                sys.executable,
-                "-m",
-                "tests.perf.light_viewers",
-                f"http://127.0.0.1:{port}/cam/whep",
-                str(viewers),
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-            )
-            assert load.stdout is not None
-            deadline = time.monotonic() + 120
-            while True:
-                line = await asyncio.wait_for(load.stdout.readline(), 60)
-                report = json.loads(line)
-                refused = report["refused"]
-                admitted = [i for i, no in enumerate(refused) if not no]
-                if (
-                    report["connected"] + sum(refused) == viewers
-                    and admitted
-                    and min(report["frames"][i] for i in admitted) > 0
-                ):
-                    break
-                if time.monotonic() > deadline:
-                    raise RuntimeError(
-                        f"viewers did not all start: {report['connected']} connected"
-                    )
-            while True:  # skip what queued up while the viewers were joining
-                line = await asyncio.wait_for(load.stdout.readline(), 10)
-                if (
-                    json.loads(line)["connected"] == len(admitted)
-                    and time.monotonic() - deadline > -119.5
-                ):
-                    break
-            frames0 = json.loads(line)["frames"]
+            load = await Viewers.start(f"http://127.0.0.1:{port}/cam/whep", viewers)
+            admitted = load.admitted
             replay.expected = len(admitted) if path == "aiortc" else 0
         replay.skews.clear()
         replay.key_skews_ms.clear()
@@ -224,18 +330,7 @@ async def case(
         elapsed = time.monotonic() - t0
         rss = rss_mb()
         sent = sum(s.media.describe().get("packets", 0) for s in sessions) - sent0
-        min_fps = 0.0
-        if load is not None:
-            assert load.stdout is not None
-            # the load process reports every second: take its newest line, stamped by arrival
-            before = time.monotonic()
-            while True:
-                line = await asyncio.wait_for(load.stdout.readline(), 10)
-                if time.monotonic() - before > 0.5:
-                    break
-            report = json.loads(line)
-            span = time.monotonic() - t0
-            min_fps = min(report["frames"][i] - frames0[i] for i in admitted) / span
+        min_fps = await load.min_fps(t0) if load is not None else 0.0
         skews = (
             [ns / 1e6 for ns in stream.fanout_ns]
             if path == "fast"
@@ -258,12 +353,7 @@ async def case(
         }
     finally:
         if load is not None:
-            assert load.stdin is not None
-            load.stdin.close()
-            try:
-                await asyncio.wait_for(load.wait(), 30)
-            except asyncio.TimeoutError:
-                load.kill()
+            await load.stop()
         task.cancel()
         if watch is not None:
             watching.cancel()
@@ -288,8 +378,18 @@ async def main() -> None:
         help="admit fast-path viewers by the daemon's headroom (stream.max_load), as it does; "
         "by default every viewer is admitted, to find where the daemon breaks",
     )
+    p.add_argument(
+        "--janus", default="", help="viewer counts for Debian's Janus (streaming plugin) too"
+    )
+    p.add_argument(
+        "--pin",
+        action="store_true",
+        help="the server (this process, or Janus) on core 0, the viewers (and Janus's feed) on 1",
+    )
     p.add_argument("--json", action="store_true")
     args = p.parse_args()
+    if args.pin:
+        PIN.update(server={0}, load={1})
     problem = netns.enter()
     if problem:
         raise SystemExit(f"cannot make a private network namespace: {problem}")
@@ -297,11 +397,19 @@ async def main() -> None:
     aus = access_units(workload=args.workload)
     pkts_per_s = sum(-(-len(au) // 1290) for au, _ in aus) * 30 / len(aus)
     results = []
-    for path, counts in (("fast", args.fast), ("aiortc", args.aiortc)):
-        base = await case(path, 0, args.seconds, aus)
+    for path, counts in (("fast", args.fast), ("aiortc", args.aiortc), ("janus", args.janus)):
+        if not counts:
+            continue
+        if path == "janus":
+            _pin_load()  # Janus alone on the server's core; its feed with the viewers
+            base = await janus_case(0, args.seconds, aus)
+        else:
+            _pin_server()
+            base = await case(path, 0, args.seconds, aus)
         results.append(base)
+        what = "its RTP input" if path == "janus" else "replay and packetizing"
         print(
-            f"{path:6}    0 viewers: daemon CPU {base['cpu'] * 100:5.1f} % (replay and packetizing), "
+            f"{path:6}    0 viewers: server CPU {base['cpu'] * 100:5.1f} % ({what}), "
             f"RSS {base['rss_mb']:6.1f} MB",
             flush=True,
         )
@@ -310,18 +418,25 @@ async def main() -> None:
         for n in ns:
             profile = args.profile if path == "fast" and n == max(ns) else None
             max_load = args.max_load if path == "fast" else None
-            r = await case(path, n, args.seconds, aus, profile, max_load)
+            if path == "janus":
+                r = await janus_case(n, args.seconds, aus)
+            else:
+                r = await case(path, n, args.seconds, aus, profile, max_load)
             watching = r["admitted"]
             r["us_per_packet_viewer"] = (r["cpu"] - base["cpu"]) / (pkts_per_s * watching) * 1e6
             r["ms_per_viewer_s"] = (r["cpu"] - base["cpu"]) / watching * 1e3
             results.append(r)
             ramp.append(r)
+            skew = (
+                f"skew p50 {r['skew_p50_ms']:6.2f} p99 {r['skew_p99_ms']:6.2f} ms, "
+                if "skew_p50_ms" in r
+                else ""
+            )
             print(
-                f"{path:6} {n:4d} viewers: daemon CPU {r['cpu'] * 100:5.1f} % "
+                f"{path:6} {n:4d} viewers: server CPU {r['cpu'] * 100:5.1f} % "
                 f"(kernel {r['kernel'] * 100:4.1f}) "
                 f"({r['us_per_packet_viewer']:5.2f} µs/pkt/viewer, {r['ms_per_viewer_s']:4.2f} ms/s "
-                f"per viewer), skew p50 {r['skew_p50_ms']:6.2f} "
-                f"p99 {r['skew_p99_ms']:6.2f} ms, slowest viewer {r['min_fps']:4.1f} fps, "
+                f"per viewer), {skew}slowest viewer {r['min_fps']:4.1f} fps, "
                 f"RSS {r['rss_mb']:6.1f} MB",
                 flush=True,
             )

@@ -1,6 +1,7 @@
 """N real WHEP viewers (aiortc: ICE, DTLS, SRTP keys, RTCP) that only count what they receive.
 
-    python -m tests.perf.light_viewers URL N
+    python -m tests.perf.light_viewers URL N           # WHEP: URL is the stream's WHEP endpoint
+    python -m tests.perf.light_viewers URL N --janus   # Janus's HTTP API: watch mountpoint 1
 
 Each viewer negotiates like any other, then its DTLS transport's RTP handler is replaced by a
 counter that reads the marker bit from the clear RTP header (no SRTP unprotect, no depacketizing,
@@ -53,12 +54,54 @@ class LightViewer:
         dtls._handle_rtp_data = count
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
+    async def connect_janus(self, http: aiohttp.ClientSession, api: str) -> None:
+        """Janus's streaming plugin: a session, a handle, `watch` (Janus offers), our answer."""
 
-async def main(url: str, count: int) -> None:
+        async def call(path: str, body: dict[str, Any]) -> dict[str, Any]:
+            async with http.post(f"{api}{path}", json={**body, "transaction": "t"}) as r:
+                reply: dict[str, Any] = await r.json(content_type=None)
+            if reply.get("janus") == "error":
+                raise RuntimeError(f"janus: {reply}")
+            return reply
+
+        session = (await call("", {"janus": "create"}))["data"]["id"]
+        attach = {"janus": "attach", "plugin": "janus.plugin.streaming"}
+        handle = (await call(f"/{session}", attach))["data"]["id"]
+        watch = {"janus": "message", "body": {"request": "watch", "id": 1}}
+        await call(f"/{session}/{handle}", watch)
+        while True:  # its offer comes as an event
+            async with http.get(f"{api}/{session}?maxev=1") as r:
+                event = await r.json(content_type=None)
+            if isinstance(event, list):
+                event = event[0] if event else {}
+            if "jsep" in event:
+                break
+        await self.pc.setRemoteDescription(
+            RTCSessionDescription(sdp=event["jsep"]["sdp"], type="offer")
+        )
+        dtls: Any = self.pc.getTransceivers()[0].receiver.transport
+
+        async def count(data: bytes, arrival_time_ms: int) -> None:
+            self.packets += 1
+            if data[1] & 0x80:
+                self.frames += 1
+
+        dtls._handle_rtp_data = count
+        await self.pc.setLocalDescription(await self.pc.createAnswer())
+        start = {"janus": "message", "body": {"request": "start"}}
+        answer = {"type": "answer", "sdp": self.pc.localDescription.sdp}
+        await call(f"/{session}/{handle}", {**start, "jsep": answer})
+
+
+async def main(url: str, count: int, janus: bool) -> None:
     viewers = [LightViewer() for _ in range(count)]
     async with aiohttp.ClientSession() as http:
         for i in range(0, count, 10):  # join in groups of ten
-            await asyncio.gather(*(v.connect(http, url) for v in viewers[i : i + 10]))
+            group = viewers[i : i + 10]
+            if janus:
+                await asyncio.gather(*(v.connect_janus(http, url) for v in group))
+            else:
+                await asyncio.gather(*(v.connect(http, url) for v in group))
         stdin_closed = asyncio.get_running_loop().run_in_executor(None, sys.stdin.read)
         while not stdin_closed.done():
             connected = sum(v.pc.connectionState == "connected" for v in viewers)
@@ -79,4 +122,4 @@ async def main(url: str, count: int) -> None:
 
 
 if __name__ == "__main__":
-    asyncio.run(main(sys.argv[1], int(sys.argv[2])))
+    asyncio.run(main(sys.argv[1], int(sys.argv[2]), "--janus" in sys.argv[3:]))
