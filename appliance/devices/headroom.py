@@ -15,32 +15,38 @@ from appliance.core.headroom import DROPS_EVERY, TICK_S, Headroom
 logger = logging.getLogger(__name__)
 
 
-def own_udp_drops(pid_fds: str = "/proc/self/fd") -> dict[str, int]:
-    """Datagrams the kernel dropped per UDP socket of this process (socket inode: count)."""
+def udp_sockets(pid: int | str = "self") -> dict[str, list[str]]:
+    """The UDP sockets of process `pid`, from /proc: socket inode → its row of /proc/net/udp or
+    udp6, split (1: local address:port in hex, 9: inode, 12: datagrams dropped)."""
     inodes = set()
     try:
-        fds = os.listdir(pid_fds)
+        fds = os.listdir(f"/proc/{pid}/fd")
     except OSError:
         return {}
     for fd in fds:
         try:
-            link = os.readlink(f"{pid_fds}/{fd}")
+            link = os.readlink(f"/proc/{pid}/fd/{fd}")
         except OSError:
             continue
         if link.startswith("socket:["):
             inodes.add(link[8:-1])
-    drops = {}
-    for table in ("/proc/net/udp", "/proc/net/udp6"):
+    rows = {}
+    for table in ("udp", "udp6"):
         try:
-            with open(table) as f:
+            with open(f"/proc/{pid}/net/{table}") as f:
                 next(f, None)  # the column names
                 for line in f:
                     fields = line.split()
                     if len(fields) > 12 and fields[9] in inodes:
-                        drops[fields[9]] = int(fields[12])
-        except (OSError, ValueError):
+                        rows[fields[9]] = fields
+        except OSError:
             continue
-    return drops
+    return rows
+
+
+def own_udp_drops() -> dict[str, int]:
+    """Datagrams the kernel dropped per UDP socket of this process (socket inode: count)."""
+    return {inode: int(row[12]) for inode, row in udp_sockets().items()}
 
 
 class HeadroomWatch:

@@ -36,6 +36,7 @@ from typing import Any
 
 import aiohttp
 
+from appliance.devices.headroom import udp_sockets
 from tests import netns
 
 OFFER = (Path(__file__).parents[1] / "data/chromium-recvonly-offer.sdp").read_text()
@@ -48,22 +49,7 @@ def fds(pid: int) -> int:
 
 def udp_ports(pid: int) -> set[int]:
     """The UDP ports the process has sockets on (its ICE sockets), from /proc."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            link = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if link.startswith("socket:["):
-            inodes.add(link[8:-1])
-    ports = set()
-    for table in ("udp", "udp6"):
-        with open(f"/proc/{pid}/net/{table}") as f:
-            for line in f.read().splitlines()[1:]:
-                fields = line.split()
-                if fields[9] in inodes:
-                    ports.add(int(fields[1].rsplit(":", 1)[1], 16))
-    return ports
+    return {int(row[1].rsplit(":", 1)[1], 16) for row in udp_sockets(pid).values()}
 
 
 async def frames_in(viewer: Any, seconds: float) -> int:
