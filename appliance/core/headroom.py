@@ -9,8 +9,9 @@ itself loses frames. So a new viewer is admitted only while the daemon has room 
   over wall time; waiting for a core does not count, so a busy neighbour process does not make
   the daemon refuse), smoothed over about two seconds. A new viewer is refused when the busy share
   plus what one more viewer costs (learned: busy above the no-viewer baseline, per viewer) would
-  pass `stream.max_load`, counting also the viewers admitted in the last `SETTLE_S` seconds, whose
-  cost the busy share does not show yet (a burst of offers is not all let in at once).
+  pass `stream.max_load`, counting also the viewers admitted in the last `SETTLE_S` seconds (and
+  still there), whose cost the busy share does not show yet (a burst of offers is not all let in
+  at once; a burst of viewers that come and go at once is). `max_load = 1` turns this check off.
 - **lag**: how late the loop's own tick woke up. A loop held up `LAG_LIMIT_S` or more, twice
   within the last `RECENT_S` seconds, while busy with its own work (at least half of
   `max_load`: a late wake-up while the loop was idle is another process's doing), is already
@@ -79,8 +80,9 @@ class Headroom:
     def _recent(times: list[float], now: float) -> list[float]:
         return [t for t in times if now - t < RECENT_S]
 
-    def refusal(self, now: float) -> tuple[str, str] | None:
-        """(reason, why) a new viewer must be refused now, or None: it may come in."""
+    def refusal(self, now: float, viewers: int | None = None) -> tuple[str, str] | None:
+        """(reason, why) a new viewer must be refused now, or None: it may come in. `viewers`:
+        how many there are now (those admitted lately who already left are not joining)."""
         dropped = sum(count for at, count in self.drops if now - at < RECENT_S)
         if dropped >= DROPS_MIN:
             return "drops", (
@@ -92,8 +94,10 @@ class Headroom:
                 f"the event loop ran {LAG_LIMIT_S * 1000:.0f} ms or more late "
                 f"{LATE_TICKS} times in the last {RECENT_S:.0f} s"
             )
+        if self.max_load >= 1.0:  # the load check is off (a whole core: no room to keep)
+            return None
         self.admitted = [t for t in self.admitted if now - t < SETTLE_S]
-        coming = len(self.admitted)
+        coming = len(self.admitted) if viewers is None else min(len(self.admitted), viewers)
         if self.busy + self.per_viewer * (1 + coming) > self.max_load:
             joining = f" and {coming} joining" if coming else ""
             return "load", (

@@ -87,7 +87,7 @@ class HeadroomWatch:
     def check(self) -> str | None:
         """Why a new viewer is refused now (counted, and logged when refusing starts), or None."""
         now = asyncio.get_running_loop().time()
-        refusal = self.headroom.refusal(now)
+        refusal = self.headroom.refusal(now, self._viewers())
         if refusal is None:
             self.headroom.admit(now)
             return None

@@ -35,6 +35,15 @@ def test_a_viewer_is_refused_when_it_would_take_the_loop_past_max_load() -> None
     assert h.refusal(now) is None
 
 
+def test_max_load_1_turns_the_load_check_off_and_not_the_others() -> None:
+    h = Headroom(max_load=1.0)
+    now = settle(h, 0.99, viewers=300)
+    assert h.refusal(now, viewers=300) is None
+    h.dropped(now, DROPS_MIN)
+    refusal = h.refusal(now, viewers=300)
+    assert refusal is not None and refusal[0] == "drops"
+
+
 def test_a_burst_of_viewers_is_let_in_only_as_far_as_the_room_goes() -> None:
     h = Headroom(max_load=0.5)
     now = settle(h, 0.10, viewers=0)
@@ -47,6 +56,15 @@ def test_a_burst_of_viewers_is_let_in_only_as_far_as_the_room_goes() -> None:
     refusal = h.refusal(now)
     assert refusal is not None and "and 15 joining" in refusal[1]
     assert h.refusal(now + SETTLE_S) is None  # by then their cost shows in `busy`
+
+
+def test_viewers_that_came_and_went_at_once_are_not_counted_as_joining() -> None:
+    h = Headroom(max_load=0.5)
+    now = settle(h, 0.20, viewers=0)
+    for _ in range(200):  # each one leaves before the next comes (a fuzzer, a flapping client)
+        assert h.refusal(now, viewers=0) is None
+        h.admit(now)
+    assert h.refusal(now, viewers=40) is not None  # had they stayed, the room would be gone
 
 
 def test_a_loop_late_twice_while_busy_refuses_for_a_while_and_one_stall_does_not() -> None:

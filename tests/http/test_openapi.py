@@ -32,6 +32,8 @@ def base_url(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     config.write_text(
         '[video]\nsource = "testsrc"\nwidth = 320\nheight = 240\n'
         "[http]\nsessions_per_minute = 100000.0\nsessions_burst = 10000\n"
+        # offers back to back keep its loop busy: no refusals for load (503) in a conformance run
+        "[stream]\nmax_load = 1.0\n"
         f'[auth]\npublic_read = true\n[[auth.tokens]]\ntoken = "{ADMIN}"\nrights = ["admin"]\n'
     )
     args = ["serve", "--config", str(config), "--host", "127.0.0.1", "--port", str(port)]
