@@ -109,4 +109,4 @@ class Headroom:
 
     def admit(self, now: float) -> None:
         """A viewer came in: it counts as joining for `SETTLE_S`."""
-        self.admitted.append(now)
+        self.admitted = [*(t for t in self.admitted if now - t < SETTLE_S), now]

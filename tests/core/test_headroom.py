@@ -38,7 +38,11 @@ def test_a_viewer_is_refused_when_it_would_take_the_loop_past_max_load() -> None
 def test_max_load_1_turns_the_load_check_off_and_not_the_others() -> None:
     h = Headroom(max_load=1.0)
     now = settle(h, 0.99, viewers=300)
-    assert h.refusal(now, viewers=300) is None
+    for i in range(100):  # a day of viewers coming and going leaves no trace
+        assert h.refusal(now + i, viewers=300) is None
+        h.admit(now + i)
+    assert len(h.admitted) <= SETTLE_S + 1
+    now += 100
     h.dropped(now, DROPS_MIN)
     refusal = h.refusal(now, viewers=300)
     assert refusal is not None and refusal[0] == "drops"
