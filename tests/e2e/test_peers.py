@@ -22,6 +22,7 @@ import aiohttp
 import numpy as np
 import pytest
 
+from tests.certs import self_signed
 from tests.e2e.conftest import DaemonFactory, wait_ready, wait_until
 from tests.e2e.peers import AiortcViewer
 from tests.e2e.test_hostile import metric, no_errors_logged
@@ -34,24 +35,9 @@ FFMPEG_WHIP = Path(__file__).with_name("ffmpeg_whip.py")
 
 def p256_certificate(directory: Path) -> tuple[Path, Path]:
     """A self-signed P-256 certificate and its key, as FFmpeg's cert_file and key_file."""
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.hazmat.primitives.asymmetric import ec
-    from cryptography.x509.oid import NameOID
+    from cryptography.hazmat.primitives import serialization
 
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, "ffmpeg")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    certificate = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + datetime.timedelta(days=30))
-        .sign(key, hashes.SHA256())
-    )
+    key, certificate = self_signed("ffmpeg", datetime.timedelta(days=30))
     cert_path, key_path = directory / "cert.pem", directory / "key.pem"
     cert_path.write_bytes(certificate.public_bytes(serialization.Encoding.PEM))
     key_path.write_bytes(

@@ -23,8 +23,6 @@ from aiortc import (
 from aiortc.codecs import CODECS
 from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80, generate_certificate
 from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
@@ -32,6 +30,7 @@ from appliance.rtc import internals
 from appliance.rtc.diagnose import explain
 from appliance.rtc.viewer import EncodedVideoTrack
 from appliance.send.udp import Output
+from tests.certs import self_signed
 
 pytestmark = [pytest.mark.e2e]
 
@@ -271,20 +270,7 @@ async def test_handshake_facts_of_a_connection_and_of_a_fingerprint_that_does_no
 
 
 def certificate_valid_for(left: datetime.timedelta) -> RTCCertificate:
-    key = ec.generate_private_key(ec.SECP256R1())
-    name = x509.Name([x509.NameAttribute(x509.NameOID.COMMON_NAME, "expiring")])
-    now = datetime.datetime.now(datetime.timezone.utc)
-    cert = (
-        x509.CertificateBuilder()
-        .subject_name(name)
-        .issuer_name(name)
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(days=1))
-        .not_valid_after(now + left)
-        .sign(key, hashes.SHA256())
-    )
-    return RTCCertificate(key, cert)
+    return RTCCertificate(*self_signed("expiring", left))
 
 
 def liar_ssl(pc: RTCPeerConnection) -> Any:
