@@ -24,42 +24,21 @@ from typing import Any
 import aiohttp
 
 from tests.e2e.test_browser import free_port
+from tests.janus_process import layout, running, stop, tail
 
-JANUS = "janus"
 NODE = "node"
 NPM = Path(__file__).with_name("npm")
 SIMPLE_WHIP_SERVER = NPM / "simple-whip-server"
-JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 ROOM = 1234
 
 
 def _janus_config(folder: Path, ws_port: int) -> Path:
     """Janus's configuration: VideoRoom (room 1234, H.264 and Opus) over WebSockets only."""
-    for kind, keep in (
-        ("plugins", "libjanus_videoroom.so"),
-        ("transports", "libjanus_websockets.so"),
-    ):
-        (folder / kind).mkdir()
-        (folder / kind / keep).symlink_to(JANUS_LIB / kind / keep)
-    for kind in ("events", "loggers"):
-        (folder / kind).mkdir()
-    (folder / "janus.jcfg").write_text(
-        f"""general: {{
-    configs_folder = "{folder}"
-    plugins_folder = "{folder}/plugins"
-    transports_folder = "{folder}/transports"
-    events_folder = "{folder}/events"
-    loggers_folder = "{folder}/loggers"
-    debug_level = 4
-}}
-media: {{
-    rtp_port_range = "30000-39999"
-}}
-nat: {{
-    ice_ignore_list = "lo"
-}}
-"""
-    )
+    config = layout(
+        folder, "libjanus_videoroom.so", "libjanus_websockets.so",
+        general="debug_level = 4", media='rtp_port_range = "30000-39999"',
+        nat='ice_ignore_list = "lo"',
+    )  # fmt: skip
     (folder / "janus.plugin.videoroom.jcfg").write_text(
         f"""room-{ROOM}: {{
     description = "appliance egress"
@@ -85,7 +64,7 @@ admin: {{
 }}
 """
     )
-    return folder / "janus.jcfg"
+    return config
 
 
 @dataclass
@@ -111,8 +90,8 @@ class JanusWhip:
 
 @contextlib.asynccontextmanager
 async def janus_whip(folder: Path) -> AsyncIterator[JanusWhip]:
-    janus, node = shutil.which(JANUS), shutil.which(NODE)
-    assert janus and node, "janus and node come from tests/run.sh (tests/packages.txt)"
+    node = shutil.which(NODE)
+    assert node, "node comes from tests/run.sh (tests/packages.txt)"
     assert (SIMPLE_WHIP_SERVER / "src" / "server.js").is_file(), (
         "tests/run.sh unpacks Debian's simple-whip-server into tests/e2e/npm/simple-whip-server"
     )
@@ -135,54 +114,26 @@ async def janus_whip(folder: Path) -> AsyncIterator[JanusWhip]:
     )
     logs = folder / "logs"
     logs.mkdir()
-    files = contextlib.ExitStack()
-    janus_log = files.enter_context((logs / "janus.log").open("wb"))
-    whip_log = files.enter_context((logs / "whip.log").open("wb"))
-    janus_process = await asyncio.create_subprocess_exec(
-        janus, "--config", str(config), "--configs-folder", str(config.parent),
-        "--disable-colors", "--log-stdout", stdout=janus_log, stderr=asyncio.subprocess.STDOUT,
-    )  # fmt: skip
-    server = None
-    try:
-        async with aiohttp.ClientSession() as http:
-            await _wait_port(ws_port, janus_process, logs / "janus.log")
-            env = {
-                "NODE_PATH": str(NPM / "node_modules"),
-                "PATH": "/usr/bin:/bin",
-                "DEBUG": "whip:info,whip:warn,whip:error",  # its own "npm start" level
-            }
-            server = await asyncio.create_subprocess_exec(
-                node, "server.js", cwd=server_dir / "src", env=env,
-                stdout=whip_log, stderr=asyncio.subprocess.STDOUT,
-            )  # fmt: skip
-            url = f"http://127.0.0.1:{whip_port}/whip"
-            await _wait_whip(http, url, server, logs / "whip.log")
-            yield JanusWhip(url, http, janus_process, server)
-    finally:
-        for process in (server, janus_process):
-            if process is not None and process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), 10)
-                except asyncio.TimeoutError:
-                    process.kill()
-                    await process.wait()
-        files.close()
-
-
-def _tail(log: Path) -> str:
-    return log.read_text(errors="replace")[-3000:]
-
-
-async def _wait_port(port: int, process: asyncio.subprocess.Process, log: Path) -> None:
-    for _ in range(200):
-        assert process.returncode is None, f"janus exited: {_tail(log)}"
-        with contextlib.suppress(OSError):
-            _, writer = await asyncio.open_connection("127.0.0.1", port)
-            writer.close()
-            return
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"janus did not listen on {port}: {_tail(log)}")
+    async with running(config, ws_port, logs / "janus.log") as janus_process:
+        server = None
+        with (logs / "whip.log").open("wb") as whip_log:
+            try:
+                async with aiohttp.ClientSession() as http:
+                    env = {
+                        "NODE_PATH": str(NPM / "node_modules"),
+                        "PATH": "/usr/bin:/bin",
+                        "DEBUG": "whip:info,whip:warn,whip:error",  # its own "npm start" level
+                    }
+                    server = await asyncio.create_subprocess_exec(
+                        node, "server.js", cwd=server_dir / "src", env=env,
+                        stdout=whip_log, stderr=asyncio.subprocess.STDOUT,
+                    )  # fmt: skip
+                    url = f"http://127.0.0.1:{whip_port}/whip"
+                    await _wait_whip(http, url, server, logs / "whip.log")
+                    yield JanusWhip(url, http, janus_process, server)
+            finally:
+                if server is not None:
+                    await stop(server)
 
 
 async def _wait_whip(
@@ -190,10 +141,10 @@ async def _wait_whip(
 ) -> None:
     """Until simple-whip-server answers and has its Janus session (it lists endpoints)."""
     for _ in range(200):
-        assert process.returncode is None, f"simple-whip-server exited: {_tail(log)}"
+        assert process.returncode is None, f"simple-whip-server exited: {tail(log)}"
         with contextlib.suppress(aiohttp.ClientError):
             async with http.get(f"{url}/endpoints") as r:
-                if r.status == 200 and "WHIP server prototype started" in _tail(log):
+                if r.status == 200 and "WHIP server prototype started" in tail(log):
                     return
         await asyncio.sleep(0.05)
-    raise AssertionError(f"simple-whip-server did not come up: {_tail(log)}")
+    raise AssertionError(f"simple-whip-server did not come up: {tail(log)}")

@@ -12,9 +12,7 @@ timeout, ICE on `tlan0` of the benchmark's network namespace (tests/netns.py). T
 
 from __future__ import annotations
 
-import asyncio
 import contextlib
-import shutil
 import socket
 from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
@@ -24,8 +22,8 @@ from appliance.core import rtp
 from appliance.core.packetizer import H264Packetizer
 from appliance.core.ring import FLAG_MARKER, PacketRing
 from appliance.core.stream import max_payload
+from tests.janus_process import layout, running
 
-JANUS_LIB = Path("/usr/lib/x86_64-linux-gnu/janus")
 MOUNTPOINT = 1
 PAYLOAD_TYPE = 96
 
@@ -38,30 +36,11 @@ def _free_port(kind: int = socket.SOCK_STREAM) -> int:
 
 
 def _config(folder: Path, http_port: int, video_port: int) -> Path:
-    for kind, keep in (("plugins", "libjanus_streaming.so"), ("transports", "libjanus_http.so")):
-        (folder / kind).mkdir()
-        (folder / kind / keep).symlink_to(JANUS_LIB / kind / keep)
-    for kind in ("events", "loggers"):
-        (folder / kind).mkdir()
-    (folder / "janus.jcfg").write_text(
-        f"""general: {{
-    configs_folder = "{folder}"
-    plugins_folder = "{folder}/plugins"
-    transports_folder = "{folder}/transports"
-    events_folder = "{folder}/events"
-    loggers_folder = "{folder}/loggers"
-    debug_level = 3
-    session_timeout = 0
-    event_loops = 1
-}}
-media: {{
-    rtp_port_range = "40000-49999"
-}}
-nat: {{
-    ice_enforce_list = "tlan0"
-}}
-"""
-    )
+    config = layout(
+        folder, "libjanus_streaming.so", "libjanus_http.so",
+        general="debug_level = 3\n    session_timeout = 0\n    event_loops = 1",
+        media='rtp_port_range = "40000-49999"', nat='ice_enforce_list = "tlan0"',
+    )  # fmt: skip
     (folder / "janus.plugin.streaming.jcfg").write_text(
         f"""bench: {{
     type = "rtp"
@@ -94,7 +73,7 @@ admin: {{
 }}
 """
     )
-    return folder / "janus.jcfg"
+    return config
 
 
 @dataclass
@@ -108,36 +87,10 @@ class Janus:
 async def janus_streaming(
     folder: Path, preexec_fn: Callable[[], None] | None = None
 ) -> AsyncIterator[Janus]:
-    janus = shutil.which("janus")
-    assert janus, "janus comes from tests/run.sh (tests/packages.txt)"
     http_port, video_port = _free_port(), _free_port(socket.SOCK_DGRAM)
     config = _config(folder, http_port, video_port)
-    log_path = folder / "janus.log"
-    with log_path.open("wb") as log:
-        process = await asyncio.create_subprocess_exec(
-            janus, "--config", str(config), "--configs-folder", str(folder),
-            "--disable-colors", "--log-stdout", stdout=log, stderr=asyncio.subprocess.STDOUT,
-            preexec_fn=preexec_fn,
-        )  # fmt: skip
-        try:
-            for _ in range(200):
-                assert process.returncode is None, log_path.read_text(errors="replace")[-3000:]
-                with contextlib.suppress(OSError):
-                    _, writer = await asyncio.open_connection("127.0.0.1", http_port)
-                    writer.close()
-                    break
-                await asyncio.sleep(0.05)
-            else:
-                raise AssertionError(f"janus did not listen: {log_path.read_text()[-3000:]}")
-            yield Janus(f"http://127.0.0.1:{http_port}/janus", process.pid, video_port)
-        finally:
-            if process.returncode is None:
-                process.terminate()
-                try:
-                    await asyncio.wait_for(process.wait(), 10)
-                except asyncio.TimeoutError:
-                    process.kill()
-                    await process.wait()
+    async with running(config, http_port, folder / "janus.log", preexec_fn) as process:
+        yield Janus(f"http://127.0.0.1:{http_port}/janus", process.pid, video_port)
 
 
 class RtpFeeder:
