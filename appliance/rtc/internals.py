@@ -315,18 +315,18 @@ def _accept_rsa_dtls_peers() -> None:
         return
 
     def create(self: RTCCertificate, srtp_profiles: Any) -> Any:
-        key = (id(self), tuple(p.openssl_profile for p in srtp_profiles))
+        key = (self, tuple(p.openssl_profile for p in srtp_profiles))
         context = _CONTEXTS.get(key)
-        if context is None or _CONTEXT_OWNERS.get(key) is not self:
+        if context is None:
             context = original(self, srtp_profiles)
             context.set_cipher_list(DTLS_CIPHERS)
             # Shared by every connection: no session of one may be kept for another (WebRTC never
             # resumes a DTLS session), and the cache would grow with every viewer.
             context.set_session_cache_mode(SSL.SESS_CACHE_OFF)
             context.set_info_callback(_trace_handshake)
-            _CONTEXTS.clear()  # the certificate rotated: the old contexts go with it
-            _CONTEXT_OWNERS.clear()
-            _CONTEXTS[key], _CONTEXT_OWNERS[key] = context, self
+            for old in [k for k in _CONTEXTS if k[0] is not self]:  # the certificate rotated
+                del _CONTEXTS[old]
+            _CONTEXTS[key] = context
         return context
 
     create.wider_ciphers = True  # type: ignore[attr-defined]
@@ -339,8 +339,7 @@ def _accept_rsa_dtls_peers() -> None:
 # fingerprint from the SDP, never a chain, so sharing it loses nothing; it is new at every start,
 # and renewed a day before aiortc's 30-day validity ends.
 _CERTIFICATE: list[RTCCertificate] = []
-_CONTEXTS: dict[tuple[int, tuple[bytes, ...]], Any] = {}
-_CONTEXT_OWNERS: dict[tuple[int, tuple[bytes, ...]], RTCCertificate] = {}
+_CONTEXTS: dict[tuple[RTCCertificate, tuple[bytes, ...]], Any] = {}
 CERTIFICATE_RENEW_BEFORE = datetime.timedelta(days=1)
 
 
