@@ -30,6 +30,12 @@ class LightViewer:
         self.location: str | None = None
         self.refusal: dict[str, str] | None = None  # a 503: Retry-After and the reason
 
+    async def _count(self, data: bytes, arrival_time_ms: int) -> None:
+        """In place of the DTLS transport's RTP handler: count, from the clear RTP header."""
+        self.packets += 1
+        if data[1] & 0x80:
+            self.frames += 1
+
     async def connect(self, http: aiohttp.ClientSession, url: str) -> None:
         transceiver = self.pc.addTransceiver("video", direction="recvonly")
         await self.pc.setLocalDescription(await self.pc.createOffer())
@@ -45,13 +51,7 @@ class LightViewer:
                 raise RuntimeError(f"WHEP POST {r.status}: {answer}")
             self.location = r.headers["Location"]
         dtls: Any = transceiver.receiver.transport
-
-        async def count(data: bytes, arrival_time_ms: int) -> None:
-            self.packets += 1
-            if data[1] & 0x80:
-                self.frames += 1
-
-        dtls._handle_rtp_data = count
+        dtls._handle_rtp_data = self._count
         await self.pc.setRemoteDescription(RTCSessionDescription(sdp=answer, type="answer"))
 
     async def connect_janus(self, http: aiohttp.ClientSession, api: str) -> None:
@@ -80,13 +80,7 @@ class LightViewer:
             RTCSessionDescription(sdp=event["jsep"]["sdp"], type="offer")
         )
         dtls: Any = self.pc.getTransceivers()[0].receiver.transport
-
-        async def count(data: bytes, arrival_time_ms: int) -> None:
-            self.packets += 1
-            if data[1] & 0x80:
-                self.frames += 1
-
-        dtls._handle_rtp_data = count
+        dtls._handle_rtp_data = self._count
         await self.pc.setLocalDescription(await self.pc.createAnswer())
         start = {"janus": "message", "body": {"request": "start"}}
         answer = {"type": "answer", "sdp": self.pc.localDescription.sdp}
