@@ -20,6 +20,10 @@ itself loses frames. So a new viewer is admitted only while the daemon has room 
   /proc/net/udp and udp6, for the sockets of this process), at least `DROPS_MIN` within the
   last `RECENT_S` seconds: the loop did not read them in time.
 
+The first viewer is always let in: with nobody watching there is nobody to protect, and a device
+busy with its own stream (a slow board encoding in software, an emulated one) must still show it
+to one viewer rather than to none.
+
 A refusal is a 503 with Retry-After (core.errors.Overloaded), counted per reason for /metrics, and
 logged once when refusing starts and once when it ends, not per request.
 
@@ -83,6 +87,8 @@ class Headroom:
     def refusal(self, now: float, viewers: int | None = None) -> tuple[str, str] | None:
         """(reason, why) a new viewer must be refused now, or None: it may come in. `viewers`:
         how many there are now (those admitted lately who already left are not joining)."""
+        if viewers == 0 and not self._recent_admissions(now):
+            return None  # the first viewer: nobody to protect yet
         dropped = sum(count for at, count in self.drops if now - at < RECENT_S)
         if dropped >= DROPS_MIN:
             return "drops", (
@@ -96,7 +102,7 @@ class Headroom:
             )
         if self.max_load >= 1.0:  # the load check is off (a whole core: no room to keep)
             return None
-        self.admitted = [t for t in self.admitted if now - t < SETTLE_S]
+        self.admitted = self._recent_admissions(now)
         coming = len(self.admitted) if viewers is None else min(len(self.admitted), viewers)
         if self.busy + self.per_viewer * (1 + coming) > self.max_load:
             joining = f" and {coming} joining" if coming else ""
@@ -107,6 +113,9 @@ class Headroom:
             )
         return None
 
+    def _recent_admissions(self, now: float) -> list[float]:
+        return [t for t in self.admitted if now - t < SETTLE_S]
+
     def admit(self, now: float) -> None:
         """A viewer came in: it counts as joining for `SETTLE_S`."""
-        self.admitted = [*(t for t in self.admitted if now - t < SETTLE_S), now]
+        self.admitted = [*self._recent_admissions(now), now]

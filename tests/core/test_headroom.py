@@ -94,3 +94,18 @@ def test_datagrams_dropped_on_the_daemon_s_sockets_refuse_for_a_while() -> None:
     assert refusal is not None and refusal[0] == "drops" and f"{DROPS_MIN} datagrams" in refusal[1]
     assert h.drops_total == DROPS_MIN
     assert h.refusal(now + 2 + RECENT_S) is None
+
+
+def test_the_first_viewer_is_let_in_however_busy_the_stream_keeps_the_loop() -> None:
+    h = Headroom(max_load=0.8)
+    now = settle(h, 0.9, viewers=0)  # a slow board encoding in software, an emulated Pi
+    h.tick(now, 0.9, 0.4, 0)
+    h.tick(now + 0.5, 0.9, 0.4, 0)
+    h.dropped(now + 0.5, DROPS_MIN)
+    now += 0.5
+    assert h.refusal(now) is not None  # the state says full...
+    assert h.refusal(now, viewers=0) is None  # ...but nobody watches: nobody to protect
+    h.admit(now)
+    refusal = h.refusal(now, viewers=0)  # a second offer before the first shows as a viewer
+    assert refusal is not None and refusal[0] == "drops"
+    assert h.refusal(now + 1, viewers=1) is not None  # nor once it does
