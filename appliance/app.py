@@ -42,6 +42,7 @@ from appliance.http.status import Status
 from appliance.http.tls import context as tls_context
 from appliance.rtsp.server import RtspServer
 from appliance.sdnotify import Notifier
+from appliance.send import native
 
 CLOCK_CHECK_S = 60.0  # how often the clock's synchronisation is asked after start
 
@@ -145,6 +146,7 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
         lambda: sessions.count() + (status.rtsp.count() if status.rtsp is not None else 0),
     )
     tasks.append(asyncio.create_task(headroom.run(), name="headroom"))
+    native.available()  # says in the log which packet loop serves
     app = make_app(status)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.http.idle_timeout)
     rtsp_server: RtspServer | None = None

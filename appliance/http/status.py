@@ -20,6 +20,7 @@ from appliance.devices.clock import ClockWatch
 from appliance.devices.headroom import HeadroomWatch
 from appliance.http.egress import EgressSet
 from appliance.http.sessions import SessionRegistry
+from appliance.send import native
 
 logger = logging.getLogger(__name__)
 
@@ -144,6 +145,12 @@ class Status:
                 "publishers": list(self.publishers.recent_failures),
             },
             "egress": self.egress.describe(),
+            # Which loop sends viewers' packets: the C one (send/packetloop.c), or the Python one
+            # and why.
+            "packet_loop": {
+                "loop": "c" if native.available() else "python",
+                "why_python": native.WHY_NOT,
+            },
             # Room for more viewers: the event loop's load, lag, its sockets' drops, refusals.
             "headroom": self.headroom.describe() if self.headroom is not None else None,
             "rtsp": {

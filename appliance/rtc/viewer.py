@@ -244,6 +244,8 @@ class FastVideo(FastTrack):
         audio = self.audio.describe() if self.audio is not None else None
         out: dict[str, Any] = {
             "path": "fast",
+            # which loop sends its packets (send/native.py): "c", or "python" where C is not built
+            "packet_loop": self.sender.packet_loop if self.sender else None,
             "first_frame_at": s.first_frame_at,
             "frames": s.frames,
             # audio included: what this viewer costs the link

@@ -10,6 +10,10 @@ A send the kernel refuses (socket buffer full) is dropped and counted; the viewe
 the next keyframe, which it asks for. Retransmissions (NACK) come from the shared ring, as RTX when
 negotiated.
 
+The per-packet loop runs in C where it was built (send/packetloop.c through send/native.py, for a
+viewer on a plain UDP path): the same packets, byte for byte, at about a third of the CPU. The
+Python loop here is the fallback and the reference; tests/send/test_native.py compares the two.
+
 The send buffer is shared by every sender of the process with the same packet size (`_shared_buffer`):
 a sender fills, protects and hands it to the kernel (which copies it) without a suspension point in
 between, so no other sender can find it half written, and a viewer costs no 58 KiB buffer of its own.
@@ -32,8 +36,9 @@ from appliance.core import rtp
 from appliance.core.media import VIDEO_CLOCK_RATE
 from appliance.core.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
 from appliance.core.stats import DropReporter
-from appliance.send.srtp import TRAILER_ROOM, InPlaceProtector
-from appliance.send.udp import Output
+from appliance.send import native
+from appliance.send.srtp import TRAILER_ROOM, InPlaceProtector, SrtpError
+from appliance.send.udp import Output, UdpOutput
 
 logger = logging.getLogger(__name__)
 
@@ -113,6 +118,17 @@ class Negotiated:
     rtx_ssrc: int | None = None
 
 
+class _Spans:
+    """The Python loop's record of the access units sent (the C loop keeps its own, alike)."""
+
+    def __init__(self) -> None:
+        self.span_seq = array("l", [0]) * SPANS
+        self.span_index = array("q", [0]) * SPANS
+        self.span_count = array("l", [0]) * SPANS
+        self.span_next = 0
+        self.spans = 0
+
+
 @functools.lru_cache(maxsize=64)
 def _batch_positions(
     stride: int, count: int, header: int, slot: int
@@ -138,7 +154,10 @@ class RtpSender:
         output: Output,
         request_keyframe: Callable[[], None],
         clock_rate: int = VIDEO_CLOCK_RATE,
+        packet_loop: str = "auto",
     ) -> None:
+        """`packet_loop`: "auto" (C where it was built and the output is a plain socket),
+        "c" (an error where it cannot be) or "python"."""
         self.name = name
         self._clock_rate = clock_rate
         self._ring = ring
@@ -174,11 +193,7 @@ class RtpSender:
         self._ts_offset = random.getrandbits(32)
         self._au_header = bytearray(self._layout.template)
         self._positions = self._batch_positions(0, 1)
-        self._span_seq = array("l", [0]) * SPANS
-        self._span_index = array("q", [0]) * SPANS
-        self._span_count = array("l", [0]) * SPANS
-        self._span_next = 0
-        self._spans = 0
+        self._spans: Any = _Spans()
         self._waiting_for_keyframe = True
         self._last_sr_mid32 = 0
         self._capture_ns = -1
@@ -188,6 +203,38 @@ class RtpSender:
         self.refused = DropReporter(logger, f"viewer {name}: retransmissions over budget")
         self._budget = RetransmitBudget()
         self.closed = False
+        self.clock_ns = time.time_ns  # the wall clock of abs-send-time (tests fix it)
+        self._native: native.NativeLoop | None = None
+        if packet_loop == "c" or (
+            packet_loop == "auto" and isinstance(output, UdpOutput) and native.available()
+        ):
+            if not isinstance(output, UdpOutput):
+                raise ValueError("the C packet loop sends from a plain socket only")
+            self._native = native.NativeLoop(
+                session,
+                output.sock,
+                output.address,
+                self._layout,
+                ring,
+                self._buffer,
+                self._seq,
+                self._ts_offset,
+            )
+            self._spans = self._native.v  # the C loop records the spans NACKs map back through
+
+    @property
+    def packet_loop(self) -> str:
+        """Which loop sends this viewer's packets: "c" or "python"."""
+        return "python" if self._native is None else "c"
+
+    def sends(self) -> tuple[int, int]:
+        """(system calls, datagrams) this sender's packets took so far."""
+        calls = getattr(self._output, "calls", 0)
+        datagrams = getattr(self._output, "datagrams", 0)
+        if self._native is not None:
+            calls += self._native.v.calls
+            datagrams += self._native.v.datagrams
+        return calls, datagrams
 
     @property
     def ssrc(self) -> int:
@@ -204,6 +251,9 @@ class RtpSender:
             if not ring.flags[first] & FLAG_KEYFRAME:
                 return
             self._waiting_for_keyframe = False
+        if self._native is not None:
+            self._send_native(indices[0], len(indices))
+            return
         capture_ns = ring.capture_ns[first]
         if capture_ns != self._capture_ns:
             self._capture_ns = capture_ns
@@ -214,7 +264,7 @@ class RtpSender:
             self._layout,
             au_header,
             self._ts_offset + ring.timestamp[first],
-            rtp.abs_send_time(time.time_ns()),
+            rtp.abs_send_time(self.clock_ns()),
             self._capture_ntp,
         )
         header = len(au_header)
@@ -259,6 +309,33 @@ class RtpSender:
         if stats.first_frame_at is None:
             stats.first_frame_at = time.monotonic()
 
+    def _send_native(self, first: int, count: int) -> None:
+        """The same in C (native.py): one call per access unit; what it reports is counted here."""
+        assert self._native is not None
+        v = self._native.v
+        if self.clock_ns is not time.time_ns:
+            v.now_ns = self.clock_ns()
+        sent = self._native.send(v, first, count)
+        stats = self.stats
+        stats.packets += sent
+        stats.octets += v.octets
+        stats.bytes += v.bytes
+        stats.frames += 1
+        if stats.first_frame_at is None:
+            stats.first_frame_at = time.monotonic()
+        if v.dropped or v.gso_error or v.srtp_status:
+            self._native_trouble(v)
+
+    def _native_trouble(self, v: Any) -> None:
+        if v.gso_error:
+            logger.info(
+                "UDP GSO unavailable here (%s): one datagram at a time", os.strerror(v.gso_error)
+            )
+        if v.dropped:
+            self._refused(v.dropped, v.error)
+        if v.srtp_status:
+            raise SrtpError(v.srtp_status)
+
     def _protect_first(self, length: int, header: int) -> int:
         """Protect the first packet ever, at position 0; its tag length fixes the full packet size."""
         wire = self._protector.protect(0, length)
@@ -274,20 +351,22 @@ class RtpSender:
     def _record_span(self, first_seq: int, first_index: int, count: int) -> None:
         # Within an access unit, sequence numbers and ring indices advance together: one span
         # per access unit is enough to map a NACKed sequence number back to its ring slot.
-        at = self._span_next
-        self._span_seq[at] = first_seq
-        self._span_index[at] = first_index
-        self._span_count[at] = count
-        self._span_next = (at + 1) % SPANS
-        self._spans = min(self._spans + 1, SPANS)
+        spans = self._spans
+        at = spans.span_next
+        spans.span_seq[at] = first_seq
+        spans.span_index[at] = first_index
+        spans.span_count[at] = count
+        spans.span_next = (at + 1) % SPANS
+        spans.spans = min(spans.spans + 1, SPANS)
 
     def _ring_index(self, seq: int) -> int | None:
         """The ring index sent with sequence number `seq`, newest first; None if not remembered."""
-        for back in range(1, self._spans + 1):
-            at = (self._span_next - back) % SPANS
-            offset = (seq - self._span_seq[at]) & 0xFFFF
-            if offset < self._span_count[at]:
-                return self._span_index[at] + offset
+        spans = self._spans
+        for back in range(1, spans.spans + 1):
+            at = (spans.span_next - back) % SPANS
+            offset = (seq - spans.span_seq[at]) & 0xFFFF
+            if offset < spans.span_count[at]:
+                return int(spans.span_index[at] + offset)
         return None
 
     def _flush(self, count: int, last: int) -> None:
@@ -296,6 +375,11 @@ class RtpSender:
         if not error:
             self.stats.bytes += total
             return
+        self._refused(count, error)
+
+    def _refused(self, count: int, error: int) -> None:
+        """The kernel did not take `count` packets: counted, and the viewer resumes at the next
+        keyframe, which it asks for."""
         self.stats.send_error = os.strerror(error)
         self.stats.send_drops += count
         self.drops.add(count)
@@ -332,7 +416,7 @@ class RtpSender:
         size = ring.length[slot]
         marker = ring.flags[slot] & FLAG_MARKER
         timestamp = self._ts_offset + ring.timestamp[slot]
-        send_time = rtp.abs_send_time(time.time_ns())
+        send_time = rtp.abs_send_time(self.clock_ns())
         if self._rtx_layout is not None:
             header = self._rtx_layout.write(buf, 0, marker, self._rtx_seq, timestamp, send_time)
             rtp.write_rtx_osn(buf, header, seq)

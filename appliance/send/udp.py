@@ -35,9 +35,9 @@ class UdpOutput:
 
     def __init__(self, sock: socket.socket, address: tuple[Any, ...]) -> None:
         # Our own descriptor for the ICE socket aioice reads from: same socket, separately closed.
-        self._sock = socket.socket(sock.family, socket.SOCK_DGRAM, 0, os.dup(sock.fileno()))
-        self._sock.setblocking(False)
-        self._address = address
+        self.sock = socket.socket(sock.family, socket.SOCK_DGRAM, 0, os.dup(sock.fileno()))
+        self.sock.setblocking(False)
+        self.address = address
         self._gso = True
         self._cmsg: dict[int, list[tuple[int, int, bytes]]] = {}
         self.calls = 0
@@ -56,11 +56,11 @@ class UdpOutput:
                         logger.info("UDP GSO unavailable here (%s): one datagram at a time", e)
                         self._gso = False
                 for at in range(0, len(data), segment):
-                    self._sock.sendto(data[at : at + segment], self._address)
+                    self.sock.sendto(data[at : at + segment], self.address)
                     self.calls += 1
                     self.datagrams += 1
                 return 0
-            self._sock.sendto(data, self._address)
+            self.sock.sendto(data, self.address)
             self.calls += 1
             self.datagrams += 1
             return 0
@@ -71,9 +71,9 @@ class UdpOutput:
         cmsg = self._cmsg.get(segment)
         if cmsg is None:
             cmsg = self._cmsg[segment] = [(SOL_UDP, UDP_SEGMENT, struct.pack("=H", segment))]
-        self._sock.sendmsg([data], cmsg, 0, self._address)
+        self.sock.sendmsg([data], cmsg, 0, self.address)
         self.calls += 1
         self.datagrams += -(-len(data) // segment)
 
     def close(self) -> None:
-        self._sock.close()
+        self.sock.close()

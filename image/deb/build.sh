@@ -27,6 +27,14 @@ WHEELS=$ROOT/usr/share/appliance/wheels
 mkdir -p "$WHEELS"
 
 "$PYTHON" -m pip wheel -q --no-deps -w "$WHEELS" "$SRC"
+# The C packet loop for the device's architecture (image/build_native.py builds it when a compiler
+# for it is installed: gcc-aarch64-linux-gnu for arm64 on an x86 host). Without it a device would
+# serve from the Python loop, about a third as many viewers: refuse to build such a package.
+case "$ARCH" in amd64) machine=x86_64 ;; arm64) machine=aarch64 ;; esac
+"$PYTHON" -m zipfile -l "$WHEELS"/appliance-*.whl | grep "appliance/send/lib/packetloop-$machine.so" > /dev/null || {
+    echo "the wheel has no C packet loop for $machine: install its compiler (image/build_native.py)" >&2
+    exit 1
+}
 PYTHON=$PYTHON sh "$HERE/../wheels.sh" "$ARCH" "$WORK/wheels" 3.10 3.11
 mv "$WORK"/wheels/*.whl "$WHEELS/"
 

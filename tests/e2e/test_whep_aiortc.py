@@ -57,6 +57,8 @@ async def test_viewer_decodes_live_frames_and_deletes(
             (v,) = st["viewers"]
             assert viewer.location.endswith(v["id"])
             assert v["bytes"] > 0 and v["state"] == "connected" and v["path"] == path
+            if path == "fast":  # the frames above came through the C packet loop
+                assert v["packet_loop"] == "c" and st["packet_loop"]["loop"] == "c"
 
             assert await viewer.delete() == 200
             assert (await status(http, d.url))["viewers"] == []

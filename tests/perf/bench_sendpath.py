@@ -1,21 +1,24 @@
 """The send path per packet per viewer: ours against aiortc's, on the same access units.
 
     .venv/bin/python -m tests.perf.bench_sendpath [--viewers 1,10,100] [--passes 3] [--workload 720p]
+        [--paths c,python,aiortc]
 
 Workload: tests/perf/workload.py (1080p30 H.264, ~4 Mbit/s, GOP 2 s, 180 access units; or 720p30
 at ~600 kbit/s, one or two packets per access unit, where the per-access-unit cost shows). Every
 viewer has its own real SRTP session (AEAD_AES_128_GCM, as aiortc and Chromium negotiate) and sends
 real UDP datagrams to a sink in another process on 127.0.0.1 that reads them all.
 
-- fast: the access unit is packetized once into the ring; each viewer's RtpSender writes its header,
-  copies the payload once, protects in place and sends with UDP GSO (appliance/sender.py).
+- c / python: the access unit is packetized once into the ring; each viewer's RtpSender writes its
+  header, copies the payload once, protects in place and sends with UDP GSO (send/sender.py), in
+  the C packet loop (send/packetloop.c) or the Python one.
 - aiortc: what RTCRtpSender._run_rtp does per viewer for pre-encoded media, minus asyncio:
   H264Encoder.pack(av.Packet), an RtpPacket with mid and abs-send-time, serialize(),
   pylibsrtp Session.protect(), sendto(). (aiortc adds about 4 awaits per packet on top: this
   comparison flatters aiortc.)
 
 Figures: CPU µs per packet per viewer (this thread's CPU time, user + kernel, so the kernel's
-loopback delivery to the sink counts for both paths; best of `--passes`, no pacing), heap
+loopback delivery to the sink counts for both paths; best of `--passes`, no pacing), and of it
+the user-space part (our code, Python, libsrtp; the rest is sendmsg in the kernel), heap
 allocations per packet per viewer (malloc calls counted by tests/perf/malloc_count.c under
 PYTHONMALLOC=malloc, steady state), send syscalls per packet (counted where they are made), and
 userspace payload copies per packet by construction. The benchmark re-runs itself under the
@@ -27,6 +30,7 @@ from __future__ import annotations
 import argparse
 import ctypes
 import os
+import resource
 import socket
 import subprocess
 import sys
@@ -46,6 +50,7 @@ from appliance.send.udp import UdpOutput
 from tests.perf.workload import WORKLOADS, access_units
 
 HERE = Path(__file__).parent
+RUSAGE_THREAD = getattr(resource, "RUSAGE_THREAD", 1)
 SHIM = Path("/tmp/appliance-malloc-count.so")
 IDS = {rtp.URI_MID: 9, rtp.URI_ABS_SEND_TIME: 2}
 
@@ -57,6 +62,12 @@ def _counter(name: str) -> int:
         return -1
     fn.restype = ctypes.c_ulonglong
     return int(fn())
+
+
+def user_time() -> float:
+    """This thread's CPU time in user space (the rest of thread_time() is the kernel's: sendmsg,
+    GSO segmentation and the loopback delivery to the sink)."""
+    return resource.getrusage(RUSAGE_THREAD).ru_utime
 
 
 def mallocs() -> tuple[int, int]:
@@ -89,7 +100,7 @@ def sink() -> tuple[subprocess.Popen[str], tuple[str, int]]:
 
 
 class Fast:
-    def __init__(self, viewers: int, address: tuple[str, int]) -> None:
+    def __init__(self, viewers: int, address: tuple[str, int], packet_loop: str) -> None:
         mp = max_payload(1400)
         self.ring = PacketRing(4096, mp)
         self.packetizer = H264Packetizer(self.ring, mp)
@@ -102,6 +113,7 @@ class Fast:
                 session(),
                 UdpOutput(sock, address),
                 lambda: None,
+                packet_loop=packet_loop,
             )
             for i, sock in enumerate(self.socks)
         ]
@@ -116,8 +128,8 @@ class Fast:
         return packets * len(self.senders)
 
     def syscalls(self) -> tuple[int, int]:
-        outputs: list[Any] = [s._output for s in self.senders]
-        return sum(o.calls for o in outputs), sum(o.datagrams for o in outputs)
+        sends = [s.sends() for s in self.senders]
+        return sum(c for c, _ in sends), sum(d for _, d in sends)
 
     def close(self) -> None:
         for s in self.senders:
@@ -188,23 +200,26 @@ def measure(
     kind: str, viewers: int, passes: int, address: tuple[str, int], workload: str
 ) -> dict[str, float]:
     aus = access_units(workload=workload)
-    path: Any = (Fast if kind == "fast" else Aiortc)(viewers, address)
+    path: Any = Aiortc(viewers, address) if kind == "aiortc" else Fast(viewers, address, kind)
     try:
         path.run(aus[:30], 0)  # warm up: caches, first-packet work
         best = float("inf")
         allocs = alloc_bytes = packets_total = 0
         calls0, datagrams0 = path.syscalls()
+        best_user = float("inf")
         for p in range(passes):
-            (m0, b0), c0 = mallocs(), time.thread_time()
+            (m0, b0), c0, u0 = mallocs(), time.thread_time(), user_time()
             packets = path.run(aus, 30 + p * len(aus))
-            cpu = time.thread_time() - c0
+            cpu, user = time.thread_time() - c0, user_time() - u0
             m1, b1 = mallocs()
             allocs, alloc_bytes = (m1 - m0, b1 - b0) if m0 >= 0 else (-1, -1)
             packets_total = packets
-            best = min(best, cpu / packets)
+            if cpu / packets < best:
+                best, best_user = cpu / packets, user / packets
         calls, datagrams = path.syscalls()
         return {
             "cpu_us_per_packet_viewer": best * 1e6,
+            "user_us_per_packet_viewer": best_user * 1e6,
             "mallocs_per_packet_viewer": allocs / packets_total if allocs >= 0 else float("nan"),
             "malloc_bytes_per_packet_viewer": (
                 alloc_bytes / packets_total if alloc_bytes >= 0 else float("nan")
@@ -217,10 +232,11 @@ def measure(
 
 
 COPIES = {
-    # by construction: fast = packetizer's copy into the ring (shared by all viewers) + one copy
+    # by construction: our paths: packetizer's copy into the ring (shared by all viewers) + one copy
     # into the viewer's send buffer; SRTP in place. aiortc: bytes(packet), NAL split, FU-A slice,
     # header+payload concat, serialize, protect copy-in, protect copy-out (perf-anchors.md §1.3).
-    "fast": "1 + 1/N",
+    "c": "1 + 1/N",
+    "python": "1 + 1/N",
     "aiortc": "about 6",
 }
 
@@ -232,6 +248,7 @@ def main() -> None:
     p.add_argument("--viewers", default="1,10,100")
     p.add_argument("--passes", type=int, default=3)
     p.add_argument("--workload", choices=sorted(WORKLOADS), default="1080p")
+    p.add_argument("--paths", default="c,python,aiortc")
     p.add_argument("--no-malloc-count", action="store_true")
     args = p.parse_args()
     if not args.no_malloc_count and "APPLIANCE_BENCH_MALLOC_COUNT" not in os.environ:
@@ -261,17 +278,19 @@ def main() -> None:
     proc, address = sink()
     try:
         print(
-            f"{'path':7} {'viewers':>7} {'CPU µs/pkt/viewer':>18} {'mallocs/pkt/viewer':>19} "
+            f"{'path':7} {'viewers':>7} {'CPU µs/pkt/viewer':>18} {'of it user':>10} "
+            f"{'mallocs/pkt/viewer':>19} "
             f"{'bytes/pkt/viewer':>17} {'send syscalls/pkt':>18} {'payload copies/pkt':>19}"
         )
         for n in (int(x) for x in args.viewers.split(",")):
-            for kind in ("fast", "aiortc"):
+            for kind in args.paths.split(","):
                 r = measure(kind, n, args.passes, address, args.workload)
                 allocs, nbytes = r["mallocs_per_packet_viewer"], r["malloc_bytes_per_packet_viewer"]
                 allocs_text = "n/a" if allocs != allocs else f"{allocs:.2f}"  # NaN: no counter
                 bytes_text = "n/a" if nbytes != nbytes else f"{nbytes:.0f}"
                 print(
                     f"{kind:7} {n:7d} {r['cpu_us_per_packet_viewer']:18.2f} "
+                    f"{r['user_us_per_packet_viewer']:10.2f} "
                     f"{allocs_text:>19} {bytes_text:>17} {r['syscalls_per_packet']:18.3f} "
                     f"{COPIES[kind]:>19}",
                     flush=True,

@@ -118,6 +118,8 @@ async def test_first_boot_file_is_applied_and_the_service_serves(
         assert {(f.width, f.height) for f in frames} == {(640, 360)}
     finally:
         await viewer.close()
+    # Those frames came through the C packet loop the package carries for x86_64.
+    assert st["packet_loop"] == {"loop": "c", "why_python": None}
 
     props = show(
         machine, "ActiveState", "SubState", "User", "Type", "StatusText", "NRestarts",

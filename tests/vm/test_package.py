@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import subprocess
 import sys
+import zipfile
 from pathlib import Path
 
 import pytest
@@ -53,6 +54,23 @@ def test_contents_and_maintainer_scripts(deb: Path) -> None:
         ["tar", "-t"], input=control, capture_output=True, check=True
     ).stdout.decode()
     assert {"./conffiles", "./postinst", "./prerm", "./postrm"} <= set(listing.split())
+
+
+def test_the_wheel_carries_the_c_packet_loop_for_both_architectures(
+    deb: Path, tmp_path: Path
+) -> None:
+    """image/build_native.py built send/packetloop.c for x86_64 and, with Debian's cross compiler,
+    aarch64: each an ELF shared object for its machine (one per architecture: cffi's ABI mode
+    needs none per CPython)."""
+    subprocess.run(["dpkg-deb", "-x", str(deb), str(tmp_path)], check=True)
+    (wheel,) = (tmp_path / "usr/share/appliance/wheels").glob("appliance-*.whl")
+    machines = {"x86_64": 62, "aarch64": 183}  # ELF e_machine: EM_X86_64, EM_AARCH64
+    with zipfile.ZipFile(wheel) as z:
+        for machine, e_machine in machines.items():
+            elf = z.read(f"appliance/send/lib/packetloop-{machine}.so")
+            assert elf[:4] == b"\x7fELF" and elf[4] == 2  # 64-bit
+            assert int.from_bytes(elf[16:18], "little") == 3  # ET_DYN: a shared object
+            assert int.from_bytes(elf[18:20], "little") == e_machine, machine
 
 
 @pytest.mark.parametrize("python", ["3.10", "3.11"])

@@ -102,6 +102,8 @@ async def watch(pi: Pi, http: aiohttp.ClientSession) -> None:
         await viewer.connect()
         frames = await viewer.frames(10, timeout=120)
         assert {(f.width, f.height) for f in frames} == {(320, 240)}
+        # sent by the C packet loop the package carries for aarch64, on an (emulated) Cortex-A53
+        assert (await status(http))["packet_loop"] == {"loop": "c", "why_python": None}
     except (AssertionError, MediaStreamError, TimeoutError, aiohttp.ClientError) as e:
         # What the daemon said of the session (why it ended) is on the Pi, not in the exception.
         raise AssertionError(daemon_log(pi, f"no video from the emulated Pi: {e!r}")) from e

@@ -1,0 +1,203 @@
+"""The packet loop in C (packetloop.c), loaded with cffi in ABI mode.
+
+`lib/packetloop-<machine>.so` is built by the package's build hook (image/build_native.py) for every
+architecture a compiler is found for, and ships inside the package (the .deb carries x86_64 and
+aarch64). ABI mode needs no Python headers and no per-version build: one shared object per
+architecture serves CPython 3.10 and 3.11 alike. Where it is missing (a developer's machine
+without a C compiler, a 32-bit Pi OS) or fails to load, `RtpSender` uses the Python path, which
+is the reference the C loop is tested against, and the daemon says so in one log line.
+
+`APPLIANCE_PACKET_LOOP=python` chooses the Python path even where the C loop is there (benchmarks
+compare the two).
+
+Edge module: loads native code, and reads pylibsrtp's private `Session._srtp` and its binding's
+`srtp_protect` (see send/srtp.py), so that both paths protect with the same libsrtp.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import logging
+import os
+import platform
+import socket
+import struct
+from pathlib import Path
+from typing import Any
+
+from cffi import FFI
+from pylibsrtp import Session
+from pylibsrtp._binding import ffi as srtp_ffi
+from pylibsrtp._binding import lib as srtp_lib
+
+from appliance.core import rtp
+from appliance.core.ring import PacketRing
+
+logger = logging.getLogger(__name__)
+
+HEADER_MAX = 64
+SPANS = 256
+
+CDEF = f"""
+typedef int (*pl_protect_fn)(void *srtp, void *packet, int *length);
+struct pl_viewer {{
+    void *srtp;
+    pl_protect_fn protect;
+    int fd;
+    int gso;
+    uint8_t addr[112];
+    int addrlen;
+    uint8_t *buf;
+    int buf_size;
+    uint8_t header[{HEADER_MAX}];
+    int header_len;
+    int abs_send_at;
+    int abs_capture_at;
+    const uint8_t *ring;
+    int slot_size;
+    int64_t mask;
+    const uint32_t *lengths;
+    const int64_t *timestamps;
+    const int64_t *capture_ns;
+    const uint8_t *flags;
+    uint32_t ts_offset;
+    int64_t now_ns;
+    uint16_t seq;
+    int stride;
+    int batch;
+    int64_t last_capture_ns;
+    uint64_t capture_ntp;
+    uint16_t span_seq[{SPANS}];
+    int64_t span_index[{SPANS}];
+    int32_t span_count[{SPANS}];
+    int span_next;
+    int spans;
+    uint64_t calls;
+    uint64_t datagrams;
+    uint64_t octets;
+    uint64_t bytes;
+    int dropped;
+    int error;
+    int gso_error;
+    int srtp_status;
+}};
+int pl_send(struct pl_viewer *v, int64_t first, int count);
+"""
+
+_ffi = FFI()
+_ffi.cdef(CDEF)
+
+
+def library_path(machine: str | None = None) -> Path:
+    return Path(__file__).with_name("lib") / f"packetloop-{machine or platform.machine()}.so"
+
+
+def _load() -> tuple[Any, str | None]:
+    """(the library, None), or (None, why the Python path serves)."""
+    if os.environ.get("APPLIANCE_PACKET_LOOP", "").lower() == "python":
+        return None, "APPLIANCE_PACKET_LOOP=python"
+    path = library_path()
+    if not path.exists():
+        return None, f"{path.name} was not built (no C compiler when the package was built?)"
+    try:
+        return _ffi.dlopen(str(path)), None
+    except OSError as e:
+        return None, f"{path.name} does not load: {e}"
+
+
+LIB, WHY_NOT = _load()
+_PROTECT = (
+    _ffi.cast(
+        "pl_protect_fn",
+        int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect"))),
+    )
+    if LIB is not None
+    else None
+)
+_said = False
+
+
+def available() -> bool:
+    """Whether the C loop serves; the first call logs which path does."""
+    global _said
+    if not _said:
+        _said = True
+        if LIB is None:
+            logger.info("the C packet loop is not here (%s): the Python send path serves", WHY_NOT)
+        else:
+            logger.info("the C packet loop serves (%s)", library_path().name)
+    return LIB is not None
+
+
+def sockaddr(family: int, address: Any) -> bytes:
+    """The C `struct sockaddr_in`, `sockaddr_in6` or `sockaddr_un` of a socket module address."""
+    if family == socket.AF_UNIX:  # a local viewer (tests: a peer that stops reading)
+        path = os.fsencode(address)
+        if len(path) >= 108:
+            raise ValueError(f"socket path too long: {address!r}")
+        return struct.pack("=H", socket.AF_UNIX) + path + b"\0"
+    host, port = address[0], address[1]
+    if family == socket.AF_INET:
+        return struct.pack("=HH4s8x", socket.AF_INET, socket.htons(port), socket.inet_aton(host))
+    scope = address[3] if len(address) > 3 else 0
+    ip = ipaddress.IPv6Address(host.split("%")[0])
+    if not scope and "%" in host:
+        scope = socket.if_nametoindex(host.split("%", 1)[1])
+    flowinfo = address[2] if len(address) > 2 else 0
+    return struct.pack(
+        "=HHI16sI", socket.AF_INET6, socket.htons(port), socket.htonl(flowinfo), ip.packed, scope
+    )
+
+
+class NativeLoop:
+    """One viewer's state for the C loop: its socket, address, header template, SRTP session,
+    the ring's arrays and the send buffer, set once; `send()` per access unit."""
+
+    def __init__(
+        self,
+        session: Session,
+        sock: socket.socket,
+        address: Any,
+        layout: rtp.HeaderLayout,
+        ring: PacketRing,
+        buffer: bytearray,
+        seq: int,
+        ts_offset: int,
+    ) -> None:
+        if LIB is None:
+            raise RuntimeError(f"no C packet loop: {WHY_NOT}")
+        if layout.size > HEADER_MAX:
+            raise ValueError(f"a {layout.size}-byte RTP header is longer than the C loop takes")
+        v = self.v = _ffi.new("struct pl_viewer *")
+        # What the struct points into stays referenced here for as long as it lives.
+        self._keep = (
+            session,
+            sock,
+            ring,
+            buffer,
+            _ffi.from_buffer(buffer),
+            _ffi.from_buffer(ring.buffer),
+            _ffi.from_buffer("uint32_t[]", ring.length),
+            _ffi.from_buffer("int64_t[]", ring.timestamp),
+            _ffi.from_buffer("int64_t[]", ring.capture_ns),
+            _ffi.from_buffer("uint8_t[]", ring.flags),
+        )
+        _, _, _, _, v.buf, v.ring, v.lengths, v.timestamps, v.capture_ns, v.flags = self._keep
+        v.srtp = _ffi.cast("void *", int(srtp_ffi.cast("uintptr_t", session._srtp[0])))
+        v.protect = _PROTECT
+        v.fd = sock.fileno()
+        v.gso = 1
+        addr = sockaddr(sock.family, address)
+        _ffi.memmove(v.addr, addr, len(addr))
+        v.addrlen = len(addr)
+        v.buf_size = len(buffer)
+        _ffi.memmove(v.header, layout.template, layout.size)
+        v.header_len = layout.size
+        v.abs_send_at = layout.abs_send_time_at
+        v.abs_capture_at = layout.abs_capture_time_at
+        v.slot_size = ring.slot_size
+        v.mask = ring.capacity - 1
+        v.ts_offset = ts_offset & 0xFFFFFFFF
+        v.seq = seq & 0xFFFF
+        v.last_capture_ns = -1
+        self.send = LIB.pl_send

@@ -1,0 +1,265 @@
+/* The fast path's packet loop in C: one access unit from the shared ring to one viewer.
+ *
+ * What appliance/send/sender.py's RtpSender.send_range() does in Python, packet for packet and
+ * byte for byte (tests/send/test_native.py compares the two on the wire): for each packet of
+ * the access unit, write the viewer's RTP header (its template with the access unit's timestamp,
+ * abs-send-time and abs-capture-time filled once, then per packet the sequence number and the
+ * last packet's marker), copy the payload from its ring slot (the one copy per packet per
+ * viewer), protect it in place with the viewer's libsrtp session, and hand runs of equal-size
+ * packets to the kernel in one sendmsg() with UDP GSO (UDP_SEGMENT). No heap allocation, no
+ * Python object, no lock: the caller (the event loop's thread) owns the viewer and the buffer.
+ *
+ * Loaded with cffi in ABI mode (appliance/send/native.py): no Python.h, so one shared object
+ * per architecture serves every CPython. libsrtp is not linked: srtp_protect() is called
+ * through the pointer pylibsrtp's own binding exports, so that both paths run the same libsrtp.
+ * Built by image/build_native.py (the package's build hook) with: cc -O2 -fPIC -shared.
+ */
+#include <errno.h>
+#include <stdint.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <sys/uio.h>
+#include <time.h>
+
+#ifndef SOL_UDP
+#define SOL_UDP 17
+#endif
+#ifndef UDP_SEGMENT
+#define UDP_SEGMENT 103
+#endif
+
+#define PL_HEADER_MAX 64
+#define PL_SPANS 256
+#define PL_MAX_SEGMENTS 40          /* as sender.MAX_SEGMENTS */
+#define PL_MAX_DATAGRAMS_BYTES 65000 /* as sender.MAX_DATAGRAMS_BYTES */
+#define PL_FLAG_MARKER 0x01
+#define NTP_UNIX_OFFSET 2208988800ULL
+
+typedef int (*pl_protect_fn)(void *srtp, void *packet, int *length);
+
+/* Keep in step with the cdef in native.py. */
+struct pl_viewer {
+    /* set once, by native.py */
+    void *srtp;
+    pl_protect_fn protect;
+    int fd;
+    int gso;                /* 1 until the kernel refuses UDP_SEGMENT */
+    uint8_t addr[112];      /* sockaddr_in, sockaddr_in6 or sockaddr_un */
+    int addrlen;
+    uint8_t *buf;           /* the send buffer, shared by senders alike */
+    int buf_size;
+    uint8_t header[PL_HEADER_MAX]; /* the viewer's header template (marker clear, seq 0) */
+    int header_len;
+    int abs_send_at;        /* offset of the 3-byte abs-send-time, or -1 */
+    int abs_capture_at;     /* offset of the 8-byte abs-capture-time, or -1 */
+    const uint8_t *ring;
+    int slot_size;
+    int64_t mask;
+    const uint32_t *lengths;
+    const int64_t *timestamps;
+    const int64_t *capture_ns;
+    const uint8_t *flags;
+    uint32_t ts_offset;
+    int64_t now_ns;         /* 0: the real-time clock; otherwise the wall clock to use (tests) */
+    /* kept between calls */
+    uint16_t seq;
+    int stride;             /* a full packet on the wire; 0 until the first protect */
+    int batch;              /* packets per sendmsg */
+    int64_t last_capture_ns;
+    uint64_t capture_ntp;
+    uint16_t span_seq[PL_SPANS];     /* per access unit sent: first sequence number... */
+    int64_t span_index[PL_SPANS];    /* ...its first ring index... */
+    int32_t span_count[PL_SPANS];    /* ...and its packets (NACK maps back through these) */
+    int span_next;
+    int spans;
+    uint64_t calls;         /* sendmsg/sendto calls made, and datagrams in them */
+    uint64_t datagrams;
+    /* the last call's results */
+    uint64_t octets;        /* payload octets */
+    uint64_t bytes;         /* datagram bytes the kernel took */
+    int dropped;            /* packets the kernel refused */
+    int error;              /* errno of the last refusal, or 0 */
+    int gso_error;          /* errno with which GSO was found missing (the call turned gso off) */
+    int srtp_status;        /* libsrtp's status if protecting failed (the call stopped there) */
+};
+
+static uint64_t ntp_from_unix_ns(int64_t unix_ns)
+{
+    uint64_t seconds = (uint64_t)(unix_ns / 1000000000);
+    uint64_t ns = (uint64_t)(unix_ns % 1000000000);
+    return ((seconds + NTP_UNIX_OFFSET) << 32) | ((ns << 32) / 1000000000ULL);
+}
+
+static void put32(uint8_t *p, uint32_t v)
+{
+    p[0] = v >> 24; p[1] = v >> 16; p[2] = v >> 8; p[3] = v;
+}
+
+static int send_plain(struct pl_viewer *v, const uint8_t *data, int length)
+{
+    if (sendto(v->fd, data, (size_t)length, 0, (const struct sockaddr *)v->addr,
+               (socklen_t)v->addrlen) < 0)
+        return errno ? errno : EIO;
+    v->calls++;
+    v->datagrams++;
+    return 0;
+}
+
+/* `count` packets at buf, `stride` apart, the last `last` bytes long: one GSO sendmsg, or one
+ * sendto each where the kernel has no GSO. Returns 0 or an errno. */
+static int flush(struct pl_viewer *v, int count, int last)
+{
+    int total = (count - 1) * v->stride + last;
+    if (count > 1 && v->gso) {
+        struct iovec iov = {v->buf, (size_t)total};
+        union {
+            char space[CMSG_SPACE(sizeof(uint16_t))];
+            struct cmsghdr align;
+        } control;
+        struct msghdr msg;
+        memset(&msg, 0, sizeof msg);
+        msg.msg_name = v->addr;
+        msg.msg_namelen = (socklen_t)v->addrlen;
+        msg.msg_iov = &iov;
+        msg.msg_iovlen = 1;
+        msg.msg_control = control.space;
+        msg.msg_controllen = sizeof control.space;
+        struct cmsghdr *cm = CMSG_FIRSTHDR(&msg);
+        cm->cmsg_level = SOL_UDP;
+        cm->cmsg_type = UDP_SEGMENT;
+        cm->cmsg_len = CMSG_LEN(sizeof(uint16_t));
+        uint16_t segment = (uint16_t)v->stride;
+        memcpy(CMSG_DATA(cm), &segment, sizeof segment);
+        if (sendmsg(v->fd, &msg, 0) >= 0) {
+            v->calls++;
+            v->datagrams += (uint64_t)count;
+            return 0;
+        }
+        int e = errno ? errno : EIO;
+        if (e != EINVAL && e != EIO && e != ENOPROTOOPT && e != EOPNOTSUPP)
+            return e;
+        v->gso = 0; /* this kernel or path has no GSO: one datagram at a time from now on */
+        v->gso_error = e;
+    }
+    if (count == 1)
+        return send_plain(v, v->buf, last);
+    for (int k = 0; k < count; k++) {
+        int e = send_plain(v, v->buf + (long)k * v->stride, k == count - 1 ? last : v->stride);
+        if (e)
+            return e;
+    }
+    return 0;
+}
+
+static void refused(struct pl_viewer *v, int count, int e)
+{
+    v->dropped += count;
+    v->error = e;
+}
+
+/* Send the `count` packets of one access unit, from absolute ring index `first`. Returns the
+ * packets protected (== count unless libsrtp failed; see srtp_status). */
+int pl_send(struct pl_viewer *v, int64_t first, int count)
+{
+    v->octets = 0;
+    v->bytes = 0;
+    v->dropped = 0;
+    v->error = 0;
+    v->gso_error = 0;
+    v->srtp_status = 0;
+    if (count <= 0)
+        return 0;
+
+    int64_t slot0 = first & v->mask;
+    int64_t capture_ns = v->capture_ns[slot0];
+    if (capture_ns != v->last_capture_ns) {
+        v->last_capture_ns = capture_ns;
+        v->capture_ntp = ntp_from_unix_ns(capture_ns);
+    }
+    /* The access unit's header: template, timestamp, abs-send-time, abs-capture-time. */
+    uint8_t header[PL_HEADER_MAX];
+    int header_len = v->header_len;
+    memcpy(header, v->header, (size_t)header_len);
+    put32(header + 4, (uint32_t)(v->ts_offset + (uint32_t)v->timestamps[slot0]));
+    if (v->abs_send_at >= 0) {
+        int64_t now = v->now_ns;
+        if (!now) {
+            struct timespec ts;
+            clock_gettime(CLOCK_REALTIME, &ts);
+            now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+        }
+        uint32_t send_time = (uint32_t)(ntp_from_unix_ns(now) >> 14) & 0xFFFFFF;
+        header[v->abs_send_at] = send_time >> 16;
+        header[v->abs_send_at + 1] = send_time >> 8;
+        header[v->abs_send_at + 2] = send_time;
+    }
+    if (v->abs_capture_at >= 0) {
+        put32(header + v->abs_capture_at, (uint32_t)(v->capture_ntp >> 32));
+        put32(header + v->abs_capture_at + 4, (uint32_t)v->capture_ntp);
+    }
+
+    uint16_t seq = v->seq, first_seq = seq;
+    int k = 0; /* packets in the current batch */
+    int wire = 0;
+    int done = 0;
+    for (int i = 0; i < count; i++) {
+        int64_t slot = (first + i) & v->mask;
+        int size = (int)v->lengths[slot];
+        uint8_t *p = v->buf + (long)k * v->stride;
+        if (header_len + size + 16 > v->buf_size - (long)k * v->stride) {
+            v->srtp_status = -1; /* cannot happen with the ring's slot size; never overrun */
+            break;
+        }
+        memcpy(p, header, (size_t)header_len);
+        p[2] = seq >> 8;
+        p[3] = seq & 0xFF;
+        if (v->flags[slot] & PL_FLAG_MARKER)
+            p[1] |= 0x80;
+        memcpy(p + header_len, v->ring + slot * v->slot_size, (size_t)size);
+        wire = header_len + size;
+        int status = v->protect(v->srtp, p, &wire);
+        if (status) {
+            v->srtp_status = status;
+            break;
+        }
+        if (!v->stride) { /* the first packet ever: its tag fixes a full packet's size */
+            v->stride = header_len + v->slot_size + (wire - header_len - size);
+            int batch = PL_MAX_DATAGRAMS_BYTES / v->stride;
+            if (batch > PL_MAX_SEGMENTS)
+                batch = PL_MAX_SEGMENTS;
+            if (batch > v->buf_size / v->stride)
+                batch = v->buf_size / v->stride;
+            v->batch = batch < 1 ? 1 : batch;
+        }
+        seq++;
+        v->octets += (uint64_t)size;
+        done++;
+        k++;
+        if (wire != v->stride || k == v->batch) {
+            int e = flush(v, k, wire);
+            if (e)
+                refused(v, k, e);
+            else
+                v->bytes += (uint64_t)((k - 1) * v->stride + wire);
+            k = 0;
+        }
+    }
+    if (k) {
+        int e = flush(v, k, wire);
+        if (e)
+            refused(v, k, e);
+        else
+            v->bytes += (uint64_t)((k - 1) * v->stride + wire);
+    }
+    v->seq = seq;
+    if (done) {
+        int at = v->span_next;
+        v->span_seq[at] = first_seq;
+        v->span_index[at] = first;
+        v->span_count[at] = done;
+        v->span_next = (at + 1) % PL_SPANS;
+        if (v->spans < PL_SPANS)
+            v->spans++;
+    }
+    return done;
+}

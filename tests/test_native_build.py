@@ -1,0 +1,84 @@
+"""The C packet loop's build (image/build_native.py, the package's build hook) and its fallback:
+built for both architectures where the compilers are (tests/run.sh installs them), never a
+failed build where they are not, and the Python loop, with one log line, where the loop is
+missing or turned off."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import ModuleType
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def build_native() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("build_native", ROOT / "image/build_native.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def elf_machine(path: Path) -> int:
+    head = path.read_bytes()[:20]
+    assert head[:4] == b"\x7fELF"
+    return int.from_bytes(head[18:20], "little")
+
+
+def test_both_architectures_are_built_where_their_compilers_are(tmp_path: Path) -> None:
+    built, missing = build_native().build(tmp_path)
+    assert missing == []
+    assert sorted(p.name for p in built) == ["packetloop-aarch64.so", "packetloop-x86_64.so"]
+    assert elf_machine(tmp_path / "packetloop-x86_64.so") == 62  # EM_X86_64
+    assert elf_machine(tmp_path / "packetloop-aarch64.so") == 183  # EM_AARCH64
+
+
+def test_no_compiler_is_no_failed_build_and_leaves_nothing_stale(
+    tmp_path: Path, monkeypatch
+) -> None:
+    stale = tmp_path / "packetloop-x86_64.so"
+    stale.write_bytes(b"an old build")
+    empty = tmp_path / "bin"
+    empty.mkdir()
+    monkeypatch.setenv("PATH", str(empty))  # no cc, gcc or cross compiler to be found
+    monkeypatch.delenv("CC", raising=False)
+    built, missing = build_native().build(tmp_path)
+    assert built == []
+    assert len(missing) == 2 and all("no compiler found" in why for why in missing)
+    assert "aarch64-linux-gnu-gcc" in " ".join(missing)
+    assert not stale.exists()
+
+
+def test_without_the_c_loop_the_python_loop_serves_and_says_so_once() -> None:
+    program = """
+import logging, socket
+logging.basicConfig(level=logging.INFO, format="%(name)s: %(message)s")
+from pylibsrtp import Policy, Session
+from appliance.core.ring import PacketRing
+from appliance.send import native
+from appliance.send.sender import Negotiated, RtpSender
+from appliance.send.udp import UdpOutput
+sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+for name in ("a", "b"):
+    sender = RtpSender(name, PacketRing(16, 1200), Negotiated(96, 1, {}, None, "c"),
+                       Session(Policy(bytes(30), Policy.SSRC_ANY_OUTBOUND)),
+                       UdpOutput(sock, ("127.0.0.1", 9)), lambda: None)
+    print(sender.packet_loop)
+    sender.close()
+sock.close()
+"""
+    env = {**os.environ, "APPLIANCE_PACKET_LOOP": "python", "PYTHONPATH": str(ROOT)}
+    out = subprocess.run(
+        [sys.executable, "-c", program], env=env, capture_output=True, text=True, timeout=60
+    )
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["python", "python"]
+    said = [line for line in out.stderr.splitlines() if "packet loop" in line]
+    assert said == [
+        "appliance.send.native: the C packet loop is not here (APPLIANCE_PACKET_LOOP=python): "
+        "the Python send path serves"
+    ]
