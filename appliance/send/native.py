@@ -22,8 +22,9 @@ import os
 import platform
 import socket
 import struct
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 from cffi import FFI
 from pylibsrtp import Session
@@ -62,6 +63,8 @@ struct pl_viewer {{
     const uint8_t *flags;
     uint32_t ts_offset;
     int64_t now_ns;
+    int closed;
+    int waiting;
     uint16_t seq;
     int stride;
     int batch;
@@ -74,14 +77,18 @@ struct pl_viewer {{
     int spans;
     uint64_t calls;
     uint64_t datagrams;
+    uint64_t packets;
+    uint64_t frames;
     uint64_t octets;
     uint64_t bytes;
+    int first_frame;
     int dropped;
     int error;
+    int want_keyframe;
     int gso_error;
     int srtp_status;
 }};
-int pl_send(struct pl_viewer *v, int64_t first, int count);
+int pl_send_all(struct pl_viewer **viewers, int n, int64_t first, int count, int *attention);
 """
 
 _ffi = FFI()
@@ -200,4 +207,70 @@ class NativeLoop:
         v.ts_offset = ts_offset & 0xFFFFFFFF
         v.seq = seq & 0xFFFF
         v.last_capture_ns = -1
-        self.send = LIB.pl_send
+        v.waiting = 1
+        self._one = _ffi.new("struct pl_viewer *[1]", [v])
+        self._attention = _ffi.new("int[1]")
+
+    def send(self, first: int, count: int) -> bool:
+        """One access unit to this viewer alone; whether the sender must look at what happened
+        (see NativeBatch for every viewer at once)."""
+        assert LIB is not None
+        return bool(LIB.pl_send_all(self._one, 1, first, count, self._attention))
+
+    def close(self) -> None:
+        self.v.closed = 1
+
+
+class Attended(Protocol):
+    native: NativeLoop | None
+
+    def attend(self) -> None: ...
+
+
+class NativeBatch:
+    """Every sender of one fan-out on the C loop, sent for in one C call per access unit
+    (core/fanout.py's Batch): the per-viewer cost of an access unit is then the C loop's alone,
+    with no Python call per viewer. The senders whose access unit needs more (the first frame's
+    time, refused sends, a keyframe to ask for, libsrtp failing) are listed by the C call and
+    handled by their own `attend()`."""
+
+    def __init__(self) -> None:
+        self._senders: list[Attended] = []
+        self._array: Any = None
+        self._attention: Any = None
+
+    def _rebuild(self) -> None:
+        loops = [s.native.v for s in self._senders if s.native is not None]
+        self._array = _ffi.new("struct pl_viewer *[]", loops)
+        self._attention = _ffi.new("int[]", max(1, len(loops)))
+
+    def add(self, sender: Attended) -> None:
+        self._senders.append(sender)
+        self._rebuild()
+
+    def remove(self, sender: Attended) -> None:
+        if sender in self._senders:
+            self._senders.remove(sender)
+            self._rebuild()
+
+    def __len__(self) -> int:
+        return len(self._senders)
+
+    def __iter__(self) -> Iterator[Attended]:
+        return iter(self._senders)
+
+    def send_range(self, indices: range) -> list[tuple[Attended, Exception]]:
+        """The access unit at `indices` to every sender; those whose `attend()` failed."""
+        senders = self._senders
+        if not senders or not indices or LIB is None:
+            return []
+        attention = self._attention
+        needs = LIB.pl_send_all(self._array, len(senders), indices[0], len(indices), attention)
+        failed: list[tuple[Attended, Exception]] = []
+        for i in range(needs):
+            sender = senders[attention[i]]
+            try:
+                sender.attend()
+            except Exception as e:  # one viewer's trouble is that viewer's alone
+                failed.append((sender, e))
+        return failed

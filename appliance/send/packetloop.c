@@ -1,8 +1,9 @@
-/* The fast path's packet loop in C: one access unit from the shared ring to one viewer.
+/* The fast path's packet loop in C: one access unit from the shared ring to every viewer.
  *
- * What appliance/send/sender.py's RtpSender.send_range() does in Python, packet for packet and
- * byte for byte (tests/send/test_native.py compares the two on the wire): for each packet of
- * the access unit, write the viewer's RTP header (its template with the access unit's timestamp,
+ * One call per access unit walks every viewer on this loop (pl_send_all). For each, it does what
+ * appliance/send/sender.py's RtpSender.send_range() does in Python, packet for packet and byte
+ * for byte (tests/send/test_native.py compares the two on the wire): skip the access unit while
+ * the viewer waits for a keyframe; for each packet of the access unit, write the viewer's RTP header (its template with the access unit's timestamp,
  * abs-send-time and abs-capture-time filled once, then per packet the sequence number and the
  * last packet's marker), copy the payload from its ring slot (the one copy per packet per
  * viewer), protect it in place with the viewer's libsrtp session, and hand runs of equal-size
@@ -33,6 +34,7 @@
 #define PL_MAX_SEGMENTS 40          /* as sender.MAX_SEGMENTS */
 #define PL_MAX_DATAGRAMS_BYTES 65000 /* as sender.MAX_DATAGRAMS_BYTES */
 #define PL_FLAG_MARKER 0x01
+#define PL_FLAG_KEYFRAME 0x02
 #define NTP_UNIX_OFFSET 2208988800ULL
 
 typedef int (*pl_protect_fn)(void *srtp, void *packet, int *length);
@@ -61,7 +63,9 @@ struct pl_viewer {
     const uint8_t *flags;
     uint32_t ts_offset;
     int64_t now_ns;         /* 0: the real-time clock; otherwise the wall clock to use (tests) */
+    int closed;             /* set by the sender's close(): sends nothing more */
     /* kept between calls */
+    int waiting;            /* for a keyframe: at the start, and after the kernel refused a send */
     uint16_t seq;
     int stride;             /* a full packet on the wire; 0 until the first protect */
     int batch;              /* packets per sendmsg */
@@ -74,11 +78,15 @@ struct pl_viewer {
     int spans;
     uint64_t calls;         /* sendmsg/sendto calls made, and datagrams in them */
     uint64_t datagrams;
-    /* the last call's results */
-    uint64_t octets;        /* payload octets */
+    uint64_t packets;       /* packets and access units sent, payload octets (RTCP SR counts) */
+    uint64_t frames;
+    uint64_t octets;
     uint64_t bytes;         /* datagram bytes the kernel took */
-    int dropped;            /* packets the kernel refused */
-    int error;              /* errno of the last refusal, or 0 */
+    /* what the last access unit needs the sender to do (pl_send_all lists the viewer) */
+    int first_frame;        /* it was the viewer's first: note when */
+    int dropped;            /* packets the kernel refused... */
+    int error;              /* ...with this errno */
+    int want_keyframe;      /* and the viewer now waits for a keyframe: ask the stream for one */
     int gso_error;          /* errno with which GSO was found missing (the call turned gso off) */
     int srtp_status;        /* libsrtp's status if protecting failed (the call stopped there) */
 };
@@ -155,22 +163,30 @@ static void refused(struct pl_viewer *v, int count, int e)
 {
     v->dropped += count;
     v->error = e;
+    if (!v->waiting) { /* resume at the next keyframe, and ask for one */
+        v->waiting = 1;
+        v->want_keyframe = 1;
+    }
 }
 
-/* Send the `count` packets of one access unit, from absolute ring index `first`. Returns the
- * packets protected (== count unless libsrtp failed; see srtp_status). */
-int pl_send(struct pl_viewer *v, int64_t first, int count)
+/* One access unit to one viewer. Returns whether the sender must look at what happened. */
+static int send_one(struct pl_viewer *v, int64_t first, int count)
 {
-    v->octets = 0;
-    v->bytes = 0;
+    if (v->closed)
+        return 0;
+    int64_t slot0 = first & v->mask;
+    if (v->waiting) {
+        if (!(v->flags[slot0] & PL_FLAG_KEYFRAME))
+            return 0;
+        v->waiting = 0;
+    }
+    v->first_frame = v->frames == 0;
     v->dropped = 0;
     v->error = 0;
+    v->want_keyframe = 0;
     v->gso_error = 0;
     v->srtp_status = 0;
-    if (count <= 0)
-        return 0;
 
-    int64_t slot0 = first & v->mask;
     int64_t capture_ns = v->capture_ns[slot0];
     if (capture_ns != v->last_capture_ns) {
         v->last_capture_ns = capture_ns;
@@ -252,6 +268,8 @@ int pl_send(struct pl_viewer *v, int64_t first, int count)
             v->bytes += (uint64_t)((k - 1) * v->stride + wire);
     }
     v->seq = seq;
+    v->packets += (uint64_t)done;
+    v->frames++;
     if (done) {
         int at = v->span_next;
         v->span_seq[at] = first_seq;
@@ -261,5 +279,19 @@ int pl_send(struct pl_viewer *v, int64_t first, int count)
         if (v->spans < PL_SPANS)
             v->spans++;
     }
-    return done;
+    return v->first_frame || v->dropped || v->gso_error || v->srtp_status;
+}
+
+/* Send the `count` packets of one access unit, from absolute ring index `first`, to each of the
+ * `n` viewers. Writes the positions of the viewers whose sender must look at what happened
+ * (first frame, refused sends, GSO missing, libsrtp failing) to `attention`; returns how many. */
+int pl_send_all(struct pl_viewer **viewers, int n, int64_t first, int count, int *attention)
+{
+    int k = 0;
+    if (count <= 0)
+        return 0;
+    for (int i = 0; i < n; i++)
+        if (send_one(viewers[i], first, count))
+            attention[k++] = i;
+    return k;
 }

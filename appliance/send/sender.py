@@ -198,19 +198,20 @@ class RtpSender:
         self._last_sr_mid32 = 0
         self._capture_ns = -1
         self._capture_ntp = 0
-        self.stats = SenderStats()
+        self._stats = SenderStats()
         self.drops = DropReporter(logger, f"viewer {name}: packets the kernel refused")
         self.refused = DropReporter(logger, f"viewer {name}: retransmissions over budget")
         self._budget = RetransmitBudget()
         self.closed = False
         self.clock_ns = time.time_ns  # the wall clock of abs-send-time (tests fix it)
-        self._native: native.NativeLoop | None = None
+        self.native: native.NativeLoop | None = None
+        self.batch_type: type[native.NativeBatch] | None = None  # core/fanout.py's Batch
         if packet_loop == "c" or (
             packet_loop == "auto" and isinstance(output, UdpOutput) and native.available()
         ):
             if not isinstance(output, UdpOutput):
                 raise ValueError("the C packet loop sends from a plain socket only")
-            self._native = native.NativeLoop(
+            self.native = native.NativeLoop(
                 session,
                 output.sock,
                 output.address,
@@ -220,20 +221,32 @@ class RtpSender:
                 self._seq,
                 self._ts_offset,
             )
-            self._spans = self._native.v  # the C loop records the spans NACKs map back through
+            # The C loop keeps the counters, the keyframe wait and the spans NACKs map back through.
+            self._spans = self.native.v
+            self.batch_type = native.NativeBatch  # every viewer of a fan-out in one C call
 
     @property
     def packet_loop(self) -> str:
         """Which loop sends this viewer's packets: "c" or "python"."""
-        return "python" if self._native is None else "c"
+        return "python" if self.native is None else "c"
+
+    @property
+    def stats(self) -> SenderStats:
+        """What was sent and received; on the C loop, its counters read now."""
+        stats = self._stats
+        if self.native is not None:
+            v = self.native.v
+            stats.packets, stats.frames = v.packets, v.frames
+            stats.octets, stats.bytes = v.octets, v.bytes
+        return stats
 
     def sends(self) -> tuple[int, int]:
         """(system calls, datagrams) this sender's packets took so far."""
         calls = getattr(self._output, "calls", 0)
         datagrams = getattr(self._output, "datagrams", 0)
-        if self._native is not None:
-            calls += self._native.v.calls
-            datagrams += self._native.v.datagrams
+        if self.native is not None:
+            calls += self.native.v.calls
+            datagrams += self.native.v.datagrams
         return calls, datagrams
 
     @property
@@ -244,6 +257,12 @@ class RtpSender:
         """Send the packets of one access unit (absolute ring indices) to this viewer."""
         if self.closed or not indices:
             return
+        if self.native is not None:  # the C loop (a fan-out sends its whole NativeBatch instead)
+            if self.clock_ns is not time.time_ns:
+                self.native.v.now_ns = self.clock_ns()
+            if self.native.send(indices[0], len(indices)):
+                self.attend()
+            return
         ring = self._ring
         mask = ring.capacity - 1
         first = indices[0] & mask
@@ -251,9 +270,6 @@ class RtpSender:
             if not ring.flags[first] & FLAG_KEYFRAME:
                 return
             self._waiting_for_keyframe = False
-        if self._native is not None:
-            self._send_native(indices[0], len(indices))
-            return
         capture_ns = ring.capture_ns[first]
         if capture_ns != self._capture_ns:
             self._capture_ns = capture_ns
@@ -302,37 +318,29 @@ class RtpSender:
             self._flush(k, stride)
         self._seq = seq
         self._record_span(first_seq, indices[0], len(indices))
-        stats = self.stats
+        stats = self._stats
         stats.packets += len(indices)
         stats.octets += octets
         stats.frames += 1
         if stats.first_frame_at is None:
             stats.first_frame_at = time.monotonic()
 
-    def _send_native(self, first: int, count: int) -> None:
-        """The same in C (native.py): one call per access unit; what it reports is counted here."""
-        assert self._native is not None
-        v = self._native.v
-        if self.clock_ns is not time.time_ns:
-            v.now_ns = self.clock_ns()
-        sent = self._native.send(v, first, count)
-        stats = self.stats
-        stats.packets += sent
-        stats.octets += v.octets
-        stats.bytes += v.bytes
-        stats.frames += 1
-        if stats.first_frame_at is None:
-            stats.first_frame_at = time.monotonic()
-        if v.dropped or v.gso_error or v.srtp_status:
-            self._native_trouble(v)
-
-    def _native_trouble(self, v: Any) -> None:
+    def attend(self) -> None:
+        """What the C loop's last access unit for this viewer needs (it lists the viewer only
+        then): the first frame's time, GSO found missing, sends refused (the C loop already waits
+        for a keyframe; ask for one), libsrtp failing (raised: the fan-out drops the viewer)."""
+        assert self.native is not None
+        v = self.native.v
+        if v.first_frame and self._stats.first_frame_at is None:
+            self._stats.first_frame_at = time.monotonic()
         if v.gso_error:
             logger.info(
                 "UDP GSO unavailable here (%s): one datagram at a time", os.strerror(v.gso_error)
             )
         if v.dropped:
-            self._refused(v.dropped, v.error)
+            self._count_refused(v.dropped, v.error)
+            if v.want_keyframe:
+                self._request_keyframe()
         if v.srtp_status:
             raise SrtpError(v.srtp_status)
 
@@ -373,19 +381,18 @@ class RtpSender:
         total = (count - 1) * self._stride + last
         error = self._output.send(self._view[:total], self._stride if count > 1 else 0)
         if not error:
-            self.stats.bytes += total
+            self._stats.bytes += total
             return
-        self._refused(count, error)
-
-    def _refused(self, count: int, error: int) -> None:
-        """The kernel did not take `count` packets: counted, and the viewer resumes at the next
-        keyframe, which it asks for."""
-        self.stats.send_error = os.strerror(error)
-        self.stats.send_drops += count
-        self.drops.add(count)
-        if not self._waiting_for_keyframe:
+        self._count_refused(count, error)
+        if not self._waiting_for_keyframe:  # resume at the next keyframe, and ask for one
             self._waiting_for_keyframe = True
             self._request_keyframe()
+
+    def _count_refused(self, count: int, error: int) -> None:
+        """The kernel did not take `count` packets."""
+        self._stats.send_error = os.strerror(error)
+        self._stats.send_drops += count
+        self.drops.add(count)
 
     # --- RTCP from the viewer ---------------------------------------------------------------
 
@@ -427,8 +434,11 @@ class RtpSender:
         buf[header : header + size] = ring.slot_views[slot][:size]
         wire = self._protector.protect(0, header + size)
         if not self._output.send(self._view[:wire], 0):
-            self.stats.retransmits += 1
-            self.stats.bytes += wire
+            self._stats.retransmits += 1
+            if self.native is not None:
+                self.native.v.bytes += wire
+            else:
+                self._stats.bytes += wire
         return wire
 
     def on_keyframe_request(self, fir: bool) -> None:
@@ -474,4 +484,6 @@ class RtpSender:
     def close(self) -> None:
         if not self.closed:
             self.closed = True
+            if self.native is not None:
+                self.native.close()  # before its socket goes
             self._output.close()

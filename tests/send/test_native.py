@@ -7,15 +7,18 @@ the spans each loop records."""
 
 from __future__ import annotations
 
+import logging
 import os
 import random
 import socket
+import time
 from collections.abc import Iterator
 
 import pytest
 from pylibsrtp import Policy, Session
 
 from appliance.core import rtp
+from appliance.core.fanout import FanOut
 from appliance.core.packetizer import H264Packetizer
 from appliance.core.ring import PacketRing
 from appliance.send import native
@@ -80,6 +83,27 @@ def access_units() -> Iterator[tuple[bytes, bool]]:
             yield annexb(nal(7, 20), nal(8, 5), nal(5, 30_000)), True
 
 
+def pin_clock(sender: RtpSender, ns: int) -> None:
+    """The wall clock abs-send-time is read from, fixed at `ns` for this sender (both loops read
+    the real clock otherwise: the C one, clock_gettime, when `now_ns` is 0)."""
+    sender.clock_ns = lambda: ns
+    if sender.native is not None:
+        sender.native.v.now_ns = ns
+
+
+# The viewers of one run: on the C loop, sent to alone (send_range) or in the fan-out's batch (one
+# C call per access unit for all), and on the Python loop; the late ones join mid-GOP.
+VIEWERS = {
+    "c-alone": "c",
+    "c-batch-1": "c",
+    "c-batch-2": "c",
+    "python": "python",
+    "c-late": "c",
+    "python-late": "python",
+}
+LATE_AT = 40
+
+
 @pytest.mark.parametrize("profile", PROFILES)
 @pytest.mark.parametrize("family", [socket.AF_INET, socket.AF_INET6], ids=["ipv4", "ipv6"])
 def test_the_c_loop_puts_the_python_loop_s_bytes_on_the_wire(
@@ -90,48 +114,60 @@ def test_the_c_loop_puts_the_python_loop_s_bytes_on_the_wire(
     key = os.urandom(key_length)
     ring = PacketRing(4096, MAX)
     packetizer = H264Packetizer(ring, MAX)
-    wires = {loop: Wire(family) for loop in ("c", "python")}
+    wires = {name: Wire(family) for name in VIEWERS}
     senders: dict[str, RtpSender] = {}
     request.addfinalizer(lambda: [x.close() for x in [*senders.values(), *wires.values()]])
     seed = seed_near_the_wrap()
-    for loop, wire in wires.items():
-        random.seed(seed)  # the same sequence number and timestamp offset on both
-        senders[loop] = RtpSender(
-            f"viewer-{loop}",
+    for name, loop in VIEWERS.items():
+        random.seed(seed)  # the same sequence number and timestamp offset on all
+        senders[name] = RtpSender(
+            name,
             ring,
             NEGOTIATED,
             Session(Policy(key, Policy.SSRC_ANY_OUTBOUND, srtp_profile=srtp_profile)),
-            UdpOutput(wire.sender, wire.viewer.getsockname()),  # type: ignore[arg-type]
+            UdpOutput(wires[name].sender, wires[name].viewer.getsockname()),  # type: ignore[arg-type]
             lambda: None,
             packet_loop=loop,
         )
-    assert {loop: s.packet_loop for loop, s in senders.items()} == {"c": "c", "python": "python"}
-    now = [1_790_000_000_123_456_789]
-    for sender in senders.values():
-        sender.clock_ns = lambda: now[0]
+        assert senders[name].packet_loop == loop
+    fanout = FanOut("cam", "video")
+    for name in ("c-batch-1", "python", "c-batch-2"):
+        fanout.add(senders[name])
+    assert len(fanout) == 3 and len(fanout._sinks) == 1  # the C ones went into one batch
+    now = 1_790_000_000_123_456_789
 
     packets = 0
     longest = 0
     for i, (au, keyframe) in enumerate(access_units()):
-        if i == 0:  # before the first keyframe: nothing is sent, by either
+        if i == 0:  # before the first keyframe: nothing is sent, by either loop
             p_frame = packetizer.packetize(annexb(nal(1, 900)), 0, 0, False)
-            for sender in senders.values():
-                sender.send_range(p_frame)
-        capture_ns = now[0] - 40_000_000 + i * 33_333_333
-        indices = packetizer.packetize(au, 1000 + i * 3000, capture_ns, keyframe)
+            senders["c-alone"].send_range(p_frame)
+            fanout.send(p_frame)
+        if i == LATE_AT:
+            fanout.add(senders["c-late"])
+            fanout.add(senders["python-late"])
         for sender in senders.values():
-            sender.send_range(indices)
+            pin_clock(sender, now)
+        capture_ns = now - 40_000_000 + i * 33_333_333
+        indices = packetizer.packetize(au, 1000 + i * 3000, capture_ns, keyframe)
+        senders["c-alone"].send_range(indices)
+        fanout.send(indices)
         for wire in wires.values():
             wire.drain()
-        now[0] += 33_366_667
+        now += 33_366_667
         packets += len(indices)
         longest = max(longest, len(indices))
     assert longest > MAX_SEGMENTS  # an access unit took more than one GSO batch
 
-    c, python = wires["c"].received, wires["python"].received
-    assert len(c) == len(python) == packets
-    assert c == python
-    seqs = [int.from_bytes(d[2:4], "big") for d in c]
+    received = {name: wire.received for name, wire in wires.items()}
+    python = received["python"]
+    assert len(python) == packets
+    for name in ("c-alone", "c-batch-1", "c-batch-2"):
+        assert received[name] == python, name
+    # The late ones started at the keyframe after they joined, with the same bytes.
+    assert 0 < len(received["c-late"]) < packets
+    assert received["c-late"] == received["python-late"]
+    seqs = [int.from_bytes(d[2:4], "big") for d in python]
     assert 0xFFFF in seqs and 0 in seqs  # crossed the wrap
 
     # What a viewer NACKs is found in the ring through the spans each loop recorded: the same
@@ -144,17 +180,36 @@ def test_the_c_loop_puts_the_python_loop_s_bytes_on_the_wire(
     for wire in wires.values():
         wire.received.clear()
         wire.drain()
-    assert len(wires["c"].received) == 2
-    assert wires["c"].received == wires["python"].received
+    assert len(wires["c-batch-1"].received) == 2
+    assert wires["c-batch-1"].received == wires["python"].received
 
     # and a viewer unprotects them: real SRTP, not just equal bytes
     inbound = Session(Policy(key, Policy.SSRC_ANY_INBOUND, srtp_profile=srtp_profile))
-    assert inbound.unprotect(c[0])[12:] and inbound.unprotect(c[-1])
-    for loop, sender in senders.items():
-        assert sender.stats.packets == packets and sender.stats.send_drops == 0, loop
-    assert senders["c"].stats.octets == senders["python"].stats.octets
-    assert senders["c"].stats.bytes == senders["python"].stats.bytes
-    assert senders["c"].sends()[1] == senders["python"].sends()[1] == packets + 2  # and the RTX
+    assert inbound.unprotect(python[0])[12:] and inbound.unprotect(python[-1])
+    reference = senders["python"].stats
+    for name in ("c-alone", "c-batch-1", "c-batch-2"):
+        stats = senders[name].stats
+        assert stats.packets == packets and stats.send_drops == 0, name
+        assert (stats.octets, stats.bytes, stats.frames) == (
+            reference.octets,
+            reference.bytes,
+            reference.frames,
+        ), name
+        assert stats.first_frame_at is not None
+        assert senders[name].sends()[1] == packets + 2  # and the RTX
+
+    # With the real clock (no pin), the C loop's abs-send-time is the Python loop's reading.
+    c_sender = senders["c-alone"]
+    assert c_sender.native is not None
+    c_sender.clock_ns, c_sender.native.v.now_ns = time.time_ns, 0
+    before = rtp.abs_send_time(time.time_ns())
+    c_sender.send_range(packetizer.packetize(annexb(nal(5, 500)), 0, time.time_ns(), True))
+    wires["c-alone"].received.clear()
+    wires["c-alone"].drain()
+    (datagram,) = wires["c-alone"].received
+    at = rtp.HeaderLayout.build(108, 1, IDS, "video0").abs_send_time_at
+    sent = int.from_bytes(datagram[at : at + 3], "big")
+    assert (sent - before) % (1 << 24) < (1 << 18)  # within a second (6.18 fixed point)
 
 
 def test_the_loop_for_this_machine_was_built_and_loads() -> None:
@@ -162,3 +217,51 @@ def test_the_loop_for_this_machine_was_built_and_loads() -> None:
     there, loaded, and says so once in the log."""
     assert native.library_path().exists(), native.WHY_NOT
     assert native.LIB is not None, native.WHY_NOT
+
+
+def test_a_viewer_whose_srtp_fails_leaves_the_batch_and_the_others_keep_their_video(
+    request: pytest.FixtureRequest, caplog: pytest.LogCaptureFixture
+) -> None:
+    """libsrtp refusing one viewer's packets (here, for real: its session knows another SSRC
+    only) is that viewer's trouble: the fan-out drops it with one log line, and the viewers in
+    the same C call carry on."""
+    key = os.urandom(30)
+    ring = PacketRing(1024, MAX)
+    packetizer = H264Packetizer(ring, MAX)
+    wires = [Wire(socket.AF_INET) for _ in range(3)]
+    senders: list[RtpSender] = []
+    request.addfinalizer(lambda: [x.close() for x in [*senders, *wires]])
+    fanout = FanOut("cam", "video")
+    for i, wire in enumerate(wires):
+        policy = (
+            Policy(key, Policy.SSRC_SPECIFIC, ssrc_value=NEGOTIATED.ssrc + 1)  # not ours
+            if i == 1
+            else Policy(key, Policy.SSRC_ANY_OUTBOUND)
+        )
+        senders.append(
+            RtpSender(
+                f"v{i}",
+                ring,
+                NEGOTIATED,
+                Session(policy),
+                UdpOutput(wire.sender, wire.viewer.getsockname()),  # type: ignore[arg-type]
+                lambda: None,
+                packet_loop="c",
+            )
+        )
+        fanout.add(senders[-1])
+    sent = 0
+    with caplog.at_level(logging.ERROR):
+        for i in range(5):
+            indices = packetizer.packetize(
+                annexb(nal(5 if i == 0 else 1, 3000)), i * 3000, 0, i == 0
+            )
+            fanout.send(indices)
+            sent += len(indices)
+    for wire in wires:
+        wire.drain()
+    assert len(fanout) == 2 and senders[1] not in fanout
+    assert caplog.text.count("a viewer's sender failed") == 1
+    assert "srtp_protect failed with libsrtp status" in caplog.text
+    assert len(wires[0].received) == len(wires[2].received) == sent
+    assert wires[1].received == []
