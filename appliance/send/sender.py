@@ -211,16 +211,22 @@ class RtpSender:
         ):
             if not isinstance(output, UdpOutput):
                 raise ValueError("the C packet loop sends from a plain socket only")
-            self.native = native.NativeLoop(
-                session,
-                output.sock,
-                output.address,
-                self._layout,
-                ring,
-                self._buffer,
-                self._seq,
-                self._ts_offset,
-            )
+            try:
+                self.native = native.NativeLoop(
+                    session,
+                    output.sock,
+                    output.address,
+                    self._layout,
+                    ring,
+                    self._buffer,
+                    self._seq,
+                    self._ts_offset,
+                )
+            except (ValueError, OSError) as e:  # an address or header the C loop cannot take
+                if packet_loop == "c":
+                    raise
+                logger.info("viewer %s: sent by the Python loop: %s", name, e)
+        if self.native is not None:
             # The C loop keeps the counters, the keyframe wait and the spans NACKs map back through.
             self._spans = self.native.v
             self.batch_type = native.NativeBatch  # every viewer of a fan-out in one C call

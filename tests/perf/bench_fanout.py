@@ -25,6 +25,9 @@ its threads) and RSS from /proc. `--pin`: the server (this process, or Janus) on
 viewers (and Janus's feed) on core 1.
 `--max-load 0.8`: the fast path's viewers are admitted as the daemon admits them (stream.max_load,
 devices/headroom.py): those past its room get 503, and the figures are those of the admitted.
+The fast path's packets go through the C packet loop (send/packetloop.c) where it was built;
+`APPLIANCE_PACKET_LOOP=python` in the environment measures the Python loop instead. Lines say
+which: `fast/c` or `fast/py`.
 `--profile FILE`: cProfile of the daemon over the measurement window of the largest fast-path case
 (pstats format; cProfile's own overhead inflates Python-heavy code, so read it for shares only).
 """
@@ -53,6 +56,7 @@ from appliance.core.stream import Stream
 from appliance.devices.headroom import HeadroomWatch
 from appliance.http.sessions import SessionRegistry
 from appliance.http.status import STATUS_KEY
+from appliance.send import native
 from tests import netns
 from tests.apps import app_for
 from tests.perf.janus_fanout import RtpFeeder, janus_streaming
@@ -397,6 +401,7 @@ async def main() -> None:
     aus = access_units(workload=args.workload)
     pkts_per_s = sum(-(-len(au) // 1290) for au, _ in aus) * 30 / len(aus)
     results = []
+    fast_label = "fast/c" if native.available() else "fast/py"
     for path, counts in (("fast", args.fast), ("aiortc", args.aiortc), ("janus", args.janus)):
         if not counts:
             continue
@@ -408,8 +413,9 @@ async def main() -> None:
             base = await case(path, 0, args.seconds, aus)
         results.append(base)
         what = "its RTP input" if path == "janus" else "replay and packetizing"
+        label = fast_label if path == "fast" else path
         print(
-            f"{path:6}    0 viewers: server CPU {base['cpu'] * 100:5.1f} % ({what}), "
+            f"{label:7}    0 viewers: server CPU {base['cpu'] * 100:5.1f} % ({what}), "
             f"RSS {base['rss_mb']:6.1f} MB",
             flush=True,
         )
@@ -433,7 +439,7 @@ async def main() -> None:
                 else ""
             )
             print(
-                f"{path:6} {n:4d} viewers: server CPU {r['cpu'] * 100:5.1f} % "
+                f"{label:7} {n:4d} viewers: server CPU {r['cpu'] * 100:5.1f} % "
                 f"(kernel {r['kernel'] * 100:4.1f}) "
                 f"({r['us_per_packet_viewer']:5.2f} µs/pkt/viewer, {r['ms_per_viewer_s']:4.2f} ms/s "
                 f"per viewer), {skew}slowest viewer {r['min_fps']:4.1f} fps, "
@@ -456,7 +462,7 @@ async def main() -> None:
             first, last = ramp[0], ramp[-1]
             slope = (last["rss_mb"] - first["rss_mb"]) * 1024 / (last["viewers"] - first["viewers"])
             print(
-                f"{path:6} memory per viewer (RSS slope {first['viewers']}→{last['viewers']} viewers): "
+                f"{label:7} memory per viewer (RSS slope {first['viewers']}→{last['viewers']} viewers): "
                 f"{slope:.0f} KB",
                 flush=True,
             )

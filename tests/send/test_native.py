@@ -265,3 +265,33 @@ def test_a_viewer_whose_srtp_fails_leaves_the_batch_and_the_others_keep_their_vi
     assert "srtp_protect failed with libsrtp status" in caplog.text
     assert len(wires[0].received) == len(wires[2].received) == sent
     assert wires[1].received == []
+
+
+def test_an_address_the_c_loop_cannot_take_falls_back_to_the_python_loop(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """A link-local viewer address naming an interface this machine does not have: the viewer is
+    served by the Python loop (whose sendto then reports what the kernel says), not refused."""
+    sock = socket.socket(socket.AF_INET6, socket.SOCK_DGRAM)
+    session = Session(Policy(bytes(30), Policy.SSRC_ANY_OUTBOUND))
+    with caplog.at_level(logging.INFO):
+        sender = RtpSender(
+            "v",
+            PacketRing(16, MAX),
+            NEGOTIATED,
+            session,
+            UdpOutput(sock, ("fe80::1%nosuchif0", 9, 0, 0)),  # type: ignore[arg-type]
+            lambda: None,
+        )
+    try:
+        assert sender.packet_loop == "python"
+        assert "viewer v: sent by the Python loop" in caplog.text
+        output = UdpOutput(sock, ("fe80::1%nosuchif0", 9, 0, 0))  # type: ignore[arg-type]
+        with pytest.raises(OSError):  # unless the C loop was asked for by name
+            RtpSender(
+                "w", PacketRing(16, MAX), NEGOTIATED, session, output, lambda: None, packet_loop="c"
+            )
+        output.close()
+    finally:
+        sender.close()
+        sock.close()
