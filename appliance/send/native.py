@@ -36,63 +36,12 @@ from appliance.core.ring import PacketRing
 
 logger = logging.getLogger(__name__)
 
-HEADER_MAX = 64
-SPANS = 256
-
-CDEF = f"""
-typedef int (*pl_protect_fn)(void *srtp, void *packet, int *length);
-struct pl_viewer {{
-    void *srtp;
-    pl_protect_fn protect;
-    int fd;
-    int gso;
-    uint8_t addr[112];
-    int addrlen;
-    uint8_t *buf;
-    int buf_size;
-    uint8_t header[{HEADER_MAX}];
-    int header_len;
-    int abs_send_at;
-    int abs_capture_at;
-    const uint8_t *ring;
-    int slot_size;
-    int64_t mask;
-    const uint32_t *lengths;
-    const int64_t *timestamps;
-    const int64_t *capture_ns;
-    const uint8_t *flags;
-    uint32_t ts_offset;
-    int64_t now_ns;
-    int closed;
-    int waiting;
-    uint16_t seq;
-    int stride;
-    int batch;
-    int64_t last_capture_ns;
-    uint64_t capture_ntp;
-    uint16_t span_seq[{SPANS}];
-    int64_t span_index[{SPANS}];
-    int32_t span_count[{SPANS}];
-    int span_next;
-    int spans;
-    uint64_t calls;
-    uint64_t datagrams;
-    uint64_t packets;
-    uint64_t frames;
-    uint64_t octets;
-    uint64_t bytes;
-    int first_frame;
-    int dropped;
-    int error;
-    int want_keyframe;
-    int gso_error;
-    int srtp_status;
-}};
-int pl_send_all(struct pl_viewer **viewers, int n, int64_t first, int count, int *attention);
-"""
+# The struct and the function, as packetloop.c itself includes them.
+CDEF = Path(__file__).with_name("packetloop.h").read_text()
 
 _ffi = FFI()
 _ffi.cdef(CDEF)
+HEADER_MAX = len(_ffi.new("struct pl_viewer *").header)  # the longest RTP header it takes
 
 
 def library_path(machine: str | None = None) -> Path:

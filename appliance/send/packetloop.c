@@ -3,13 +3,14 @@
  * One call per access unit walks every viewer on this loop (pl_send_all). For each, it does what
  * appliance/send/sender.py's RtpSender.send_range() does in Python, packet for packet and byte
  * for byte (tests/send/test_native.py compares the two on the wire): skip the access unit while
- * the viewer waits for a keyframe; for each packet of the access unit, write the viewer's RTP header (its template with the access unit's timestamp,
- * abs-send-time and abs-capture-time filled once, then per packet the sequence number and the
- * last packet's marker), copy the payload from its ring slot (the one copy per packet per
+ * the viewer waits for a keyframe; for each packet of the access unit, write the viewer's RTP
+ * header (its template with the access unit's timestamp, abs-send-time and abs-capture-time
+ * filled once, then per packet the sequence number and the last packet's marker), copy the payload from its ring slot (the one copy per packet per
  * viewer), protect it in place with the viewer's libsrtp session, and hand runs of equal-size
  * packets to the kernel in one sendmsg() with UDP GSO (UDP_SEGMENT). No heap allocation, no
  * Python object, no lock: the caller (the event loop's thread) owns the viewer and the buffer.
  *
+ * The struct and the function are in packetloop.h, which native.py also reads for its cdef.
  * Loaded with cffi in ABI mode (appliance/send/native.py): no Python.h, so one shared object
  * per architecture serves every CPython. libsrtp is not linked: srtp_protect() is called
  * through the pointer pylibsrtp's own binding exports, so that both paths run the same libsrtp.
@@ -29,67 +30,15 @@
 #define UDP_SEGMENT 103
 #endif
 
-#define PL_HEADER_MAX 64
-#define PL_SPANS 256
+#define PL_SPANS 256 /* as the arrays in packetloop.h */
 #define PL_MAX_SEGMENTS 40          /* as sender.MAX_SEGMENTS */
 #define PL_MAX_DATAGRAMS_BYTES 65000 /* as sender.MAX_DATAGRAMS_BYTES */
 #define PL_FLAG_MARKER 0x01
 #define PL_FLAG_KEYFRAME 0x02
 #define NTP_UNIX_OFFSET 2208988800ULL
 
-typedef int (*pl_protect_fn)(void *srtp, void *packet, int *length);
+#include "packetloop.h"
 
-/* Keep in step with the cdef in native.py. */
-struct pl_viewer {
-    /* set once, by native.py */
-    void *srtp;
-    pl_protect_fn protect;
-    int fd;
-    int gso;                /* 1 until the kernel refuses UDP_SEGMENT */
-    uint8_t addr[112];      /* sockaddr_in, sockaddr_in6 or sockaddr_un */
-    int addrlen;
-    uint8_t *buf;           /* the send buffer, shared by senders alike */
-    int buf_size;
-    uint8_t header[PL_HEADER_MAX]; /* the viewer's header template (marker clear, seq 0) */
-    int header_len;
-    int abs_send_at;        /* offset of the 3-byte abs-send-time, or -1 */
-    int abs_capture_at;     /* offset of the 8-byte abs-capture-time, or -1 */
-    const uint8_t *ring;
-    int slot_size;
-    int64_t mask;
-    const uint32_t *lengths;
-    const int64_t *timestamps;
-    const int64_t *capture_ns;
-    const uint8_t *flags;
-    uint32_t ts_offset;
-    int64_t now_ns;         /* 0: the real-time clock; otherwise the wall clock to use (tests) */
-    int closed;             /* set by the sender's close(): sends nothing more */
-    /* kept between calls */
-    int waiting;            /* for a keyframe: at the start, and after the kernel refused a send */
-    uint16_t seq;
-    int stride;             /* a full packet on the wire; 0 until the first protect */
-    int batch;              /* packets per sendmsg */
-    int64_t last_capture_ns;
-    uint64_t capture_ntp;
-    uint16_t span_seq[PL_SPANS];     /* per access unit sent: first sequence number... */
-    int64_t span_index[PL_SPANS];    /* ...its first ring index... */
-    int32_t span_count[PL_SPANS];    /* ...and its packets (NACK maps back through these) */
-    int span_next;
-    int spans;
-    uint64_t calls;         /* sendmsg/sendto calls made, and datagrams in them */
-    uint64_t datagrams;
-    uint64_t packets;       /* packets and access units sent, payload octets (RTCP SR counts) */
-    uint64_t frames;
-    uint64_t octets;
-    uint64_t bytes;         /* datagram bytes the kernel took */
-    /* what the last access unit needs the sender to do (pl_send_all lists the viewer) */
-    int first_frame;        /* it was the viewer's first: note when */
-    int dropped;            /* packets the kernel refused... */
-    int error;              /* ...with this errno */
-    int want_keyframe;      /* and the viewer now waits for a keyframe: ask the stream for one */
-    int gso_error;          /* errno with which GSO was found missing (the call turned gso off) */
-    int srtp_status;        /* libsrtp's status if protecting failed (the call stopped there) */
-};
 
 static uint64_t ntp_from_unix_ns(int64_t unix_ns)
 {
@@ -193,7 +142,7 @@ static int send_one(struct pl_viewer *v, int64_t first, int count)
         v->capture_ntp = ntp_from_unix_ns(capture_ns);
     }
     /* The access unit's header: template, timestamp, abs-send-time, abs-capture-time. */
-    uint8_t header[PL_HEADER_MAX];
+    uint8_t header[sizeof ((struct pl_viewer *)0)->header];
     int header_len = v->header_len;
     memcpy(header, v->header, (size_t)header_len);
     put32(header + 4, (uint32_t)(v->ts_offset + (uint32_t)v->timestamps[slot0]));
@@ -282,9 +231,7 @@ static int send_one(struct pl_viewer *v, int64_t first, int count)
     return v->first_frame || v->dropped || v->gso_error || v->srtp_status;
 }
 
-/* Send the `count` packets of one access unit, from absolute ring index `first`, to each of the
- * `n` viewers. Writes the positions of the viewers whose sender must look at what happened
- * (first frame, refused sends, GSO missing, libsrtp failing) to `attention`; returns how many. */
+/* See packetloop.h. */
 int pl_send_all(struct pl_viewer **viewers, int n, int64_t first, int count, int *attention)
 {
     int k = 0;
