@@ -84,6 +84,10 @@ class TakenOver(Protocol):
     def report(self) -> bytes | None:
         """A sender report to send now, or None."""
 
+    @property
+    def reports_in_batch(self) -> bool:
+        """Its sender reports are sent elsewhere (one tick for every viewer of the stream)."""
+
     def bye(self) -> bytes | None:
         """The RTCP BYE to send when stopping, or None."""
 
@@ -129,6 +133,8 @@ def take_over(sender: RTCRtpSender, track: TakenOver) -> None:
         try:
             while True:
                 await asyncio.sleep(0.5 + random.random())  # RFC 3550 6.2: randomized interval
+                if track.reports_in_batch:  # the stream's one tick sends them (NativeBatch)
+                    await asyncio.Event().wait()  # until stop() cancels us; then the BYE
                 report = track.report()
                 if report is not None:
                     await sender.transport._send_rtp(report)

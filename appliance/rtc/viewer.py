@@ -191,6 +191,12 @@ class FastTrack:
     def report(self) -> bytes | None:
         return self.sender.sender_report() if self.sender is not None else None
 
+    @property
+    def reports_in_batch(self) -> bool:
+        """Its sender reports go out with every other viewer's of the stream, from one tick
+        (send/native.py's NativeBatch), not from this viewer's own RTCP task."""
+        return self.sender is not None and self.sender.reports_in_batch
+
     def bye(self) -> bytes | None:
         return self.sender.bye() if self.sender is not None else None
 

@@ -16,6 +16,7 @@ Edge module: loads native code, and reads pylibsrtp's private `Session._srtp` an
 
 from __future__ import annotations
 
+import asyncio
 import ipaddress
 import logging
 import os
@@ -62,14 +63,19 @@ def _load() -> tuple[Any, str | None]:
 
 
 LIB, WHY_NOT = _load()
-_PROTECT = (
-    _ffi.cast(
-        "pl_protect_fn",
-        int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, "srtp_protect"))),
+
+
+def _libsrtp(name: str) -> Any:
+    """A libsrtp function, as the pointer pylibsrtp's binding holds."""
+    return _ffi.cast(
+        "pl_protect_fn", int(srtp_ffi.cast("uintptr_t", srtp_ffi.addressof(srtp_lib, name)))
     )
-    if LIB is not None
-    else None
+
+
+_PROTECT, _PROTECT_RTCP = (
+    (_libsrtp("srtp_protect"), _libsrtp("srtp_protect_rtcp")) if LIB is not None else (None, None)
 )
+REPORT_INTERVAL_S = 1.0  # RTCP sender reports, every viewer of a fan-out at once
 _said = False
 
 
@@ -119,6 +125,8 @@ class NativeLoop:
         buffer: bytearray,
         seq: int,
         ts_offset: int,
+        clock_rate: int,
+        sdes: bytes,
     ) -> None:
         if LIB is None:
             raise RuntimeError(f"no C packet loop: {WHY_NOT}")
@@ -157,6 +165,13 @@ class NativeLoop:
         v.seq = seq & 0xFFFF
         v.last_capture_ns = -1
         v.waiting = 1
+        v.protect_rtcp = _PROTECT_RTCP
+        v.clock_rate = clock_rate
+        if len(sdes) > len(v.sdes):
+            raise ValueError(f"a {len(sdes)}-byte SDES is longer than the C loop takes")
+        _ffi.memmove(v.sdes, sdes, len(sdes))
+        v.sdes_len = len(sdes)
+        self.ring = ring
         self._one = _ffi.new("struct pl_viewer *[1]", [v])
         self._attention = _ffi.new("int[1]")
 
@@ -187,6 +202,7 @@ class NativeBatch:
         self._senders: list[Attended] = []
         self._array: Any = None
         self._attention: Any = None
+        self._reports: asyncio.TimerHandle | None = None
 
     def _rebuild(self) -> None:
         loops = [s.native.v for s in self._senders if s.native is not None]
@@ -196,11 +212,38 @@ class NativeBatch:
     def add(self, sender: Attended) -> None:
         self._senders.append(sender)
         self._rebuild()
+        if self._reports is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:  # driven by hand (tests): reports only when asked, `report()`
+                return
+            self._reports = loop.call_later(REPORT_INTERVAL_S, self._tick)
 
     def remove(self, sender: Attended) -> None:
         if sender in self._senders:
             self._senders.remove(sender)
             self._rebuild()
+        if not self._senders and self._reports is not None:
+            self._reports.cancel()
+            self._reports = None
+
+    def _tick(self) -> None:
+        self._reports = asyncio.get_running_loop().call_later(REPORT_INTERVAL_S, self._tick)
+        self.report()
+
+    def report(self) -> int:
+        """An RTCP sender report to every viewer that has had a packet: one stream-wide tick
+        instead of a timer per viewer (rtc/internals.py's run_rtcp leaves C-loop viewers to it).
+        Returns the reports sent."""
+        senders = self._senders
+        if not senders or LIB is None:
+            return 0
+        first = senders[0].native
+        assert first is not None
+        head = first.ring.head
+        if not head:
+            return 0
+        return int(LIB.pl_report_all(self._array, len(senders), head - 1))
 
     def __len__(self) -> int:
         return len(self._senders)

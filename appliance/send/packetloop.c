@@ -242,3 +242,58 @@ int pl_send_all(struct pl_viewer **viewers, int n, int64_t first, int count, int
             attention[k++] = i;
     return k;
 }
+
+/* floor(a / b) for b > 0, as Python's // (the RTP time of a capture after "now" rounds down) */
+static int64_t floor_div(int64_t a, int64_t b)
+{
+    int64_t q = a / b;
+    return (a % b != 0 && a < 0) ? q - 1 : q;
+}
+
+static int report_one(struct pl_viewer *v, int64_t newest)
+{
+    uint8_t packet[28 + sizeof v->sdes + 32]; /* SR, SDES, the SRTCP trailer (tag, index) */
+    int64_t now = v->now_ns;
+    if (!now) {
+        struct timespec ts;
+        clock_gettime(CLOCK_REALTIME, &ts);
+        now = (int64_t)ts.tv_sec * 1000000000 + ts.tv_nsec;
+    }
+    int64_t slot = newest & v->mask;
+    int64_t elapsed = floor_div((now - v->capture_ns[slot]) * (int64_t)v->clock_rate, 1000000000);
+    uint32_t rtp_now = (uint32_t)(v->ts_offset + (uint64_t)v->timestamps[slot] + (uint64_t)elapsed);
+    uint64_t ntp = ntp_from_unix_ns(now);
+    packet[0] = 0x80;
+    packet[1] = 200; /* SR */
+    packet[2] = 0;
+    packet[3] = 6;
+    memcpy(packet + 4, v->header + 8, 4); /* our SSRC, from the RTP header template */
+    put32(packet + 8, (uint32_t)(ntp >> 32));
+    put32(packet + 12, (uint32_t)ntp);
+    put32(packet + 16, rtp_now);
+    put32(packet + 20, (uint32_t)v->packets);
+    put32(packet + 24, (uint32_t)v->octets);
+    memcpy(packet + 28, v->sdes, (size_t)v->sdes_len);
+    int length = 28 + v->sdes_len;
+    if (v->protect_rtcp(v->srtp, packet, &length) ||
+        sendto(v->fd, packet, (size_t)length, 0, (const struct sockaddr *)v->addr,
+               (socklen_t)v->addrlen) < 0) {
+        v->report_errors++;
+        return 0;
+    }
+    v->last_sr_mid32 = (uint32_t)(ntp >> 16);
+    v->reports++;
+    return 1;
+}
+
+/* See packetloop.h. */
+int pl_report_all(struct pl_viewer **viewers, int n, int64_t newest)
+{
+    int sent = 0;
+    for (int i = 0; i < n; i++) {
+        struct pl_viewer *v = viewers[i];
+        if (!v->closed && v->packets)
+            sent += report_one(v, newest);
+    }
+    return sent;
+}

@@ -53,9 +53,22 @@ struct pl_viewer {
     int want_keyframe;      /* and the viewer now waits for a keyframe: ask the stream for one */
     int gso_error;          /* errno with which GSO was found missing (the call turned gso off) */
     int srtp_status;        /* libsrtp's status if protecting failed (the call stopped there) */
+    /* RTCP sender reports (pl_report_all) */
+    pl_protect_fn protect_rtcp;
+    uint32_t clock_rate;
+    uint8_t sdes[272];      /* this viewer's SDES CNAME packet, sent after each SR */
+    int sdes_len;
+    uint32_t last_sr_mid32; /* the last SR's NTP time, middle 32 bits (RTT: the RR's LSR) */
+    uint64_t reports;       /* SRs sent, and those the kernel or libsrtp refused */
+    uint64_t report_errors;
 };
 
 /* Send the `count` packets of one access unit, from absolute ring index `first`, to each of the
  * `n` viewers. Writes the positions of the viewers whose sender must look at what happened
  * (first frame, refused sends, GSO missing, libsrtp failing) to `attention`; returns how many. */
 int pl_send_all(struct pl_viewer **viewers, int n, int64_t first, int count, int *attention);
+
+/* An RTCP sender report and SDES CNAME (RFC 3550 6.4.1, 6.5) to each of the `n` viewers that has
+ * been sent a packet, its RTP time extrapolated from the access unit at ring index `newest` and
+ * its capture time: SRTCP in place, one sendto each. Returns the reports sent. */
+int pl_report_all(struct pl_viewer **viewers, int n, int64_t newest);

@@ -221,6 +221,8 @@ class RtpSender:
                     self._buffer,
                     self._seq,
                     self._ts_offset,
+                    clock_rate,
+                    rtp.sdes_cname(negotiated.ssrc, negotiated.cname),
                 )
             except (ValueError, OSError) as e:  # an address or header the C loop cannot take
                 if packet_loop == "c":
@@ -462,24 +464,34 @@ class RtpSender:
         s.fraction_lost = fraction_lost / 256
         s.packets_lost = packets_lost
         s.jitter = jitter
-        if lsr and lsr == self._last_sr_mid32:
+        last_sr = self._last_sr_mid32 if self.native is None else self.native.v.last_sr_mid32
+        if lsr and lsr == last_sr:
             now_mid32 = (rtp.ntp_from_unix_ns(time.time_ns()) >> 16) & 0xFFFFFFFF
             s.rtt = max(0.0, ((now_mid32 - lsr - dlsr) & 0xFFFFFFFF) / 65536)
 
     # --- RTCP to the viewer -----------------------------------------------------------------
 
+    @property
+    def reports_in_batch(self) -> bool:
+        """Whether its fan-out's batch sends this viewer's sender reports (NativeBatch.report),
+        rather than its own RTCP task (`sender_report()`)."""
+        return self.native is not None
+
     def sender_report(self) -> bytes | None:
         """SR + SDES for this viewer (None before the first packet). The RTP timestamp is the
-        stream's clock now, extrapolated from the newest access unit's timestamp and capture time."""
+        stream's clock now, extrapolated from the newest access unit's timestamp and capture time.
+        (The C loop's pl_report_all writes the same bytes.)"""
         if not self.stats.packets:
             return None
         ring = self._ring
         newest = ring.slot(ring.head - 1)
-        now_ns = time.time_ns()
+        now_ns = self.clock_ns()
         elapsed = (now_ns - ring.capture_ns[newest]) * self._clock_rate // 1_000_000_000
         rtp_now = self._ts_offset + ring.timestamp[newest] + elapsed
         ntp = rtp.ntp_from_unix_ns(now_ns)
         self._last_sr_mid32 = (ntp >> 16) & 0xFFFFFFFF
+        if self.native is not None:  # where the RTT is read from on the C loop
+            self.native.v.last_sr_mid32 = self._last_sr_mid32
         return rtp.sender_report(
             self._n.ssrc, ntp, rtp_now, self.stats.packets, self.stats.octets
         ) + rtp.sdes_cname(self._n.ssrc, self._n.cname)

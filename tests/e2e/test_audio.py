@@ -114,6 +114,19 @@ async def test_chromium_plays_the_sound_with_the_picture(daemon: DaemonFactory) 
         assert state["muted"] is False
         # Little concealment: the packets arrive in time and in order.
         assert state["concealedSamples"] / state["audioSamples"] < 0.05, state
+        # The sender reports that map each track's RTP time to the wall clock (what lip sync
+        # rests on) reached Chromium: sent for every viewer at once by the C loop's tick.
+        reports = await page.evaluate(
+            """async () => {
+                const stats = await window.viewerClient.pc.getStats();
+                const out = {};
+                stats.forEach((s) => {
+                    if (s.type === "remote-outbound-rtp") out[s.kind] = s.reportsSent;
+                });
+                return out;
+            }"""
+        )
+        assert reports.get("video", 0) >= 1 and reports.get("audio", 0) >= 1, reports
 
 
 async def test_the_picture_alone_on_request(

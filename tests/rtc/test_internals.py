@@ -49,6 +49,7 @@ class Recorder:
 
     name = "contract"
     kind = "video"
+    reports_in_batch = False  # its own RTCP task asks it for reports
 
     def __init__(self) -> None:
         self.started: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()

@@ -15,6 +15,7 @@ import time
 from collections.abc import Iterator
 
 import pytest
+from aiortc.rtp import RtcpPacket
 from pylibsrtp import Policy, Session
 
 from appliance.core import rtp
@@ -295,3 +296,54 @@ def test_an_address_the_c_loop_cannot_take_falls_back_to_the_python_loop(
     finally:
         sender.close()
         sock.close()
+
+
+def test_the_batch_s_sender_reports_are_the_python_loop_s(request: pytest.FixtureRequest) -> None:
+    """One tick sends every C-loop viewer its RTCP SR + SDES (NativeBatch.report, instead of a
+    timer per viewer): after SRTCP comes off, the bytes RtpSender.sender_report() builds, with
+    the RTP time extrapolated from the newest access unit; and the viewer's receiver report that
+    echoes it gives the round trip."""
+    key = os.urandom(30)
+    ring = PacketRing(1024, MAX)
+    packetizer = H264Packetizer(ring, MAX)
+    wires = {loop: Wire(socket.AF_INET) for loop in ("c", "python")}
+    senders: dict[str, RtpSender] = {}
+    request.addfinalizer(lambda: [x.close() for x in [*senders.values(), *wires.values()]])
+    seed = seed_near_the_wrap()
+    for loop, wire in wires.items():
+        random.seed(seed)
+        senders[loop] = RtpSender(
+            loop,
+            ring,
+            NEGOTIATED,
+            Session(Policy(key, Policy.SSRC_ANY_OUTBOUND)),
+            UdpOutput(wire.sender, wire.viewer.getsockname()),  # type: ignore[arg-type]
+            lambda: None,
+            packet_loop=loop,
+        )
+    batch = native.NativeBatch()
+    batch.add(senders["c"])
+    now = 1_790_000_000_000_000_000
+    assert batch.report() == 0  # nothing sent yet: no report
+    for i in range(10):
+        indices = packetizer.packetize(annexb(nal(5 if i == 0 else 1, 2500)), i * 3000, now, i == 0)
+        senders["python"].send_range(indices)
+        pin_clock(senders["c"], now)
+        batch.send_range(indices)
+        now += 33_333_333
+    now += 12_345_678  # a report between two access units: RTP time extrapolated
+    for sender in senders.values():
+        pin_clock(sender, now)
+    wires["c"].drain()  # the access units
+    wires["c"].received.clear()
+    assert batch.report() == 1
+    wires["c"].drain()
+    (srtcp,) = wires["c"].received
+    inbound = Session(Policy(key, Policy.SSRC_ANY_INBOUND))
+    expected = senders["python"].sender_report()
+    assert expected is not None and inbound.unprotect_rtcp(srtcp) == expected
+
+    sr = RtcpPacket.parse(expected)[0]
+    lsr = (sr.sender_info.ntp_timestamp >> 16) & 0xFFFFFFFF
+    senders["c"].on_receiver_report(0, 0, 0, lsr, 0)
+    assert senders["c"].stats.rtt is not None
