@@ -82,3 +82,26 @@ sock.close()
         "appliance.send.native: the C packet loop is not here (APPLIANCE_PACKET_LOOP=python): "
         "the Python send path serves"
     ]
+
+
+def test_a_loop_built_from_another_header_is_refused_not_run(tmp_path: Path) -> None:
+    """A shared object left from before packetloop.h changed (an editable install not rebuilt)
+    would read and write the struct at the wrong places: it is refused, and the Python loop
+    serves, rather than memory being corrupted."""
+    from appliance.send import native
+
+    source = tmp_path / "src"
+    source.mkdir()
+    header = (ROOT / "appliance/send/packetloop.h").read_text()
+    grown = header.replace("uint64_t report_errors;", "uint64_t report_errors;\n    int added;")
+    assert grown != header
+    (source / "packetloop.h").write_text(grown)
+    (source / "packetloop.c").write_text((ROOT / "appliance/send/packetloop.c").read_text())
+    stale = tmp_path / "packetloop-stale.so"
+    subprocess.run(
+        ["cc", *build_native().FLAGS, "-o", str(stale), str(source / "packetloop.c")], check=True
+    )
+    lib, why = native.load(stale)
+    assert lib is None and why is not None and "another packetloop.h" in why
+    current, why = native.load(native.library_path())
+    assert current is not None and why is None

@@ -53,13 +53,20 @@ def _load() -> tuple[Any, str | None]:
     """(the library, None), or (None, why the Python path serves)."""
     if os.environ.get("APPLIANCE_PACKET_LOOP", "").lower() == "python":
         return None, "APPLIANCE_PACKET_LOOP=python"
-    path = library_path()
+    return load(library_path())
+
+
+def load(path: Path) -> tuple[Any, str | None]:
+    """The C loop in `path`, as `_load`."""
     if not path.exists():
         return None, f"{path.name} was not built (no C compiler when the package was built?)"
     try:
-        return _ffi.dlopen(str(path)), None
+        lib = _ffi.dlopen(str(path))
     except OSError as e:
         return None, f"{path.name} does not load: {e}"
+    if lib.pl_layout() != _ffi.sizeof("struct pl_viewer"):
+        return None, f"{path.name} was built from another packetloop.h (reinstall to rebuild it)"
+    return lib, None
 
 
 LIB, WHY_NOT = _load()

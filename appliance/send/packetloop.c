@@ -297,3 +297,9 @@ int pl_report_all(struct pl_viewer **viewers, int n, int64_t newest)
     }
     return sent;
 }
+
+/* See packetloop.h. */
+int pl_layout(void)
+{
+    return (int)sizeof(struct pl_viewer);
+}

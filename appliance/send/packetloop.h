@@ -72,3 +72,7 @@ int pl_send_all(struct pl_viewer **viewers, int n, int64_t first, int count, int
  * been sent a packet, its RTP time extrapolated from the access unit at ring index `newest` and
  * its capture time: SRTCP in place, one sendto each. Returns the reports sent. */
 int pl_report_all(struct pl_viewer **viewers, int n, int64_t newest);
+
+/* sizeof(struct pl_viewer) as this build of packetloop.c has it: native.py refuses a shared object
+ * built from another version of this header (a stale build) rather than corrupt memory. */
+int pl_layout(void);
