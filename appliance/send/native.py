@@ -11,7 +11,8 @@ is the reference the C loop is tested against, and the daemon says so in one log
 compare the two).
 
 Edge module: loads native code, and reads pylibsrtp's private `Session._srtp` and its binding's
-`srtp_protect` (see send/srtp.py), so that both paths protect with the same libsrtp.
+`srtp_protect` and `srtp_protect_rtcp` (see send/srtp.py), so that both paths protect with the
+same libsrtp.
 """
 
 from __future__ import annotations
@@ -217,6 +218,8 @@ class NativeBatch:
         self._attention = _ffi.new("int[]", max(1, len(loops)))
 
     def add(self, sender: Attended) -> None:
+        if sender.native is None:
+            raise ValueError("only a sender on the C loop joins a NativeBatch")
         self._senders.append(sender)
         self._rebuild()
         if self._reports is None:
