@@ -322,3 +322,15 @@ async def test_a_sendonly_receiver_loses_the_bitrate_estimator_it_never_uses() -
         assert 1234 in receiver._RTCRtpReceiver__active_ssrc
     finally:
         await pc.close()
+
+
+def test_the_shared_dtls_context_keeps_no_session_and_no_idle_buffers() -> None:
+    """One SSL context per SRTP profile list serves every connection: no session cache (it would
+    grow with every viewer) and OpenSSL's read and write buffers released while a connection is
+    idle (DTLS is idle once the handshake is done: about 34 KB a viewer otherwise)."""
+    internals.install()
+    certificate = RTCCertificate.generateCertificate()
+    context = certificate._create_ssl_context(srtp_profiles=[SRTP_AES128_CM_SHA1_80])
+    assert certificate._create_ssl_context(srtp_profiles=[SRTP_AES128_CM_SHA1_80]) is context
+    assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
+    assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # set_mode(0) reads the mode back
