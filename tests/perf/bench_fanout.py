@@ -17,7 +17,8 @@ Per case, over `--seconds` once every viewer receives video:
   (fast: measured around Stream.publish; aiortc: publish → the last viewer's marker packet in
   RTCDtlsTransport._send_rtp), p50 and p99; on the fast path also P-frames' p99 and keyframes' max;
 - the slowest viewer's received frame rate;
-- RSS, and its slope per viewer against the no-viewer run.
+- RSS, and its slope per viewer against the no-viewer run; for our daemon also what malloc holds
+  (glibc's mallinfo2, after a collection), which varies less from run to run than RSS.
 
 `--janus N,...`: the same workload (plain RTP, packetized as ours) and the same viewers through
 Debian's Janus, its streaming plugin on one event loop (tests/perf/janus_fanout.py): its CPU (all
@@ -37,6 +38,8 @@ from __future__ import annotations
 import argparse
 import asyncio
 import cProfile
+import ctypes
+import gc
 import itertools
 import json
 import os
@@ -66,6 +69,29 @@ from tests.perf.workload import WORKLOADS, access_units
 def rss_mb() -> float:
     with open("/proc/self/statm") as f:
         return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20
+
+
+class _MallInfo2(ctypes.Structure):
+    _fields_ = [
+        (name, ctypes.c_size_t)
+        for name in (
+            "arena", "ordblks", "smblks", "hblks", "hblkhd", "usmblks", "fsmblks", "uordblks",
+            "fordblks", "keepcost",
+        )
+    ]  # fmt: skip
+
+
+def malloc_mb() -> float:
+    """Bytes malloc holds for this process now (glibc's mallinfo2: in use, mmapped included),
+    in MB; what RSS shows less noisily (no pages freed late, no arena high-water marks). NaN
+    without glibc 2.33+."""
+    try:
+        mallinfo2 = ctypes.CDLL(None).mallinfo2
+    except AttributeError:
+        return float("nan")
+    mallinfo2.restype = _MallInfo2
+    info = mallinfo2()
+    return float(info.uordblks + info.hblkhd) / 2**20
 
 
 def cpu_s() -> float:
@@ -333,6 +359,8 @@ async def case(
         kernel = (kernel_s() - k0) / (time.monotonic() - t0)
         elapsed = time.monotonic() - t0
         rss = rss_mb()
+        gc.collect()
+        malloced = malloc_mb()
         sent = sum(s.media.describe().get("packets", 0) for s in sessions) - sent0
         min_fps = await load.min_fps(t0) if load is not None else 0.0
         skews = (
@@ -346,6 +374,7 @@ async def case(
             "cpu": cpu,
             "kernel": kernel,
             "rss_mb": rss,
+            "malloc_mb": malloced,
             "packets_sent": sent,
             "skew_p50_ms": pct(skews, 50),
             "skew_p99_ms": pct(skews, 99),
@@ -460,10 +489,13 @@ async def main() -> None:
                 )
         if len(ramp) >= 2:
             first, last = ramp[0], ramp[-1]
-            slope = (last["rss_mb"] - first["rss_mb"]) * 1024 / (last["viewers"] - first["viewers"])
+            added = last["viewers"] - first["viewers"]
+            slope = (last["rss_mb"] - first["rss_mb"]) * 1024 / added
+            malloced = (last.get("malloc_mb", float("nan")) - first.get("malloc_mb", 0)) * 1024
+            held = "" if malloced != malloced else f", malloc'd {malloced / added:.0f} KB"
             print(
                 f"{label:7} memory per viewer (RSS slope {first['viewers']}→{last['viewers']} viewers): "
-                f"{slope:.0f} KB",
+                f"{slope:.0f} KB{held}",
                 flush=True,
             )
     if args.json:
