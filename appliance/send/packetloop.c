@@ -209,12 +209,12 @@ static int send_one(struct pl_viewer *v, int64_t first, int count)
             k = 0;
         }
     }
-    if (k) {
-        int e = flush(v, k, wire);
+    if (k) { /* full-size packets all (a shorter one is flushed at once), as in Python */
+        int e = flush(v, k, v->stride);
         if (e)
             refused(v, k, e);
         else
-            v->bytes += (uint64_t)((k - 1) * v->stride + wire);
+            v->bytes += (uint64_t)(k * v->stride);
     }
     v->seq = seq;
     v->packets += (uint64_t)done;
