@@ -21,19 +21,27 @@ import os
 import signal
 import time
 from collections.abc import AsyncIterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from aiohttp import web
 
 from appliance import rtc
-from appliance.capture.sources import AudioSlot, SourceSlot, supervise, supervise_audio
+from appliance.capture.sources import (
+    AudioSlot,
+    Camera,
+    Claims,
+    SourceSlot,
+    supervise,
+    supervise_audio,
+)
 from appliance.config import Config, state_dir
 from appliance.core.stream import Stream
 from appliance.core.streams import Streams
 from appliance.devices import network
 from appliance.devices.clock import ClockWatch
 from appliance.devices.headroom import HeadroomWatch
+from appliance.devices.health import RecentWarnings
 from appliance.http.connections import ConnectionLimit, QuietAcceptErrors, raise_open_files_limit
 from appliance.http.egress import EgressSet
 from appliance.http.server import WHIP_KEY, make_app
@@ -93,16 +101,17 @@ class Running:
     """A started daemon: what tests and the CLI need to reach."""
 
     config: Config
-    stream: Stream  # the camera's
+    stream: Stream  # the first camera's
     streams: Streams
     sessions: SessionRegistry  # viewers
     publishers: SessionRegistry
-    source: SourceSlot
+    source: SourceSlot  # the first camera's
     audio: AudioSlot
     egress: EgressSet
     url: str
     port: int
     rtsp: RtspServer | None = None
+    cameras: list[Camera] = field(default_factory=list)
 
 
 @contextlib.asynccontextmanager
@@ -112,6 +121,8 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
         now = time.monotonic()
         startup = Startup(now, now, now)
     rtc.install(config.webrtc.interfaces)
+    warnings = RecentWarnings()  # the daemon's last warnings, for the health page
+    logging.getLogger("appliance").addHandler(warnings)
 
     def make_stream(name: str) -> Stream:
         return Stream(
@@ -122,12 +133,17 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
         )
 
     streams = Streams(make_stream, config.whip.max_streams)
-    stream = make_stream(config.stream.name)
-    streams.add_camera(stream)
+    cameras = []
+    for i, camera_config in enumerate(config.cameras):
+        # the first camera's settings where a one-camera daemon always kept them
+        saved = "controls.json" if i == 0 else f"controls-{camera_config.name}.json"
+        slot = SourceSlot(state_dir(config.http) / saved, camera_config.controls)
+        cameras.append(Camera(camera_config, make_stream(camera_config.name), slot))
+        streams.add_camera(cameras[-1].stream)
+    stream, slot = cameras[0].stream, cameras[0].slot  # audio goes with the first camera
     sessions = SessionRegistry()
     publishers = SessionRegistry()
     egress = EgressSet(config, streams)
-    slot = SourceSlot(state_dir(config.http) / "controls.json")
     if not config.auth.tokens:
         logger.warning(
             "no auth tokens configured: anyone who reaches this device can watch it and change "
@@ -139,13 +155,14 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
     clock.check()
     tasks = [asyncio.create_task(_watch_clock(clock), name="clock")]
     status = Status(
-        config, streams, sessions, publishers, slot, audio_slot, egress, clock, startup.phases
+        config, streams, sessions, publishers, cameras, audio_slot, egress, clock, startup.phases
     )  # fmt: skip
     headroom = status.headroom = HeadroomWatch(
         config.stream.max_load,
         lambda: sessions.count() + (status.rtsp.count() if status.rtsp is not None else 0),
     )
     tasks.append(asyncio.create_task(headroom.run(), name="headroom"))
+    status.warnings = warnings
     native.available()  # says in the log which packet loop serves
     app = make_app(status)
     runner = web.AppRunner(app, access_log=None, keepalive_timeout=config.http.idle_timeout)
@@ -166,8 +183,11 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
         url = network.url(scheme, host, port)
         urls = network.reachable_urls(scheme, config.http.host, port)
         logger.info(
-            "serving stream %r at %s (WHEP: %s/%s/whep)",
-            stream.name, ", ".join(f"{u}/" for u in urls), urls[0], stream.name,
+            "serving stream%s %s at %s (WHEP: %s)",
+            "s" if len(cameras) > 1 else "",
+            ", ".join(repr(c.name) for c in cameras),
+            ", ".join(f"{u}/" for u in urls),
+            ", ".join(f"{urls[0]}/{c.name}/whep" for c in cameras),
         )  # fmt: skip
         startup.serving = time.monotonic()
         took = startup.phases()
@@ -176,10 +196,15 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
             took["ready_s"], took["python_s"], took["imports_s"], took["http_s"],
         )  # fmt: skip
         rtsp_server = status.rtsp = await _start_rtsp(
-            config, streams, sessions, stream.name, headroom
+            config, streams, sessions, [c.name for c in cameras], headroom
         )
-        # The camera after the HTTP server: opening it (probing, the encoder) runs meanwhile.
-        tasks.append(asyncio.create_task(supervise(config, stream, slot), name="source"))
+        # The cameras after the HTTP server: opening them (probing, the encoder) runs meanwhile.
+        # Each has its own supervisor: one that fails never holds the others back.
+        claims = Claims([c.config for c in cameras])
+        for camera in cameras:
+            tasks.append(
+                asyncio.create_task(supervise(camera, claims), name=f"camera {camera.name}")
+            )
         tasks.append(asyncio.create_task(_first_frame(stream, startup), name="first frame"))
         tasks.append(
             asyncio.create_task(
@@ -190,7 +215,7 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
         egress.start()
         yield Running(
             config, stream, streams, sessions, publishers, slot, audio_slot, egress, url, port,
-            rtsp_server,
+            rtsp_server, cameras,
         )  # fmt: skip
     finally:
         logger.info("stopping")
@@ -206,10 +231,15 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
             with contextlib.suppress(asyncio.CancelledError):
                 await task
         streams.close()
+        logging.getLogger("appliance").removeHandler(warnings)
 
 
 async def _start_rtsp(
-    config: Config, streams: Streams, viewers: SessionRegistry, name: str, headroom: HeadroomWatch
+    config: Config,
+    streams: Streams,
+    viewers: SessionRegistry,
+    names: list[str],
+    headroom: HeadroomWatch,
 ) -> RtspServer | None:
     """The RTSP server (rtsp.enabled), or None. A port that cannot be had turns RTSP off with one
     log line: the camera's WebRTC viewers do not depend on it."""
@@ -223,7 +253,7 @@ async def _start_rtsp(
         logger.error("RTSP is off: cannot listen on port %d: %s", config.rtsp.port, e.strerror)
         return None
     urls = network.reachable_urls("rtsp", config.http.host, server.port)
-    logger.info("RTSP: %s", ", ".join(f"{u}/{name}" for u in urls))
+    logger.info("RTSP: %s", ", ".join(f"{u}/{name}" for name in names for u in urls))
     return server
 
 
@@ -255,7 +285,9 @@ async def serve(config: Config, startup: Startup | None = None) -> None:
     notifier = Notifier()
     try:
         async with running(config, startup) as daemon:
-            notifier.ready(f"serving stream {daemon.stream.name!r} on port {daemon.port}")
+            names = ", ".join(repr(c.name) for c in daemon.cameras)
+            plural = "s" if len(daemon.cameras) > 1 else ""
+            notifier.ready(f"serving stream{plural} {names} on port {daemon.port}")
             await stop.wait()
             notifier.stopping()
     finally:

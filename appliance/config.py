@@ -106,6 +106,16 @@ class VideoConfig:
     profile: str = "constrained-baseline"
     preset: str = "veryfast"
     pipeline: str = ""  # source = "gstreamer": up to where H.264 comes out
+    # Camera controls set when the camera opens ({"brightness": 140}); values set later through
+    # the API are kept in the state directory and win over these.
+    controls: dict[str, int | bool | str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class CameraConfig(VideoConfig):
+    """One `[[camera]]` table: a name (its stream's) and the keys `[video]` has."""
+
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,7 +188,17 @@ class Config:
     whip: WhipConfig = field(default_factory=WhipConfig)
     rtsp: RtspConfig = field(default_factory=RtspConfig)
     egress: tuple[EgressTarget, ...] = ()
+    camera: tuple[CameraConfig, ...] = ()  # [[camera]] tables; none: [video] and stream.name
     log_level: str = "info"
+
+    @property
+    def cameras(self) -> tuple[CameraConfig, ...]:
+        """Every camera: the `[[camera]]` tables, else the one `[video]` describes, named
+        `stream.name`."""
+        if self.camera:
+            return self.camera
+        fields = {f.name: getattr(self.video, f.name) for f in dataclasses.fields(VideoConfig)}
+        return (CameraConfig(name=self.stream.name, **fields),)
 
 
 def state_dir(http: HttpConfig, env: Mapping[str, str] | None = None) -> Path:
@@ -293,6 +313,15 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if dataclasses.is_dataclass(tp):
         return _build(tp, value, f"{key}.")
     origin = typing.get_origin(tp)
+    if origin is dict:  # camera controls: names to numbers, switches or menu labels
+        if not isinstance(value, Mapping):
+            raise ConfigError(key, f"must be a table, e.g. {{brightness = 140}}; got {value!r}")
+        for name, item in value.items():
+            if not isinstance(item, (int, bool, str)):
+                raise ConfigError(
+                    f"{key}.{name}", f"must be an integer, true or false, or a text; got {item!r}"
+                )
+        return dict(value)
     if origin is tuple:
         (item_type, _) = typing.get_args(tp)
         if isinstance(value, _EnvText):
@@ -410,33 +439,27 @@ def _validate(c: Config) -> None:
         _in_range(f"{key}.lifetime", server.lifetime, 60, 30 * 86400)
     _in_range("webrtc.connect_timeout", c.webrtc.connect_timeout, 1, 600)
     _one_of("webrtc.sender", c.webrtc.sender, SENDERS)
-    _one_of("video.source", c.video.source, VIDEO_SOURCES)
-    if c.video.source == "gstreamer" and not c.video.pipeline.strip():
+    if c.camera and c.video != VideoConfig():
         raise ConfigError(
-            "video.pipeline",
-            'is needed with source = "gstreamer": a GStreamer pipeline up to where H.264 comes'
-            ' out, e.g. "videotestsrc is-live=true ! x264enc tune=zerolatency"',
+            "video",
+            "describes the one camera (from [video], APPLIANCE_VIDEO_* or --source/--device); "
+            "with [[camera]] tables, put its keys in one of them",
         )
-    if "appsink" in c.video.pipeline or c.video.pipeline.rstrip().endswith("!"):
-        raise ConfigError(
-            "video.pipeline", "ends where H.264 comes out: the daemon adds h264parse and appsink"
-        )
-    if c.video.device != "auto" and not c.video.device.startswith("/dev/"):
-        raise ConfigError("video.device", f'must be "auto" or a /dev path; got {c.video.device!r}')
-    _one_of("video.pixel_format", c.video.pixel_format, PIXEL_FORMATS)
-    _one_of("video.encoder", c.video.encoder, VIDEO_ENCODERS)
-    if not c.video.m2m_device.startswith("/dev/"):
-        raise ConfigError("video.m2m_device", f"must be a /dev path; got {c.video.m2m_device!r}")
-    _in_range("video.width", c.video.width, 16, 4096)
-    _in_range("video.height", c.video.height, 16, 4096)
-    for key, value in (("video.width", c.video.width), ("video.height", c.video.height)):
-        if value % 2:
-            raise ConfigError(key, f"must be even (4:2:0 chroma); got {value}")
-    _in_range("video.fps", c.video.fps, 1, 120)
-    _in_range("video.bitrate", c.video.bitrate, 50_000, 50_000_000)
-    _in_range("video.gop", c.video.gop, 1, 100_000)
-    _one_of("video.profile", c.video.profile, H264_PROFILES)
-    _one_of("video.preset", c.video.preset, X264_PRESETS)
+    _validate_video("video.", c.video)
+    camera_names: set[str] = set()
+    for i, cam in enumerate(c.camera):
+        key = f"camera[{i}]"
+        problem = name_problem(cam.name) if cam.name else "a camera needs a name (its stream's)"
+        if problem is not None:
+            raise ConfigError(f"{key}.name", problem)
+        if cam.name in camera_names:
+            raise ConfigError(f"{key}.name", f"two cameras are called {cam.name!r}")
+        camera_names.add(cam.name)
+        _validate_video(f"{key}.", cam)
+    devices = [cam.device for cam in c.cameras if cam.device != "auto"]
+    for device in devices:
+        if devices.count(device) > 1:
+            raise ConfigError("camera", f"two cameras name the same device {device}")
     _one_of("audio.source", c.audio.source, AUDIO_SOURCES)
     if not c.audio.device:
         raise ConfigError("audio.device", 'must name an ALSA PCM, e.g. "default" or "hw:1,0"')
@@ -496,3 +519,39 @@ def _validate(c: Config) -> None:
         raise ConfigError("auth.tokens", "token names must be unique")
     if len({t.token for t in c.auth.tokens}) != len(c.auth.tokens):
         raise ConfigError("auth.tokens", "the same token appears twice")
+
+
+def _validate_video(k: str, v: VideoConfig) -> None:
+    """One camera's keys, named under `k` ("video." or "camera[1].")."""
+    _one_of(f"{k}source", v.source, VIDEO_SOURCES)
+    if v.source == "gstreamer" and not v.pipeline.strip():
+        raise ConfigError(
+            f"{k}pipeline",
+            'is needed with source = "gstreamer": a GStreamer pipeline up to where H.264 comes'
+            ' out, e.g. "videotestsrc is-live=true ! x264enc tune=zerolatency"',
+        )
+    if "appsink" in v.pipeline or v.pipeline.rstrip().endswith("!"):
+        raise ConfigError(
+            f"{k}pipeline", "ends where H.264 comes out: the daemon adds h264parse and appsink"
+        )
+    if v.device != "auto" and not v.device.startswith("/dev/"):
+        if not (v.source == "picamera2" and v.device.isdigit()):
+            raise ConfigError(
+                f"{k}device",
+                f'must be "auto", a /dev path, or with source = "picamera2" the camera\'s number '
+                f"(0, 1); got {v.device!r}",
+            )
+    _one_of(f"{k}pixel_format", v.pixel_format, PIXEL_FORMATS)
+    _one_of(f"{k}encoder", v.encoder, VIDEO_ENCODERS)
+    if not v.m2m_device.startswith("/dev/"):
+        raise ConfigError(f"{k}m2m_device", f"must be a /dev path; got {v.m2m_device!r}")
+    _in_range(f"{k}width", v.width, 16, 4096)
+    _in_range(f"{k}height", v.height, 16, 4096)
+    for key, value in ((f"{k}width", v.width), (f"{k}height", v.height)):
+        if value % 2:
+            raise ConfigError(key, f"must be even (4:2:0 chroma); got {value}")
+    _in_range(f"{k}fps", v.fps, 1, 120)
+    _in_range(f"{k}bitrate", v.bitrate, 50_000, 50_000_000)
+    _in_range(f"{k}gop", v.gop, 1, 100_000)
+    _one_of(f"{k}profile", v.profile, H264_PROFILES)
+    _one_of(f"{k}preset", v.preset, X264_PRESETS)

@@ -17,6 +17,9 @@ The file is written on any laptop before the first boot (the boot partition is F
     [stream]
     name = "door"
 
+Several cameras are `[[camera]]` tables (each with a `name`), which then replace the installed
+config's `[video]`; a `[video]` on the card replaces installed `[[camera]]` tables.
+
 Raspberry Pi Imager's own settings (its `firstrun.sh` on bookworm, cloud-init files on trixie) are
 applied by Raspberry Pi OS itself and need nothing from us; this file covers what Imager does not.
 Secrets go to `/etc/appliance/credentials/` (root only; systemd hands them to the daemon): `[auth]`
@@ -47,6 +50,7 @@ else:  # pragma: no cover - Python 3.10 (JetPack 6)
 logger = logging.getLogger(__name__)
 
 SYSTEM_SECTIONS = ("system", "wifi", "ssh")
+CONFIG_TABLES = (*config.SECTIONS, "camera")  # the daemon's sections, and its [[camera]] tables
 HOSTNAME = re.compile(r"^(?!-)[a-z0-9-]{1,63}(?<!-)$")
 USER = re.compile(r"^[a-z_][a-z0-9_-]{0,31}$")
 
@@ -118,9 +122,9 @@ def _credentials(target: Path, name: str, tree: dict[str, Any]) -> Path:
 
 
 def _validate(wanted: dict[str, Any], target: Path) -> dict[str, Any]:
-    unknown = [k for k in wanted if k not in SYSTEM_SECTIONS and k not in config.SECTIONS]
+    unknown = [k for k in wanted if k not in SYSTEM_SECTIONS and k not in CONFIG_TABLES]
     if unknown:
-        known = ", ".join((*SYSTEM_SECTIONS, *config.SECTIONS))
+        known = ", ".join((*SYSTEM_SECTIONS, *CONFIG_TABLES))
         raise FirstBootError(f"unknown section(s) {', '.join(unknown)}; known: {known}")
     hostname = wanted.get("system", {}).get("hostname")
     if hostname is not None and not (isinstance(hostname, str) and HOSTNAME.match(hostname)):
@@ -145,7 +149,7 @@ def _validate(wanted: dict[str, Any], target: Path) -> dict[str, Any]:
             isinstance(k, str) and k.startswith(("ssh-", "ecdsa-", "sk-")) for k in keys
         ):
             raise FirstBootError("ssh.authorized_keys: a list of public keys (ssh-ed25519 AAAA...)")
-    plan = {k: v for k, v in wanted.items() if k in config.SECTIONS}
+    plan = {k: v for k, v in wanted.items() if k in CONFIG_TABLES}
     if plan:  # the merged config must load: a bad value is refused here, not at the daemon's start
         try:
             config.load(None, env={}, overrides=dict(_flatten(_merged_tree(target, plan))))
@@ -244,6 +248,12 @@ def _merged_tree(target: Path, plan: dict[str, Any]) -> dict[str, Any]:
     if target.exists():
         with target.open("rb") as f:
             tree = tomllib.load(f)
+    # [[camera]] tables and [video] describe the cameras two ways: the card's way replaces the
+    # installed one
+    if "camera" in plan:
+        tree.pop("video", None)
+    if "video" in plan:
+        tree.pop("camera", None)
     for section, values in plan.items():
         if isinstance(values, dict):
             tree.setdefault(section, {}).update(values)

@@ -7,7 +7,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance import config
-from appliance.capture.sources import AudioSlot, SourceSlot
+from appliance.capture.sources import AudioSlot, Camera, SourceSlot
 from appliance.core.stream import Stream
 from appliance.core.streams import Streams
 from appliance.http.egress import EgressSet
@@ -27,7 +27,7 @@ def app_for(
             streams,
             viewers if viewers is not None else SessionRegistry(),
             SessionRegistry(),
-            SourceSlot(),
+            [Camera(cfg.cameras[0], stream, SourceSlot())],
             AudioSlot(),
             EgressSet(cfg, streams),
         )

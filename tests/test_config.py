@@ -61,7 +61,7 @@ def test_ice_server_tables_in_toml(tmp_path: Path) -> None:
     [
         (
             "[video]\nwidht = 3\n",
-            "config: video.widht: unknown key; known keys here: bitrate, device, encoder, fps,",
+            "config: video.widht: unknown key; known keys here: bitrate, controls, device, encoder,",
         ),
         ("[video]\nwidth = 'big'\n", "config: video.width: must be an integer, got 'big'"),
         ("[video]\nwidth = 641\n", "config: video.width: must be even (4:2:0 chroma); got 641"),
@@ -84,7 +84,7 @@ def test_ice_server_tables_in_toml(tmp_path: Path) -> None:
         ),
         (
             "[video]\ndevice = 'video0'\n",
-            "config: video.device: must be \"auto\" or a /dev path; got 'video0'",
+            'config: video.device: must be "auto", a /dev path, or with source = "picamera2"',
         ),
         (
             "[video]\npixel_format = 'yuyv'\n",
@@ -138,7 +138,7 @@ def _keys(cls: type, prefix: str = "") -> set[str]:
 def _flatten(tree: dict, prefix: str = "") -> dict:
     out = {}
     for k, v in tree.items():
-        if isinstance(v, dict):
+        if isinstance(v, dict) and v:
             out.update(_flatten(v, f"{prefix}{k}."))
         else:
             out[f"{prefix}{k}"] = v
@@ -171,3 +171,61 @@ def test_systemd_credentials_are_merged_over_the_file(tmp_path: Path) -> None:
     c = config.load(path, env={"CREDENTIALS_DIRECTORY": str(creds)})
     assert c.webrtc.ice_servers == (IceServer(("turn:turn.example.net",), "cam", "s3cret"),)
     assert c.stream.name == "door"  # the rest of the file stands
+
+
+def test_camera_tables_describe_several_cameras(tmp_path: Path) -> None:
+    path = tmp_path / "appliance.toml"
+    path.write_text(
+        '[[camera]]\nname = "front"\nsource = "picamera2"\ndevice = "0"\n'
+        '[[camera]]\nname = "desk"\ndevice = "/dev/video4"\nwidth = 640\nheight = 360\n'
+        "controls = {brightness = 140, white_balance_automatic = false}\n"
+    )
+    c = config.load(path, env={})
+    assert [cam.name for cam in c.cameras] == ["front", "desk"]
+    assert (c.cameras[0].source, c.cameras[0].device) == ("picamera2", "0")
+    assert (c.cameras[1].width, c.cameras[1].height, c.cameras[1].fps) == (640, 360, 30)
+    assert c.cameras[1].controls == {"brightness": 140, "white_balance_automatic": False}
+
+
+def test_video_is_the_one_camera_shorthand(tmp_path: Path) -> None:
+    path = tmp_path / "appliance.toml"
+    path.write_text(
+        '[video]\nwidth = 640\nheight = 360\ncontrols = {contrast = 3}\n[stream]\nname = "door"\n'
+    )
+    [camera] = config.load(path, env={}).cameras
+    assert (camera.name, camera.width, camera.height) == ("door", 640, 360)
+    assert camera.controls == {"contrast": 3}
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("[[camera]]\nwidth = 640\n", "config: camera[0].name: a camera needs a name"),
+        ('[[camera]]\nname = "api"\n', "config: camera[0].name: 'api' is reserved"),
+        (
+            '[[camera]]\nname = "a"\n[[camera]]\nname = "a"\n',
+            "config: camera[1].name: two cameras are called 'a'",
+        ),
+        ('[[camera]]\nname = "a"\nwidth = 641\n', "config: camera[0].width: must be even"),
+        (
+            '[[camera]]\nname = "a"\ndevice = "/dev/video0"\n'
+            '[[camera]]\nname = "b"\ndevice = "/dev/video0"\n',
+            "config: camera: two cameras name the same device /dev/video0",
+        ),
+        (
+            '[video]\nwidth = 640\n[[camera]]\nname = "a"\n',
+            "config: video: describes the one camera (from [video], APPLIANCE_VIDEO_* or --source",
+        ),
+        (
+            '[[camera]]\nname = "a"\ncontrols = {brightness = [1]}\n',
+            "config: camera[0].controls.brightness: must be an integer, true or false, or a text",
+        ),
+        ('[[camera]]\nname = "a"\ncontrols = 3\n', "config: camera[0].controls: must be a table"),
+    ],
+)
+def test_camera_refusals_name_the_key(tmp_path: Path, text: str, message: str) -> None:
+    path = tmp_path / "bad.toml"
+    path.write_text(text)
+    with pytest.raises(ConfigError) as e:
+        config.load(path, env={})
+    assert str(e.value).startswith(message)

@@ -84,7 +84,9 @@ def test_network_manager_gets_a_keyfile(tmp_path: Path) -> None:
         ('[wifi]\nssid = "home"\npassword = "short"\n', "wifi.password: WPA2 takes 8 to 63"),
         ('[ssh]\nauthorized_keys = ["hunter2"]\n', "ssh.authorized_keys: a list of public keys"),
         ("[video]\nfps = 500\n", "config: video.fps: must be between 1 and 120; got 500"),
-        ("[camera]\nx = 1\n", "unknown section(s) camera; known: system, wifi, ssh, http"),
+        ("[cameras]\nx = 1\n", "unknown section(s) cameras; known: system, wifi, ssh, http"),
+        ("[camera]\nx = 1\n", "config: camera: must be a list"),
+        ("[[camera]]\nwidth = 640\n", "config: camera[0].name: a camera needs a name"),
         ("[video\n", "appliance.toml: "),
     ],
 )
@@ -122,3 +124,21 @@ def test_a_turn_secret_goes_to_the_credentials_not_the_config(tmp_path: Path) ->
     applied = file.with_name("appliance.toml.applied").read_text()
     assert "s3cret-of-coturn" not in applied
     assert tomllib.loads(applied)["webrtc"]["ice_servers"][0]["secret"] == ""
+
+
+def test_the_card_can_describe_several_cameras(tmp_path: Path) -> None:
+    root, file = scratch(
+        tmp_path,
+        '[[camera]]\nname = "front"\nsource = "picamera2"\ndevice = "0"\n'
+        '[[camera]]\nname = "desk"\ndevice = "/dev/video0"\nwidth = 640\nheight = 360\n'
+        "controls = {brightness = 140}\n",
+    )
+    apply(file, root)
+    # the installed [video] (fps = 25) gave way to the cameras; the rest of the file stands
+    c = config.load(root / "etc/appliance/appliance.toml", env={})
+    assert [(cam.name, cam.source, cam.device) for cam in c.cameras] == [
+        ("front", "picamera2", "0"),
+        ("desk", "auto", "/dev/video0"),
+    ]
+    assert c.cameras[1].controls == {"brightness": 140} and c.http.port == 80
+    assert c.video == config.VideoConfig()

@@ -138,18 +138,17 @@ export function startViewer({ video, overlay, status, url, login, unmute, clock,
   return client;
 }
 
-// The device's clock, as its status says (for a page whose token may read it, or on a device
-// without tokens): a Pi has no battery clock, and until it reaches a time server the time it
-// stamps on the picture and everything dated is wrong. Asked now and every 30 s; no more once
-// the status is refused (a viewer's token without the admin right), which would only fill the
-// device's log with refusals.
+// The device's clock, as /api/streams says (to anyone who may watch): a Pi has no battery clock,
+// and until it reaches a time server the time it stamps on the picture and everything dated is
+// wrong. Asked now and every 30 s; no more once refused (a token for another device), which
+// would only fill the device's log with refusals.
 function watchClock(element, url, client) {
-  const statusUrl = new URL("/api/status", url).toString();
+  const streamsUrl = new URL("/api/streams", url).toString();
   let timer = null;
   const ask = async () => {
     try {
       const headers = client.token ? { Authorization: `Bearer ${client.token}` } : {};
-      const response = await fetch(statusUrl, { headers });
+      const response = await fetch(streamsUrl, { headers });
       if (response.status === 401 || response.status === 403) clearInterval(timer);
       if (!response.ok) return;
       const synchronised = (await response.json()).clock_synchronised;

@@ -21,7 +21,7 @@ import asyncio
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from typing import Any
 
 from appliance.config import VideoConfig
@@ -41,9 +41,12 @@ FIRST_FRAME_TIMEOUT = 10.0
 STALL_TIMEOUT = 5.0
 
 
-def find_camera() -> str | None:
-    """The first V4L2 node that captures video in a format we can stream, or None."""
+def find_camera(skip: Collection[str] = ()) -> str | None:
+    """The first V4L2 node that captures video in a format we can stream, or None; nodes in
+    `skip` (/dev/videoN) are other cameras'."""
     for node in dev.video_nodes():
+        if node in skip:
+            continue
         try:
             with dev.Device(node) as d:
                 if d.caps.is_capture and not d.caps.is_m2m and d.caps.streaming:

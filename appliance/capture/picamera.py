@@ -64,9 +64,12 @@ def is_pi5() -> bool:
 class PicameraSource:
     """A libcamera camera, encoded to H.264 by picamera2 (hardware on Pi 4, libx264 on Pi 5)."""
 
-    def __init__(self, cfg: VideoConfig, controls: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self, cfg: VideoConfig, controls: dict[str, Any] | None = None, number: int = 0
+    ) -> None:
         self.cfg = cfg
-        self.name = "picamera2"
+        self.number = number  # libcamera's camera number (Pi 5: one per CSI port)
+        self.name = f"picamera2 {number}"
         self.frames = 0
         self._camera: Any = None
         self._encoder: Any = None
@@ -170,9 +173,12 @@ class PicameraSource:
                 )
                 loop.call_soon_threadsafe(publish, encoded)
 
-        if not Picamera2.global_camera_info():
+        found = len(Picamera2.global_camera_info())
+        if not found:
             raise DeviceError("picamera2: libcamera finds no camera (is the ribbon cable seated?)")
-        camera = Picamera2()
+        if self.number >= found:
+            raise DeviceError(f"picamera2: no camera {self.number}; libcamera finds {found}")
+        camera = Picamera2(self.number)
         frame_us = int(1_000_000 / cfg.fps)
         config = camera.create_video_configuration(
             main={"size": (cfg.width, cfg.height), "format": "YUV420"},

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from appliance.capture import gstreamer, picamera
-from appliance.config import Config
+from appliance.config import Config, VideoConfig
 from appliance.core.errors import DeviceError
 from appliance.core.videomode import pick_mode, usable
 from appliance.devices import v4l2 as dev
@@ -114,13 +114,32 @@ def encoders(video_nodes: list[dict[str, Any]]) -> list[dict[str, Any]]:
     return found
 
 
-def selection(config: Config) -> dict[str, Any]:
-    """What serve would run with this config."""
+def selections(config: Config) -> dict[str, dict[str, Any]]:
+    """What serve would run for each camera, by name: distinct devices, in config order, as the
+    daemon's supervisors claim them (sources.Claims)."""
+    from appliance.capture.sources import Claims, claim
+
+    taken = Claims(list(config.cameras)).taken
+    out = {}
+    for i, video in enumerate(config.cameras):
+        out[video.name] = selection(config, video, frozenset(taken), audio=i == 0)
+        if "source" in out[video.name]:
+            taken.add(claim(out[video.name]["source"], out[video.name].get("device", "")))
+    return out
+
+
+def selection(
+    config: Config,
+    video: VideoConfig | None = None,
+    taken: frozenset[str] = frozenset(),
+    audio: bool = True,
+) -> dict[str, Any]:
+    """What serve would run for one camera (the first by default)."""
     from appliance.capture.sources import resolve
 
-    video = config.video
+    video = video if video is not None else config.cameras[0]
     try:
-        kind, device = resolve(video)
+        kind, device = resolve(video, taken)
     except DeviceError as e:
         return {"error": str(e)}
     out: dict[str, Any] = {"source": kind}
@@ -152,15 +171,19 @@ def selection(config: Config) -> dict[str, Any]:
 
         m2m = video.encoder != "libx264" and is_h264_encoder(video.m2m_device)
         out["encoder"] = f"V4L2 M2M {video.m2m_device}" if m2m else "libx264"
-    from appliance.capture.sources import resolve_audio
+    if kind == "picamera2":
+        out["device"] = f"camera {device or 0}"
+    if audio:  # the daemon's audio goes with its first camera
+        from appliance.capture.sources import resolve_audio
 
-    audio_kind, why = resolve_audio(config, kind)
-    out["audio"] = f"{audio_kind} ({why})"
+        audio_kind, why = resolve_audio(config, kind)
+        out["audio"] = f"{audio_kind} ({why})"
     return out
 
 
 def probe(config: Config) -> dict[str, Any]:
     videos = video_devices()
+    cameras = selections(config)
     return {
         "board": board(),
         "machine": platform.machine(),
@@ -171,7 +194,8 @@ def probe(config: Config) -> dict[str, Any]:
         "encoders": encoders(videos),
         "gstreamer": gstreamer.available_elements(GST_ELEMENTS),
         "sound_capture": sound_cards(),
-        "selected": selection(config),
+        "selected": cameras[config.cameras[0].name],
+        "cameras": cameras,
     }
 
 
@@ -219,7 +243,8 @@ def render(report: dict[str, Any]) -> str:
         lines.append(f"  {', '.join(found) or 'none of the elements that matter here'}")
     lines += ["", "sound capture:"]
     lines += [f"  {s['device']}  {s['name']}" for s in report["sound_capture"]] or ["  none"]
-    sel = report["selected"]
-    lines += ["", "serve would use:"]
-    lines += [f"  {k}: {v}" for k, v in sel.items() if v]
+    for name, sel in report["cameras"].items():
+        several = len(report["cameras"]) > 1
+        lines += ["", f"serve would use for camera {name}:" if several else "serve would use:"]
+        lines += [f"  {k}: {v}" for k, v in sel.items() if v]
     return "\n".join(lines)

@@ -22,11 +22,11 @@ import asyncio
 import json
 import logging
 from collections.abc import Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Protocol
 
-from appliance.config import Config, VideoConfig
+from appliance.config import CameraConfig, Config, VideoConfig
 from appliance.core.audio import AudioTrack
 from appliance.core.controls import Control, ControlError
 from appliance.core.errors import DeviceError
@@ -54,26 +54,48 @@ class Source(Protocol):
     def set_controls(self, values: dict[str, Any]) -> list[Control]: ...
 
 
-def resolve(video: VideoConfig) -> tuple[str, str]:
+def resolve(video: VideoConfig, taken: frozenset[str] = frozenset()) -> tuple[str, str]:
     """("testsrc" | "v4l2" | "picamera2" | "gstreamer", device) for the configured source;
-    "auto" decided here."""
-    if video.source in ("testsrc", "picamera2", "gstreamer"):
+    "auto" decided here, skipping what other cameras have `taken` (V4L2 nodes as /dev/videoN,
+    libcamera cameras as "picamera2:N"). A V4L2 camera found by "auto" is named by its stable
+    /dev/v4l/by-id name where it has one, so that a replug that renumbers it finds it again."""
+    if video.source in ("testsrc", "gstreamer"):
         return video.source, ""
-    if video.source == "auto":
+    if video.source == "picamera2" and video.device != "auto":
+        return "picamera2", video.device
+    if video.source in ("auto", "picamera2"):
         from appliance.capture import picamera
 
-        if picamera.cameras():
-            return "picamera2", ""
+        for number in range(len(picamera.cameras())):
+            if f"picamera2:{number}" not in taken:
+                return "picamera2", str(number)
+        if video.source == "picamera2":
+            if taken and picamera.cameras():
+                raise DeviceError("every libcamera camera is taken by another [[camera]]")
+            return "picamera2", "0"  # the source says why it cannot open, and is retried
     if video.device != "auto":
         return "v4l2", video.device
     from appliance.capture.camera import find_camera
+    from appliance.devices import v4l2
 
-    found = find_camera()
+    found = find_camera(skip=taken)
     if found is not None:
-        return "v4l2", found
+        return "v4l2", v4l2.stable_names().get(found, found)
     if video.source == "v4l2":
-        raise DeviceError("video.source is v4l2 but no V4L2 camera that can stream was found")
+        more = " not taken by another [[camera]]" if taken else ""
+        raise DeviceError(
+            f"video.source is v4l2 but no V4L2 camera{more} that can stream was found"
+        )
     return "testsrc", ""
+
+
+def claim(kind: str, device: str) -> str:
+    """What a resolved source takes from the others' "auto": its node, or its libcamera number."""
+    if kind == "v4l2":
+        from appliance.devices import v4l2
+
+        return v4l2.resolve(device)
+    return f"picamera2:{device or 0}" if kind == "picamera2" else ""
 
 
 def open_source(
@@ -89,7 +111,7 @@ def open_source(
     if kind == "picamera2":
         from appliance.capture.picamera import PicameraSource
 
-        return PicameraSource(video, controls)
+        return PicameraSource(video, controls, int(device or 0))
     if kind == "gstreamer":
         from appliance.capture.gstreamer import GstSource
 
@@ -97,7 +119,7 @@ def open_source(
     from appliance.capture.testsrc import TestSource
     from appliance.encoders.software import X264Encoder
 
-    return TestSource(video.width, video.height, video.fps, X264Encoder(video))
+    return TestSource(video.width, video.height, video.fps, X264Encoder(video), controls)
 
 
 class SourceSlot:
@@ -106,7 +128,7 @@ class SourceSlot:
     Those values are kept in `saved` (JSON in the state directory), so that a camera comes back as
     the user left it after a replug, a daemon restart or a reboot."""
 
-    def __init__(self, saved: Path | None = None) -> None:
+    def __init__(self, saved: Path | None = None, initial: dict[str, Any] | None = None) -> None:
         self.current: Source | None = None
         self.kind = ""
         self.resolved = asyncio.Event()  # set once "auto" is decided (or could not be)
@@ -115,7 +137,8 @@ class SourceSlot:
         self.last_error = ""
         self._saved = saved
         self._save_failed = False
-        self.wanted_controls: dict[str, Any] = self._load()
+        # the config's values, then those set through the API (kept in `saved`) over them
+        self.wanted_controls: dict[str, Any] = {**(initial or {}), **self._load()}
 
     def _load(self) -> dict[str, Any]:
         if self._saved is None or not self._saved.exists():
@@ -168,9 +191,45 @@ class SourceSlot:
         return result
 
 
-async def supervise(config: Config, stream: Stream, slot: SourceSlot) -> None:
-    """Run the source; when it fails, log why and start it again after a backoff."""
-    video = config.video
+@dataclass
+class Camera:
+    """One camera of the daemon: its config, its stream, and the source that feeds it."""
+
+    config: CameraConfig
+    stream: Stream
+    slot: SourceSlot
+
+    @property
+    def name(self) -> str:
+        return self.config.name
+
+
+class Claims:
+    """The devices cameras hold, so that several `source = "auto"` cameras take distinct ones.
+    Cameras resolve one at a time, in config order; a device a camera names is never auto's."""
+
+    def __init__(self, cameras: list[CameraConfig]) -> None:
+        from appliance.devices import v4l2
+
+        self.taken: set[str] = {v4l2.resolve(c.device) for c in cameras if c.device != "auto"}
+        self.taken |= {
+            f"picamera2:{c.device}"
+            for c in cameras
+            if c.source == "picamera2" and c.device.isdigit()
+        }
+        self.lock = asyncio.Lock()
+
+    async def resolve(self, video: VideoConfig) -> tuple[str, str]:
+        async with self.lock:
+            kind, device = await asyncio.to_thread(resolve, video, frozenset(self.taken))
+            self.taken.add(claim(kind, device))
+            return kind, device
+
+
+async def supervise(camera: Camera, claims: Claims | None = None) -> None:
+    """Run the camera's source; when it fails, log why and start it again after a backoff."""
+    video, stream, slot = camera.config, camera.stream, camera.slot
+    claims = claims if claims is not None else Claims([camera.config])
     loop = asyncio.get_running_loop()
     failures = 0
     while True:
@@ -179,10 +238,10 @@ async def supervise(config: Config, stream: Stream, slot: SourceSlot) -> None:
             # loop keeps serving meanwhile.
             if not slot.kind:
                 try:
-                    slot.kind, slot.device = await asyncio.to_thread(resolve, video)
+                    slot.kind, slot.device = await claims.resolve(video)
                 finally:
                     slot.resolved.set()
-                logger.info("video source: %s %s", slot.kind, slot.device)
+                logger.info("camera %s: video source %s %s", camera.name, slot.kind, slot.device)
             source = await asyncio.to_thread(
                 open_source,
                 video, slot.kind, slot.device, video.source == "auto", slot.wanted_controls,
@@ -198,7 +257,10 @@ async def supervise(config: Config, stream: Stream, slot: SourceSlot) -> None:
         delay = SOURCE_BACKOFF[min(failures, len(SOURCE_BACKOFF) - 1)]
         failures += 1
         slot.restarts += 1
-        logger.error("video source %s: %s; trying again in %.0f s", slot.kind, reason, delay)
+        logger.error(
+            "camera %s: video source %s: %s; trying again in %.0f s",
+            camera.name, slot.kind, reason, delay,
+        )  # fmt: skip
         await asyncio.sleep(delay)
 
 

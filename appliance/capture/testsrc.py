@@ -29,6 +29,8 @@ from appliance.encoders import VideoEncoder
 
 logger = logging.getLogger(__name__)
 
+BRIGHTNESS_DEFAULT = 128
+
 Y_BLACK, Y_WHITE = 16, 235
 
 # 5x7 bitmap font for the clock: each glyph is 7 rows of 5 bits.
@@ -180,12 +182,27 @@ class TestSource:
 
     __test__ = False  # not a pytest test class
 
-    def __init__(self, width: int, height: int, fps: int, encoder: VideoEncoder) -> None:
+    def __init__(
+        self,
+        width: int,
+        height: int,
+        fps: int,
+        encoder: VideoEncoder,
+        controls: dict[str, Any] | None = None,
+    ) -> None:
         self.width, self.height, self.fps = width, height, fps
         self.encoder = encoder
         self.name = f"testsrc {width}x{height}@{fps}"
         self.late_frames = 0
         self.frames = 0
+        # One control, as a camera's: brightness, an offset to every pixel's luma below the
+        # stamp rows (so that a page's sliders and the control API can be tried without a camera)
+        self.brightness = BRIGHTNESS_DEFAULT
+        if controls:
+            try:
+                self.set_controls({k: v for k, v in controls.items() if k == "brightness"})
+            except ControlError as e:
+                logger.warning("test source: %s", e)
 
     def force_keyframe(self) -> None:
         self.encoder.force_keyframe()
@@ -200,10 +217,25 @@ class TestSource:
         }
 
     def controls(self) -> list[Control]:
-        return []
+        return [
+            Control(
+                "brightness", "int", 0, 255, 1, BRIGHTNESS_DEFAULT, value=float(self.brightness)
+            )
+        ]
 
     def set_controls(self, values: dict[str, Any]) -> list[Control]:
-        raise ControlError(f"the test source has no controls; got {', '.join(values)}")
+        """All or none: every value is checked before any is set."""
+        known = {c.name: c for c in self.controls()}
+        checked = {}
+        for name, value in values.items():
+            if name not in known:
+                raise ControlError(
+                    f"no control named {name[:40]!r}; the test source has brightness"
+                )
+            checked[name] = int(known[name].validate(value))
+        if "brightness" in checked:
+            self.brightness = checked["brightness"]
+        return self.controls()
 
     async def run(self, publish: Callable[[EncodedFrame], None]) -> None:
         """Capture until cancelled. Raises if the capture thread fails."""
@@ -261,6 +293,11 @@ class TestSource:
             capture_ns = time.time_ns()
             now = time.monotonic()
             picture = pattern.render(index, capture_ns // 1_000_000)
+            if self.brightness != BRIGHTNESS_DEFAULT:
+                below_stamp = picture[2 * pattern._b : self.height]
+                shift = self.brightness - BRIGHTNESS_DEFAULT
+                table = np.clip(np.arange(256) + shift, 0, 255).astype(np.uint8)
+                np.take(table, below_stamp, out=below_stamp)
             pts = round(now * VIDEO_CLOCK_RATE)  # the monotonic clock, as every source
             frame_in = av.VideoFrame.from_ndarray(picture, format="yuv420p")
             for frame in self.encoder.encode_frame(frame_in, pts, capture_ns):

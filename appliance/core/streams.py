@@ -1,4 +1,4 @@
-"""Every stream the daemon serves, by name: the camera's, and those WHIP publishers feed.
+"""Every stream the daemon serves, by name: the cameras', and those WHIP publishers feed.
 
 Core module: standard library only. WHEP viewers, snapshots, the status API and the metrics find a
 stream here; WHIP ingest creates one on a publisher's first POST (within `whip.max_streams`) and
@@ -32,17 +32,26 @@ def name_problem(name: str) -> str | None:
 
 
 class Streams:
-    """The registry. The camera's stream (if any) is added at start and never removed."""
+    """The registry. The cameras' streams are added at start and never removed; the first is
+    `camera`, the stream that `/whep` without a name plays."""
 
     def __init__(self, make: Callable[[str], Stream], max_streams: int) -> None:
         self._make = make
         self._max = max_streams
         self._streams: dict[str, Stream] = {}
         self.camera: Stream | None = None
+        self.cameras: dict[str, Stream] = {}
 
     def add_camera(self, stream: Stream) -> None:
-        self.camera = stream
+        if stream.name in self._streams:
+            raise ValueError(f"stream {stream.name!r} exists")
+        if self.camera is None:
+            self.camera = stream
+        self.cameras[stream.name] = stream
         self._streams[stream.name] = stream
+
+    def is_camera(self, stream: Stream) -> bool:
+        return self.cameras.get(stream.name) is stream
 
     def get(self, name: str) -> Stream:
         """The stream called `name`; SessionNotFound (404) if there is none."""
@@ -61,7 +70,7 @@ class Streams:
             raise BadStreamName(problem)
         if name in self._streams:
             raise ValueError(f"stream {name!r} exists")  # callers look first: a bug if reached
-        published = sum(1 for s in self._streams.values() if s is not self.camera)
+        published = len(self._streams) - len(self.cameras)
         if published >= self._max:
             raise Overloaded(f"published stream limit reached ({self._max})")
         stream = self._make(name)
@@ -69,8 +78,8 @@ class Streams:
         return stream
 
     def remove(self, stream: Stream) -> None:
-        if stream is self.camera:
-            raise ValueError("the camera's stream is never removed")
+        if self.is_camera(stream):
+            raise ValueError("a camera's stream is never removed")
         if self._streams.get(stream.name) is stream:
             del self._streams[stream.name]
             stream.close()

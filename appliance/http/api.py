@@ -1,5 +1,6 @@
-"""The camera's controls over HTTP: `GET /api/controls` lists them, `PATCH` sets some, all or
-none, after checking the whole request (JSON no deeper than 32 levels, no NaN or Infinity).
+"""A camera's controls over HTTP: `GET /api/controls?camera=<name>` lists them, `PATCH` sets
+some, all or none, after checking the whole request (JSON no deeper than 32 levels, no NaN or
+Infinity). Without `camera`, the first camera's.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from typing import Any
 from aiohttp import web
 
 from appliance.core.controls import ControlError
-from appliance.core.errors import BadRequest, RequestError, printable
+from appliance.core.errors import BadRequest, RequestError, SessionNotFound, printable
 from appliance.http.resource import body_text
 from appliance.http.status import STATUS_KEY
 
@@ -20,7 +21,11 @@ logger = logging.getLogger(__name__)
 
 async def controls_handler(request: web.Request) -> web.Response:
     """GET: the camera's controls. PATCH: set some ({"name": value, ...}), all or none."""
-    slot = request.app[STATUS_KEY].source
+    try:
+        camera = request.app[STATUS_KEY].camera(request.query.get("camera"))
+    except SessionNotFound as e:
+        return _json_error(404, str(e))
+    slot = camera.slot
     try:
         if request.method == "PATCH":
             try:
@@ -30,7 +35,7 @@ async def controls_handler(request: web.Request) -> web.Response:
             if not isinstance(values, dict) or not values:
                 return _json_error(400, 'send an object of control values: {"brightness": 128}')
             controls = slot.set_controls(values)
-            logger.info("controls set: %s", printable(json.dumps(values)))
+            logger.info("camera %s: controls set: %s", camera.name, printable(json.dumps(values)))
         else:
             controls = slot.controls()
     except ControlError as e:

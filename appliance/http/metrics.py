@@ -129,22 +129,19 @@ async def metrics_handler(request: web.Request) -> web.Response:
             for code, count in sorted(registry.failures.items())
         ],
     )  # fmt: skip
+    sources = [(c.name, c.slot.describe()) for c in st.cameras.values()]
+    for name, kind, text, key in (
+        ("appliance_source_up", "gauge", "1 while the video source runs.", "running"),
+        ("appliance_source_restarts_total", "counter", "Video source restarts.", "restarts"),
+        ("appliance_capture_drops_total", "counter",
+         "Captured pictures dropped because the encoder was busy.", "capture_drops"),
+        ("appliance_capture_corrupt_frames_total", "counter",
+         "Captured frames that could not be used.", "corrupt_frames"),
+    ):  # fmt: skip
+        e.family(
+            name, kind, text, [({"stream": cam}, int(src.get(key) or 0)) for cam, src in sources]
+        )
     camera = st.streams.camera
-    if camera is not None:
-        source = st.source.describe()
-        label = {"stream": camera.name}
-        for name, kind, text, value in (
-            ("appliance_source_up", "gauge", "1 while the video source runs.",
-             1 if source.get("running") else 0),
-            ("appliance_source_restarts_total", "counter", "Video source restarts.",
-             source["restarts"]),
-            ("appliance_capture_drops_total", "counter",
-             "Captured pictures dropped because the encoder was busy.",
-             source.get("capture_drops", 0)),
-            ("appliance_capture_corrupt_frames_total", "counter",
-             "Captured frames that could not be used.", source.get("corrupt_frames", 0)),
-        ):  # fmt: skip
-            e.family(name, kind, text, [(label, value)])
     audio = st.audio.describe()
     track = camera.audio if camera is not None else None
     e.family(

@@ -13,7 +13,7 @@ from aiohttp import web
 
 from appliance.core.errors import BadRequest, RequestError, UriTooLong, printable
 from appliance.core.stats import LogLimiter
-from appliance.http.auth import Authorizer
+from appliance.http.auth import Authorizer, Decision
 
 logger = logging.getLogger(__name__)
 
@@ -32,11 +32,12 @@ EXPOSED_HEADERS = (
 
 
 def required_right(method: str, path: str, default_stream: str) -> tuple[str, str] | None:
-    """(right, stream) a request needs, or None for what anyone may fetch: the viewer page and its
-    files (so that it can ask for a token), /healthz (for monitors), and CORS preflights."""
+    """(right, stream) a request needs, or None for what anyone may fetch: the pages and their
+    files (so that they can ask for a token), /healthz (for monitors), CORS preflights, and
+    /api/streams (which lists what the bearer may read, and refuses itself)."""
     if (
         method == "OPTIONS"
-        or path in ("/", "/healthz", "/openapi.yaml")
+        or path in ("/", "/healthz", "/openapi.yaml", "/api/streams")  # streams: per stream
         or path.startswith("/web/")
     ):
         return None
@@ -66,13 +67,6 @@ def make_auth_middleware(authorizer: Authorizer, default_stream: str) -> Any:
         decision = authorizer.check(request.headers.get("Authorization"), right, stream)
         if decision.allowed:
             return await handler(request)
-        challenge = 'Bearer realm="appliance"'
-        if decision.error:
-            challenge += f', error="{decision.error}"'
-        if decision.status == 403:
-            text = f"this token does not give the {right} right here\n"
-        else:
-            text = f"a bearer token with the {right} right is needed\n"
         refusals.log(
             logging.INFO,
             "%s %s: %d (%s)",
@@ -81,11 +75,24 @@ def make_auth_middleware(authorizer: Authorizer, default_stream: str) -> Any:
             decision.status,
             f"token {decision.who!r}" if decision.who else decision.error or "no token",
         )
-        return web.Response(
-            status=decision.status, text=text, headers={"WWW-Authenticate": challenge}
-        )
+        return refusal(decision, right)
 
     return auth
+
+
+def refusal(decision: Decision, right: str) -> web.Response:
+    """401 or 403 for a refused `decision`, with its RFC 6750 challenge."""
+    challenge = 'Bearer realm="appliance"'
+    if decision.error:
+        challenge += f', error="{decision.error}"'
+    if decision.status == 403:
+        text = f"this token does not give the {right} right here\n"
+    else:
+        text = f"a bearer token with the {right} right is needed\n"
+    return web.Response(status=decision.status, text=text, headers={"WWW-Authenticate": challenge})
+
+
+AUTHORIZER_KEY = web.AppKey("authorizer", Authorizer)
 
 
 def make_error_middleware() -> Any:

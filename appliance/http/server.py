@@ -17,6 +17,7 @@ from appliance.http.api import controls_handler
 from appliance.http.auth import Authorizer
 from appliance.http.metrics import metrics_handler
 from appliance.http.middleware import (
+    AUTHORIZER_KEY,
     make_auth_middleware,
     make_cors_middleware,
     make_error_middleware,
@@ -24,7 +25,14 @@ from appliance.http.middleware import (
 )
 from appliance.http.ratelimit import RateLimiter
 from appliance.http.snapshot import Snapshots
-from appliance.http.status import STATUS_KEY, Status, healthz_handler, status_handler
+from appliance.http.status import (
+    STATUS_KEY,
+    Status,
+    health_handler,
+    healthz_handler,
+    status_handler,
+    streams_handler,
+)
 from appliance.http.whep import WhepHandlers
 from appliance.http.whip import WhipHandlers
 
@@ -72,16 +80,18 @@ def make_app(status: Status) -> web.Application:
     """The HTTP application over the daemon's parts, which `status` holds."""
     config, streams = status.config, status.streams
     camera = streams.camera.name if streams.camera is not None else ""
+    authorizer = Authorizer(config.auth)
     app = web.Application(
         client_max_size=MAX_BODY,
         middlewares=[
             make_cors_middleware(config.http.cors_origins),
             make_error_middleware(),
             make_limits_middleware(),
-            make_auth_middleware(Authorizer(config.auth), camera),
+            make_auth_middleware(authorizer, camera),
         ],
     )
     app[STATUS_KEY] = status
+    app[AUTHORIZER_KEY] = authorizer
     app[SNAPSHOTS_KEY] = {}
     root = web_root(config)
     rate = RateLimiter(config.http.sessions_per_minute, config.http.sessions_burst)
@@ -101,6 +111,8 @@ def make_app(status: Status) -> web.Application:
         [
             web.get("/", index),
             web.get("/api/status", status_handler),
+            web.get("/api/health", health_handler),
+            web.get("/api/streams", streams_handler),
             web.get("/api/controls", controls_handler),
             web.patch("/api/controls", controls_handler),
             web.get("/healthz", healthz_handler),

@@ -62,9 +62,10 @@ class WhipHandlers(SessionResources):
         problem = name_problem(name)
         if problem is not None:
             raise BadStreamName(problem)
-        camera = self._streams.camera
-        if camera is not None and name == camera.name:
-            raise Conflict(f"stream {name!r} is this device's camera; publish to another name")
+        if name in self._streams.cameras:
+            raise Conflict(
+                f"stream {name!r} is one of this device's cameras; publish to another name"
+            )
 
     def publisher(self, stream: str) -> Session | None:
         sessions = self._sessions.of_stream(stream)

@@ -55,12 +55,27 @@ async def test_controls_api_on_the_test_source(tmp_path: Path) -> None:
                 await asyncio.sleep(0.05)
             async with http.get(f"{d.url}/api/controls") as r:
                 assert r.status == 200
-                assert await r.json() == {"controls": []}
-            async with http.patch(f"{d.url}/api/controls", json={"brightness": 1}) as r:
-                assert r.status == 400
-                assert (await r.json())[
-                    "error"
-                ] == "the test source has no controls; got brightness"
+                assert await r.json() == {
+                    "controls": [
+                        {
+                            "name": "brightness",
+                            "type": "int",
+                            "value": 128,
+                            "default": 128,
+                            "min": 0,
+                            "max": 255,
+                            "step": 1,
+                        }
+                    ]
+                }
+            for bad, message in [
+                ({"brightness": 999}, "brightness takes 0 to 255; got 999"),
+                ({"brightness": 1, "contrast": 1}, "no control named 'contrast'"),
+            ]:
+                async with http.patch(f"{d.url}/api/controls", json=bad) as r:
+                    assert r.status == 400
+                    assert message in (await r.json())["error"]
+            assert d.source.current.controls()[0].value == 128  # all or none: nothing was set
             async with http.patch(f"{d.url}/api/controls", data="brightness=1") as r:
                 assert r.status == 415
             for body in ("[1]", "{}", "{nope"):

@@ -115,6 +115,16 @@ class AiortcViewer(AiortcPeer):
         await asyncio.wait_for(collect(), timeout)
         return frames
 
+    async def latest(self, timeout: float = 20.0) -> Any:
+        """A frame decoded after this call: what was decoded before and not asked for is
+        dropped (aiortc queues every frame until it is read)."""
+        track = await asyncio.wait_for(self._track, timeout)
+        queue = track._queue
+        while not queue.empty():
+            queue.get_nowait()
+        [frame] = await self.frames(1, timeout)
+        return frame
+
     async def audio_frames(self, seconds: float, timeout: float = 20.0) -> list[Any]:
         """Decoded audio (av.AudioFrame) covering `seconds`."""
         track = await asyncio.wait_for(self._audio_track, timeout)

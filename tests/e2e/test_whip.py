@@ -152,7 +152,7 @@ async def test_ingest_refusals_are_precise_and_leave_nothing_behind(
 
             assert await post("/cam/whip", offer) == (
                 409,
-                "stream 'cam' is this device's camera; publish to another name",
+                "stream 'cam' is one of this device's cameras; publish to another name",
             )
             assert (await post("/door/whip", offer, "text/plain"))[0] == 415
             assert await post("/door/whip", "hello") == (

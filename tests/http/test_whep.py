@@ -271,8 +271,8 @@ async def test_healthz_fails_when_source_stalls(cfg: config.Config) -> None:
 
 async def test_viewer_page_and_modules_are_served(client: TestClient) -> None:
     page = await client.get("/")
-    assert page.status == 200 and "startViewer" in await page.text()
-    for module in ("whep.js", "viewer.js", "stamp.js"):
+    assert page.status == 200 and "startPage" in await page.text()
+    for module in ("app.js", "whep.js", "viewer.js", "stamp.js", "token.js"):
         r = await client.get(f"/web/{module}")
         assert r.status == 200 and "export" in await r.text()
     assert (await client.get("/cam/")).status == 200
