@@ -72,6 +72,12 @@ async def snapshot_handler(request: web.Request) -> web.Response:
     return web.Response(body=jpeg, content_type="image/jpeg", headers={"Cache-Control": "no-store"})
 
 
+async def preflight_handler(request: web.Request) -> web.Response:
+    """A CORS preflight (OPTIONS) for the API, snapshots and metrics: the CORS middleware says what
+    an origin may do; a page on another site sends one before any request with a token."""
+    return web.Response(status=204)
+
+
 async def openapi_handler(request: web.Request) -> web.Response:
     return web.Response(body=OPENAPI.read_bytes(), content_type="application/yaml")
 
@@ -119,6 +125,9 @@ def make_app(status: Status) -> web.Application:
             web.get("/metrics", metrics_handler),
             web.get("/openapi.yaml", openapi_handler),
             web.get("/{stream}/snapshot.jpg", snapshot_handler),
+            web.options("/api/{tail:.*}", preflight_handler),
+            web.options("/metrics", preflight_handler),
+            web.options("/{stream}/snapshot.jpg", preflight_handler),
             *WhepHandlers(config, streams, status.viewers, rate).routes(),
             *whip.routes(),
             web.get("/{stream}/", stream_page),

@@ -272,3 +272,52 @@ async def test_publish_page_says_why_it_has_no_camera(tmp_path: Path) -> None:
             assert "http.tls_self_signed = true" in text
             assert f"https://camera.test:{port}/web/publish.html" in text
             await shoot(page, "publish-insecure")
+
+
+async def test_pages_from_another_origin_with_a_token(tmp_path: Path) -> None:
+    """The daemon's pages served by another site (its own copy of index.html, the daemon's
+    modules), pointed at the device with ?device=, allowed by http.cors_origins."""
+    from aiohttp import web
+
+    served: dict[str, str] = {}
+
+    async def page_handler(request: web.Request) -> web.Response:
+        return web.Response(text=served["index"], content_type="text/html")
+
+    other = web.Application()
+    other.router.add_get("/{tail:.*}", page_handler)
+    runner = web.AppRunner(other)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    origin = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
+    path = tmp_path / "appliance.toml"
+    text = CAMERAS.format(public="false", admin=ADMIN, viewer=VIEWER)
+    path.write_text(text.replace("[http]\n", f'[http]\ncors_origins = ["{origin}"]\n'))
+    cfg = config.load(path, env={}, overrides={"http.state_dir": str(tmp_path / "state")})
+    try:
+        async with running(cfg) as d, chromium() as browser:
+            index = (Path(__file__).parents[2] / "web/index.html").read_text()
+            served["index"] = index.replace('"/web/', f'"{d.url}/web/')
+
+            async def pictures() -> bool:
+                return all(d.streams.get(n).ready for n in ("front", "back"))
+
+            await wait_until(pictures, 30, "the test cameras sent no pictures", 0.05)
+            page = await browser.new_page()
+            console = Console(page)
+            await page.goto(f"{origin}/?device={d.url}#token={ADMIN}")
+            await wait_for(
+                page,
+                "[...document.querySelectorAll('.card img')]"
+                ".filter((i) => i.complete && i.naturalWidth > 0).length === 2",
+            )
+            href = await page.get_attribute(".card[data-stream=front]", "href")
+            assert href == f"/front/?device={d.url.replace(':', '%3A').replace('/', '%2F')}"
+            await page.click(".card[data-stream=front]")
+            await wait_for(page, "window.viewer && window.viewer.framesPresented >= 5")
+            await page.wait_for_selector("[data-control=brightness] input[type=range]")
+            assert page.url.startswith(origin)  # the other site's page, the device's data
+            assert console.errors == []
+    finally:
+        await runner.cleanup()

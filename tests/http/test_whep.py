@@ -227,6 +227,26 @@ async def test_cors_restricted_to_configured_origins() -> None:
         assert "Access-Control-Allow-Origin" not in bad.headers
         whep = await client.options("/cam/whep", headers={"Origin": "http://bad.example"})
         assert whep.headers["Access-Control-Allow-Origin"] == "*"
+        # A listed origin's page sends a token, hence a preflight first: it passes (2xx).
+        for path, method in [
+            ("/api/streams", "GET"),
+            ("/api/controls?camera=cam", "PATCH"),
+            ("/api/health", "GET"),
+            ("/cam/snapshot.jpg", "GET"),
+            ("/metrics", "GET"),
+        ]:
+            preflight = await client.options(
+                path,
+                headers={
+                    "Origin": "http://good.example",
+                    "Access-Control-Request-Method": method,
+                    "Access-Control-Request-Headers": "authorization, content-type",
+                },
+            )
+            assert preflight.status == 204, path
+            assert preflight.headers["Access-Control-Allow-Origin"] == "http://good.example"
+            assert method in preflight.headers["Access-Control-Allow-Methods"]
+            assert "Authorization" in preflight.headers["Access-Control-Allow-Headers"]
     finally:
         await client.close()
 
