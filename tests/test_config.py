@@ -100,6 +100,27 @@ def test_ice_server_tables_in_toml(tmp_path: Path) -> None:
             "config: webrtc.ice_servers[0].urls: must start with stun:",
         ),
         ("log_level = 'loud'\n", "config: log_level: must be one of debug, info, warning, error"),
+        ("[[camera]]\nwidth = 640\n", "config: camera[0].name: a camera needs a name"),
+        ('[[camera]]\nname = "api"\n', "config: camera[0].name: 'api' is reserved"),
+        (
+            '[[camera]]\nname = "a"\n[[camera]]\nname = "a"\n',
+            "config: camera[1].name: two cameras are called 'a'",
+        ),
+        ('[[camera]]\nname = "a"\nwidth = 641\n', "config: camera[0].width: must be even"),
+        (
+            '[[camera]]\nname = "a"\ndevice = "/dev/video0"\n'
+            '[[camera]]\nname = "b"\ndevice = "/dev/video0"\n',
+            "config: camera: two cameras name the same device /dev/video0",
+        ),
+        (
+            '[video]\nwidth = 640\n[[camera]]\nname = "a"\n',
+            "config: video: describes the one camera (from [video], APPLIANCE_VIDEO_* or --source",
+        ),
+        (
+            '[[camera]]\nname = "a"\ncontrols = {brightness = [1]}\n',
+            "config: camera[0].controls.brightness: must be an integer, true or false, or a text",
+        ),
+        ('[[camera]]\nname = "a"\ncontrols = 3\n', "config: camera[0].controls: must be a table"),
     ],
 )
 def test_refusals_name_the_key(tmp_path: Path, text: str, message: str) -> None:
@@ -195,37 +216,3 @@ def test_video_is_the_one_camera_shorthand(tmp_path: Path) -> None:
     [camera] = config.load(path, env={}).cameras
     assert (camera.name, camera.width, camera.height) == ("door", 640, 360)
     assert camera.controls == {"contrast": 3}
-
-
-@pytest.mark.parametrize(
-    ("text", "message"),
-    [
-        ("[[camera]]\nwidth = 640\n", "config: camera[0].name: a camera needs a name"),
-        ('[[camera]]\nname = "api"\n', "config: camera[0].name: 'api' is reserved"),
-        (
-            '[[camera]]\nname = "a"\n[[camera]]\nname = "a"\n',
-            "config: camera[1].name: two cameras are called 'a'",
-        ),
-        ('[[camera]]\nname = "a"\nwidth = 641\n', "config: camera[0].width: must be even"),
-        (
-            '[[camera]]\nname = "a"\ndevice = "/dev/video0"\n'
-            '[[camera]]\nname = "b"\ndevice = "/dev/video0"\n',
-            "config: camera: two cameras name the same device /dev/video0",
-        ),
-        (
-            '[video]\nwidth = 640\n[[camera]]\nname = "a"\n',
-            "config: video: describes the one camera (from [video], APPLIANCE_VIDEO_* or --source",
-        ),
-        (
-            '[[camera]]\nname = "a"\ncontrols = {brightness = [1]}\n',
-            "config: camera[0].controls.brightness: must be an integer, true or false, or a text",
-        ),
-        ('[[camera]]\nname = "a"\ncontrols = 3\n', "config: camera[0].controls: must be a table"),
-    ],
-)
-def test_camera_refusals_name_the_key(tmp_path: Path, text: str, message: str) -> None:
-    path = tmp_path / "bad.toml"
-    path.write_text(text)
-    with pytest.raises(ConfigError) as e:
-        config.load(path, env={})
-    assert str(e.value).startswith(message)

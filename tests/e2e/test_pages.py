@@ -19,6 +19,7 @@ import pytest
 
 from appliance import config
 from appliance.app import Running, running
+from tests.capture.test_cameras import CAMERAS as THREE_CAMERAS
 from tests.e2e.conftest import wait_until
 from tests.e2e.peers import chromium
 
@@ -30,46 +31,31 @@ VIEWER = "front-viewer-token-0123"
 DESKTOP = {"width": 1280, "height": 800}
 PHONE = {"width": 390, "height": 844}
 
-CAMERAS = """
-[[camera]]
-name = "front"
-source = "testsrc"
-width = 320
-height = 240
-preset = "ultrafast"
-[[camera]]
-name = "back"
-source = "testsrc"
-width = 256
-height = 144
-preset = "ultrafast"
-[[camera]]
-name = "gone"
-source = "v4l2"
-device = "/dev/video-none"
-[http]
-host = "127.0.0.1"
-port = 0
-[rtsp]
-port = 0
-[audio]
-source = "none"
+# The three cameras of tests/capture/test_cameras.py, with an admin and a one-stream viewer
+CAMERAS = (
+    THREE_CAMERAS
+    + """
 [auth]
-public_read = {public}
+public_read = PUBLIC
 [[auth.tokens]]
-token = "{admin}"
+token = "ADMIN"
 rights = ["admin"]
 [[auth.tokens]]
-token = "{viewer}"
+token = "VIEWER"
 streams = ["front"]
 """
+)
+
+
+def camera_config(public: bool) -> str:
+    text = CAMERAS.replace("PUBLIC", str(public).lower())
+    return text.replace('"ADMIN"', f'"{ADMIN}"').replace('"VIEWER"', f'"{VIEWER}"')
 
 
 @contextlib.asynccontextmanager
 async def three_cameras(tmp_path: Path, public: bool = True) -> AsyncIterator[Running]:
     path = tmp_path / "appliance.toml"
-    text = CAMERAS.format(public=str(public).lower(), admin=ADMIN, viewer=VIEWER)
-    path.write_text(text)
+    path.write_text(camera_config(public))
     cfg = config.load(path, env={}, overrides={"http.state_dir": str(tmp_path / "state")})
     async with running(cfg) as d:
 
@@ -292,7 +278,7 @@ async def test_pages_from_another_origin_with_a_token(tmp_path: Path) -> None:
     await site.start()
     origin = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
     path = tmp_path / "appliance.toml"
-    text = CAMERAS.format(public="false", admin=ADMIN, viewer=VIEWER)
+    text = camera_config(public=False)
     path.write_text(text.replace("[http]\n", f'[http]\ncors_origins = ["{origin}"]\n'))
     cfg = config.load(path, env={}, overrides={"http.state_dir": str(tmp_path / "state")})
     try:

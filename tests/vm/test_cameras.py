@@ -308,9 +308,9 @@ async def test_microphone_through_snd_aloop_starts_with_its_device(
     assert "the video goes on" in log
 
 
-MULTI = """
+VIVID_CAMERA = """
 [[camera]]
-name = "left"
+name = "{name}"
 source = "v4l2"
 pixel_format = "YUYV"
 width = 320
@@ -318,15 +318,11 @@ height = 180
 fps = 15
 preset = "ultrafast"
 gop = 30
-[[camera]]
-name = "right"
-source = "v4l2"
-pixel_format = "YUYV"
-width = 320
-height = 180
-fps = 15
-preset = "ultrafast"
-gop = 30
+"""
+MULTI = (
+    VIVID_CAMERA.format(name="left")
+    + VIVID_CAMERA.format(name="right")
+    + """
 [[camera]]
 name = "loop"
 device = "/dev/video20"
@@ -340,6 +336,7 @@ state_dir = "/tmp/multi-state"
 [audio]
 source = "none"
 """
+)
 
 
 async def test_three_cameras_in_one_daemon(machine: Machine, http: aiohttp.ClientSession) -> None:
