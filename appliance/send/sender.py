@@ -38,7 +38,7 @@ from appliance.core.ring import FLAG_KEYFRAME, FLAG_MARKER, PacketRing
 from appliance.core.stats import DropReporter
 from appliance.send import native
 from appliance.send.srtp import TRAILER_ROOM, InPlaceProtector, SrtpError
-from appliance.send.udp import Output, UdpOutput
+from appliance.send.udp import Output, UdpOutput, gso_unavailable
 
 logger = logging.getLogger(__name__)
 
@@ -342,9 +342,7 @@ class RtpSender:
         if v.first_frame and self._stats.first_frame_at is None:
             self._stats.first_frame_at = time.monotonic()
         if v.gso_error:
-            logger.info(
-                "UDP GSO unavailable here (%s): one datagram at a time", os.strerror(v.gso_error)
-            )
+            gso_unavailable(os.strerror(v.gso_error))
         if v.dropped:
             self._count_refused(v.dropped, v.error)
             if v.want_keyframe:

@@ -30,6 +30,18 @@ class Output(Protocol):
     def close(self) -> None: ...
 
 
+_gso_missing_said = False
+
+
+def gso_unavailable(reason: str) -> None:
+    """Say once per process that the kernel sends no GSO batches here (it is the same for every
+    viewer's socket): each viewer finds it out on its own, in Python or in the C loop."""
+    global _gso_missing_said
+    if not _gso_missing_said:
+        _gso_missing_said = True
+        logger.info("UDP GSO unavailable here (%s): one datagram at a time", reason)
+
+
 class UdpOutput:
     """A connected viewer's UDP path: GSO `sendmsg` where the kernel has it, `sendto` otherwise."""
 
@@ -53,7 +65,7 @@ class UdpOutput:
                     except OSError as e:
                         if e.errno not in _NO_GSO:
                             raise
-                        logger.info("UDP GSO unavailable here (%s): one datagram at a time", e)
+                        gso_unavailable(e.strerror or str(e))
                         self._gso = False
                 for at in range(0, len(data), segment):
                     self.sock.sendto(data[at : at + segment], self.address)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import tempfile
@@ -263,3 +264,16 @@ def test_retransmit_budget_is_a_share_of_what_the_viewer_was_sent() -> None:
     now[0] = 3.0
     budget.roll(sent=401_000)  # a quiet second: the floor
     assert budget.left == RetransmitBudget.FLOOR
+
+
+def test_a_kernel_without_gso_is_said_once(caplog: pytest.LogCaptureFixture, monkeypatch) -> None:
+    """Every viewer's socket finds it out on its own (Python or C loop): one log line in all."""
+    from appliance.send import udp
+
+    monkeypatch.setattr(udp, "_gso_missing_said", False)
+    with caplog.at_level(logging.INFO, logger="appliance.send.udp"):
+        for _ in range(3):
+            udp.gso_unavailable("Invalid argument")
+    assert [r.getMessage() for r in caplog.records] == [
+        "UDP GSO unavailable here (Invalid argument): one datagram at a time"
+    ]
