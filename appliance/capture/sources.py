@@ -137,8 +137,14 @@ class SourceSlot:
         self.last_error = ""
         self._saved = saved
         self._save_failed = False
-        # the config's values, then those set through the API (kept in `saved`) over them
-        self.wanted_controls: dict[str, Any] = {**(initial or {}), **self._load()}
+        self._initial = dict(initial or {})  # the config's
+        self._set: dict[str, Any] = self._load()  # through the API, kept in `saved`
+
+    @property
+    def wanted_controls(self) -> dict[str, Any]:
+        """What the camera is set to when it opens: the config's values, and those set through
+        the API over them (only those are saved: a changed config is not masked by old state)."""
+        return {**self._initial, **self._set}
 
     def _load(self) -> dict[str, Any]:
         if self._saved is None or not self._saved.exists():
@@ -159,7 +165,7 @@ class SourceSlot:
         try:
             self._saved.parent.mkdir(parents=True, exist_ok=True)
             tmp = self._saved.with_suffix(".tmp")
-            tmp.write_text(json.dumps(self.wanted_controls, indent=1) + "\n")
+            tmp.write_text(json.dumps(self._set, indent=1) + "\n")
             tmp.replace(self._saved)
         except OSError as e:
             if not self._save_failed:  # said once: the settings still hold until the daemon stops
@@ -186,7 +192,7 @@ class SourceSlot:
         if self.current is None:
             raise ControlError("the camera is not running (restarting?)")
         result = self.current.set_controls(values)
-        self.wanted_controls.update(values)
+        self._set.update(values)
         self._save()
         return result
 

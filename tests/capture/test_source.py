@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import json
 from pathlib import Path
 from typing import Any
 
@@ -128,3 +129,21 @@ def test_camera_settings_are_kept_in_the_state_directory(tmp_path: Path, caplog:
     assert SourceSlot(saved).wanted_controls == {}
     assert "camera settings in" in caplog.text and "ignored" in caplog.text
     assert SourceSlot(tmp_path / "none.json").wanted_controls == {}
+
+
+def test_config_controls_are_the_base_and_only_api_values_are_kept(tmp_path: Path) -> None:
+    saved = tmp_path / "controls.json"
+    saved.write_text('{"brightness": 220}')
+    slot = SourceSlot(saved, {"brightness": 140, "contrast": 40})
+    assert slot.wanted_controls == {"brightness": 220, "contrast": 40}  # the API's value wins
+
+    from appliance.capture.testsrc import TestSource
+    from appliance.encoders.software import X264Encoder
+
+    video = config.VideoConfig(width=320, height=240)
+    slot.current = TestSource(320, 240, 30, X264Encoder(video), slot.wanted_controls)
+    slot.set_controls({"brightness": 90})
+    # the file holds what was set through the API, not the config's values: a config changed
+    # later is not masked by old state
+    assert json.loads(saved.read_text()) == {"brightness": 90}
+    assert slot.wanted_controls == {"brightness": 90, "contrast": 40}
