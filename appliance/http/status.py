@@ -86,10 +86,9 @@ class Status:
             )
         return camera
 
-    def stalled_for(self, camera: Camera | None = None) -> float | None:
-        """Seconds since the camera's last frame (the first camera's by default) when that is
-        longer than two frame intervals plus 1 s."""
-        camera = camera if camera is not None else self.camera(None)
+    def stalled_for(self, camera: Camera) -> float | None:
+        """Seconds since the camera's last frame when that is longer than two frame intervals
+        plus 1 s."""
         last = camera.stream.last_frame_at
         since = time.monotonic() - (last if last is not None else self.started)
         limit = 1.0 + 2.0 / camera.config.fps
@@ -205,10 +204,8 @@ async def status_handler(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATUS_KEY].as_json())
 
 
-def _public(entry: dict[str, Any]) -> dict[str, Any]:
-    """What a viewer of a stream may know of it (the status, less its source's details)."""
-    keys = ("name", "origin", "ready", "state", "why", "width", "height", "fps", "bitrate")
-    return {key: entry[key] for key in (*keys, "viewers") if key in entry}
+# What a viewer of a stream may know of it: the status, less its source's details.
+PUBLIC = ("name", "origin", "ready", "state", "why", "width", "height", "fps", "bitrate", "viewers")
 
 
 async def streams_handler(request: web.Request) -> web.Response:
@@ -226,7 +223,7 @@ async def streams_handler(request: web.Request) -> web.Response:
     host = request.host.rsplit(":", 1)[0] if not request.host.endswith("]") else request.host
     out = []
     for s in readable:
-        entry = _public(status.stream_json(s))
+        entry = {k: v for k, v in status.stream_json(s).items() if k in PUBLIC}
         entry["urls"] = {
             "page": f"/{s.name}/",
             "whep": f"/{s.name}/whep",

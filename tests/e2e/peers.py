@@ -13,6 +13,7 @@ from urllib.parse import urljoin
 import aiohttp
 import av
 import numpy as np
+from aiohttp import web
 from aiortc import RTCConfiguration, RTCIceServer, RTCPeerConnection, RTCSessionDescription
 from aiortc.mediastreams import VideoStreamTrack
 
@@ -209,3 +210,18 @@ async def chromium(*extra_args: str, executable: str = CHROMIUM) -> AsyncIterato
                 yield context
             finally:
                 await context.close()
+
+
+@contextlib.asynccontextmanager
+async def another_origin(app: web.Application) -> AsyncIterator[str]:
+    """`app` served on loopback at a port of its own: another origin than the daemon's, for
+    pages that use the daemon across origins. Yields its origin, http://127.0.0.1:<port>."""
+    runner = web.AppRunner(app)
+    await runner.setup()
+    site = web.TCPSite(runner, "127.0.0.1", 0)
+    await site.start()
+    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        await runner.cleanup()

@@ -12,7 +12,7 @@ from aiohttp import web
 
 from appliance.devices import clock
 from tests.e2e.conftest import DaemonFactory, wait_ready
-from tests.e2e.peers import chromium
+from tests.e2e.peers import another_origin, chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
 
@@ -78,14 +78,9 @@ startViewer({{video: document.getElementById("video"), overlay: document.getElem
 
         other = web.Application()
         other.router.add_get("/", page_handler)
-        runner = web.AppRunner(other)
-        await runner.setup()
-        site = web.TCPSite(runner, "127.0.0.1", 0)
-        await site.start()
-        port = site._server.sockets[0].getsockname()[1]
-        try:
+        async with another_origin(other) as origin:
             page = await browser.new_page()
-            await page.goto(f"http://127.0.0.1:{port}/")
+            await page.goto(f"{origin}/")
             await wait_for(page, "window.viewer && window.viewer.framesPresented >= 15")
             state = await viewer_state(page)
             assert (state["width"], state["height"]) == (640, 360)
@@ -96,8 +91,6 @@ startViewer({{video: document.getElementById("video"), overlay: document.getElem
                     break
                 await asyncio.sleep(0.1)
             assert await viewers(http, d.url) == []
-        finally:
-            await runner.cleanup()
 
 
 async def test_page_reconnects_after_daemon_restart(daemon: DaemonFactory) -> None:

@@ -20,7 +20,7 @@ import statistics
 import sys
 import time
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -31,7 +31,7 @@ from aiohttp import web
 
 from appliance.capture.testsrc import read_stamp
 from tests.e2e.conftest import DaemonFactory, wait_ready, wait_until
-from tests.e2e.peers import FAKE_CAMERA, AiortcViewer, chromium
+from tests.e2e.peers import FAKE_CAMERA, AiortcViewer, another_origin, chromium
 from tests.e2e.test_peers import FFMPEG_WHIP, watch_ffmpeg_greys
 from tests.e2e.test_whip import (
     ADMIN,
@@ -57,20 +57,11 @@ def installed() -> None:
     )
 
 
-@asynccontextmanager
-async def harness_origin() -> AsyncIterator[str]:
+def harness_origin() -> AbstractAsyncContextManager[str]:
     """tests/e2e/npm served on its own port: another origin than the daemon's."""
     app = web.Application()
     app.router.add_static("/", NPM)
-    runner = web.AppRunner(app)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    port = site._server.sockets[0].getsockname()[1]  # type: ignore[union-attr]
-    try:
-        yield f"http://127.0.0.1:{port}"
-    finally:
-        await runner.cleanup()
+    return another_origin(app)
 
 
 @asynccontextmanager

@@ -21,7 +21,7 @@ from appliance import config
 from appliance.app import Running, running
 from tests.capture.test_cameras import CAMERAS as THREE_CAMERAS
 from tests.e2e.conftest import wait_until
-from tests.e2e.peers import chromium
+from tests.e2e.peers import another_origin, chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -272,16 +272,11 @@ async def test_pages_from_another_origin_with_a_token(tmp_path: Path) -> None:
 
     other = web.Application()
     other.router.add_get("/{tail:.*}", page_handler)
-    runner = web.AppRunner(other)
-    await runner.setup()
-    site = web.TCPSite(runner, "127.0.0.1", 0)
-    await site.start()
-    origin = f"http://127.0.0.1:{site._server.sockets[0].getsockname()[1]}"
-    path = tmp_path / "appliance.toml"
-    text = camera_config(public=False)
-    path.write_text(text.replace("[http]\n", f'[http]\ncors_origins = ["{origin}"]\n'))
-    cfg = config.load(path, env={}, overrides={"http.state_dir": str(tmp_path / "state")})
-    try:
+    async with another_origin(other) as origin:
+        path = tmp_path / "appliance.toml"
+        text = camera_config(public=False)
+        path.write_text(text.replace("[http]\n", f'[http]\ncors_origins = ["{origin}"]\n'))
+        cfg = config.load(path, env={}, overrides={"http.state_dir": str(tmp_path / "state")})
         async with running(cfg) as d, chromium() as browser:
             index = (Path(__file__).parents[2] / "web/index.html").read_text()
             served["index"] = index.replace('"/web/', f'"{d.url}/web/')
@@ -305,5 +300,3 @@ async def test_pages_from_another_origin_with_a_token(tmp_path: Path) -> None:
             await page.wait_for_selector("[data-control=brightness] input[type=range]")
             assert page.url.startswith(origin)  # the other site's page, the device's data
             assert console.errors == []
-    finally:
-        await runner.cleanup()
