@@ -15,7 +15,7 @@ What the rest of the daemon gets from here:
 - `aim_keyframe_requests(sender, callback)`: aiortc's own send path calls
   `RTCRtpSender._send_keyframe()` on PLI/FIR; we aim it at the stream.
 - `drop_receive_state(receiver)`: a sendonly transceiver's receiver loses the remote bitrate
-  estimator it never uses (`_RTCRtpReceiver__remote_bitrate_estimator`).
+  estimator, jitter buffer and decoder queue it never uses (`_RTCRtpReceiver__...`).
 - `tap_receiver(receiver, queue, jitter_buffer)`: a WHIP publisher's media is not decoded: the
   receiver's `_RTCRtpReceiver__decoder_queue` becomes our queue (its `get()` returns None, so
   aiortc's decoder thread exits at once), and its `_RTCRtpReceiver__jitter_buffer` ours.
@@ -25,8 +25,11 @@ What the rest of the daemon gets from here:
 - `handshake_facts(pc)`: what ICE and DTLS got to, for `rtc.diagnose` to say why a connection
   failed: aioice's check list and remote candidates, `RTCDtlsTransport._ssl` and `_role`, and
   the alerts OpenSSL's info callback saw (installed with the cipher list, below).
+- `retire_dtls(dtls)`: a handshaken `RTCDtlsTransport._ssl` becomes a RetiredDtls (rtc/dtls.py);
+  install() does it at each connection's first authenticated SRTCP
+  (`RTCDtlsTransport._handle_rtcp_data`).
 - `install()`: see its docstring. It replaces `RTCCertificate.generateCertificate` (public) and
-  wraps `RTCCertificate._create_ssl_context` (private).
+  wraps `RTCCertificate._create_ssl_context` and `RTCDtlsTransport._handle_rtcp_data` (private).
 
 send/srtp.py also touches pylibsrtp (`Session._srtp` and its cffi binding) for in-place SRTP:
 that is the hot path, kept beside the code that uses it, and checked there byte for byte.
@@ -52,6 +55,7 @@ from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import RTCCertificate, RTCRtpReceiver, RTCRtpSender
 from aiortc.codecs import CODECS, HEADER_EXTENSIONS
 from aiortc.jitterbuffer import JitterBuffer, JitterFrame
+from aiortc.rtcdtlstransport import RTCDtlsTransport
 from aiortc.rtcrtpparameters import (
     RTCRtcpFeedback,
     RTCRtpCodecParameters,
@@ -61,6 +65,7 @@ from OpenSSL import SSL
 
 from appliance.core import rtp
 from appliance.core.stats import DropReporter
+from appliance.rtc.dtls import RetiredDtls
 from appliance.send.udp import Output, UdpOutput
 
 logger = logging.getLogger(__name__)
@@ -203,10 +208,16 @@ def nominated_output(dtls: Any) -> Output:
 
 def drop_receive_state(receiver: RTCRtpReceiver) -> None:
     """The receiver of a sendonly video transceiver (every viewer's, and an egress's) never gets
-    media, yet aiortc gives it a remote bitrate estimator: a 1000-bucket rate counter, 96 KB of a
-    viewer's memory. It goes. Private: `RTCRtpReceiver.__remote_bitrate_estimator`, which aiortc
-    checks for None before use (it is None on audio receivers)."""
+    media, yet aiortc gives it what a receiving one needs: a remote bitrate estimator (a
+    1000-bucket rate counter, 96 KB), a 512-slot jitter buffer (4 KB) and a decoder queue with
+    its lock and three conditions (3 KB), per viewer. They go; RTP that reached it anyway is
+    still handled (a 4-slot jitter buffer). Private: `RTCRtpReceiver.__remote_bitrate_estimator`,
+    which aiortc checks for None before use (it is None on audio receivers),
+    `__jitter_buffer`, and `__decoder_queue`, used only once `receive()` started the decoder
+    thread, which a sendonly transceiver never does."""
     receiver._RTCRtpReceiver__remote_bitrate_estimator = None  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__jitter_buffer = JitterBuffer(capacity=4, is_video=True)  # type: ignore[attr-defined]
+    receiver._RTCRtpReceiver__decoder_queue = None  # type: ignore[attr-defined]
 
 
 def tap_receiver(receiver: RTCRtpReceiver, queue: Any, jitter_buffer: JitterBuffer) -> None:
@@ -452,9 +463,11 @@ def handshake_facts(pc: Any) -> HandshakeFacts | None:
     ssl = dtls._ssl
     certificate = None
     profile = None
+    if isinstance(ssl, RetiredDtls):
+        certificate = ssl.peer_key
+    elif ssl is not None:
+        certificate = _peer_key(ssl)
     if ssl is not None:
-        peer = ssl.get_peer_certificate(as_cryptography=True)
-        certificate = _describe_key(peer.public_key()) if peer is not None else None
         profile = ssl.get_selected_srtp_profile().decode() or None
     return HandshakeFacts(
         ice_state=str(dtls.transport.state),
@@ -469,6 +482,11 @@ def handshake_facts(pc: Any) -> HandshakeFacts | None:
         peer_certificate=certificate,
         srtp_profile=profile,
     )
+
+
+def _peer_key(ssl: SSL.Connection) -> str | None:
+    peer = ssl.get_peer_certificate(as_cryptography=True)
+    return _describe_key(peer.public_key()) if peer is not None else None
 
 
 def _describe_key(key: Any) -> str:
@@ -569,6 +587,50 @@ def _guard_datagrams() -> None:
 _ICE_INTERFACES: tuple[str, ...] = ()
 
 
+# --- DTLS after its handshake ------------------------------------------------------------------
+
+
+def _retire_dtls_when_confirmed() -> None:
+    """See install(). Private: `RTCDtlsTransport._handle_rtcp_data` (called with each SRTCP
+    packet that authenticated), `_ssl`, `_role`, `_data_receiver`."""
+    original = RTCDtlsTransport._handle_rtcp_data
+    if getattr(original, "retires", False):
+        return
+
+    async def handle_rtcp_data(self: RTCDtlsTransport, data: bytes) -> None:
+        ssl = self._ssl
+        if type(ssl) is SSL.Connection and self not in _KEPT:
+            retire_dtls(self)
+        await original(self, data)
+
+    handle_rtcp_data.retires = True  # type: ignore[attr-defined]
+    RTCDtlsTransport._handle_rtcp_data = handle_rtcp_data  # type: ignore[method-assign]
+
+
+# Transports whose DTLS stays OpenSSL's: a data channel, or a suite RetiredDtls does not seal.
+_KEPT: weakref.WeakSet[RTCDtlsTransport] = weakref.WeakSet()
+
+
+def retire_dtls(dtls: RTCDtlsTransport) -> bool:
+    """Put a RetiredDtls (rtc/dtls.py) in place of `dtls`'s handshaken OpenSSL connection, which
+    is then freed; False, and kept, when it carries a data channel (SCTP over DTLS) or its suite
+    is not one RetiredDtls seals."""
+    ssl = dtls._ssl
+    if type(ssl) is not SSL.Connection or dtls.state != "connected":
+        return False
+    retired = None
+    if dtls._data_receiver is None:
+        retired = RetiredDtls.retire(ssl, server=dtls._role == "server", peer_key=_peer_key(ssl))
+    if retired is None:
+        _KEPT.add(dtls)
+        return False
+    trace = _TRACES.get(ssl)
+    if trace is not None:
+        _TRACES[retired] = trace
+    dtls._ssl = retired  # type: ignore[assignment]  # the calls aiortc makes after a handshake
+    return True
+
+
 def _host_addresses(use_ipv4: bool, use_ipv6: bool) -> list[str]:
     """The addresses ICE gathers on: aioice's, less IPv6 temporary (privacy) and deprecated
     addresses, which only add sockets (a Pi may have many), and limited to `webrtc.interfaces`
@@ -630,6 +692,12 @@ def install(interfaces: Sequence[str] = ()) -> None:
     - **One DTLS certificate for the process**: `RTCCertificate.generateCertificate` returns the
       same certificate to every peer connection, and its SSL context is made once per SRTP
       profile list (session cache off), not once per connection (see `_share_certificate`).
+    - **DTLS is let go once both ends hold their keys**: at a connection's first SRTCP packet
+      that authenticates (the peer finished its handshake, so no flight is ever retransmitted),
+      OpenSSL's connection object (about 80 KB, half of what a viewer cost) is replaced by a
+      RetiredDtls (rtc/dtls.py) that keeps only the record keys: it still ends the connection
+      on the peer's authenticated close_notify and sends ours on close. Connections with a data
+      channel, or on a suite it does not seal, keep OpenSSL's (`retire_dtls`).
     - **playout-delay and abs-capture-time** join aiortc's video header extensions, so that it
       accepts them in the answer when a viewer offers them.
     """
@@ -640,4 +708,5 @@ def install(interfaces: Sequence[str] = ()) -> None:
     _accept_more_h264_profiles()
     _accept_rsa_dtls_peers()
     _share_certificate()
+    _retire_dtls_when_confirmed()
     _accept_extra_extensions()

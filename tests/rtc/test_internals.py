@@ -22,12 +22,13 @@ from aiortc import (
 )
 from aiortc.codecs import CODECS
 from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80, generate_certificate
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtpPacket
+from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpRrPacket, RtpPacket
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
 from appliance.rtc import internals
 from appliance.rtc.diagnose import explain
+from appliance.rtc.dtls import RetiredDtls
 from appliance.rtc.viewer import EncodedVideoTrack
 from appliance.send.udp import Output
 from tests.certs import self_signed
@@ -308,13 +309,17 @@ async def test_every_connection_of_the_process_shares_one_certificate() -> None:
         await second.close()
 
 
-async def test_a_sendonly_receiver_loses_the_bitrate_estimator_it_never_uses() -> None:
+async def test_a_sendonly_receiver_loses_the_receive_state_it_never_uses() -> None:
     pc = RTCPeerConnection(RTCConfiguration(iceServers=[]))
     try:
         receiver = pc.addTransceiver(EncodedVideoTrack(None), direction="sendonly").receiver
-        assert receiver._RTCRtpReceiver__remote_bitrate_estimator is not None  # aiortc's name
+        assert receiver._RTCRtpReceiver__remote_bitrate_estimator is not None  # aiortc's names
+        assert receiver._RTCRtpReceiver__jitter_buffer.capacity >= 128  # 512 since aiortc 1.16
+        assert receiver._RTCRtpReceiver__decoder_queue is not None
         internals.drop_receive_state(receiver)
         assert receiver._RTCRtpReceiver__remote_bitrate_estimator is None
+        assert receiver._RTCRtpReceiver__jitter_buffer.capacity == 4
+        assert receiver._RTCRtpReceiver__decoder_queue is None
         # RTP that reaches it anyway (abs-send-time set: the estimator's input) is handled.
         packet = RtpPacket(payload_type=96, sequence_number=1, timestamp=0, ssrc=1234)
         packet.extensions.abs_send_time = 0x123456
@@ -334,3 +339,77 @@ def test_the_shared_dtls_context_keeps_no_session_and_no_idle_buffers() -> None:
     assert certificate._create_ssl_context(srtp_profiles=[SRTP_AES128_CM_SHA1_80]) is context
     assert context.get_session_cache_mode() == SSL.SESS_CACHE_OFF
     assert context.set_mode(0) & SSL.MODE_RELEASE_BUFFERS  # set_mode(0) reads the mode back
+
+
+def dtls_of(pc: RTCPeerConnection) -> Any:
+    return pc.getTransceivers()[0].sender.transport
+
+
+async def send_receiver_report(pc: RTCPeerConnection) -> None:
+    """One SRTCP packet, as a viewer sends about once a second."""
+    await dtls_of(pc)._send_rtp(bytes(RtcpRrPacket(ssrc=0x1234, reports=[])))
+
+
+async def wait_retired(pc: RTCPeerConnection) -> None:
+    for _ in range(100):
+        if isinstance(dtls_of(pc)._ssl, RetiredDtls):
+            return
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"DTLS still {type(dtls_of(pc)._ssl).__name__}")
+
+
+@pytest.mark.parametrize("closer", ["ours", "peer"])
+async def test_dtls_is_let_go_at_the_first_authenticated_srtcp_and_the_close_still_reaches_both(
+    closer: str,
+) -> None:
+    """OpenSSL's handshaken connection goes at our first SRTCP from the peer (install());
+    a close on either end still reaches the other at once, by close_notify: ours sealed by
+    RetiredDtls and read by the peer's OpenSSL, the peer's read by RetiredDtls."""
+    internals.install()
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        viewer.addTransceiver("video", direction="recvonly")
+        server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        await connect(viewer, server)
+        await wait_state(server, "connected")
+        await wait_state(viewer, "connected")
+        assert type(dtls_of(server)._ssl) is SSL.Connection  # nothing from the peer yet
+        await send_receiver_report(viewer)
+        await wait_retired(server)
+        assert type(dtls_of(viewer)._ssl) is SSL.Connection  # it got no SRTCP: kept
+        facts = internals.handshake_facts(server)
+        assert facts is not None and facts.encrypted and facts.dtls_state == "connected"
+        assert facts.peer_certificate == "ECDSA secp256r1"
+        assert facts.srtp_profile and facts.srtp_profile.startswith("SRTP_")
+        assert facts.trace.stage  # what OpenSSL's info callback saw, kept
+        await send_receiver_report(viewer)  # SRTCP still reaches the receiver side
+        if closer == "ours":
+            await server.close()
+            await wait_state(viewer, "closed", timeout=5)  # by close_notify, not consent (30 s)
+        else:
+            await viewer.close()
+            await wait_state(server, "closed", timeout=5)
+    finally:
+        await viewer.close()
+        await server.close()
+
+
+async def test_dtls_that_carries_a_data_channel_stays_openssls() -> None:
+    internals.install()
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        viewer.addTransceiver("video", direction="recvonly")
+        viewer.createDataChannel("chat")
+        server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        await connect(viewer, server)
+        await wait_state(server, "connected")
+        await send_receiver_report(viewer)
+        await send_receiver_report(viewer)
+        await asyncio.sleep(0.5)
+        assert type(dtls_of(server)._ssl) is SSL.Connection
+        assert not internals.retire_dtls(dtls_of(server))
+    finally:
+        await viewer.close()
+        await server.close()
