@@ -42,6 +42,7 @@ from appliance.devices import network
 from appliance.devices.clock import ClockWatch
 from appliance.devices.headroom import HeadroomWatch
 from appliance.devices.health import RecentWarnings
+from appliance.devices.memory import HeapTrimmer
 from appliance.http.connections import ConnectionLimit, QuietAcceptErrors, raise_open_files_limit
 from appliance.http.egress import EgressSet
 from appliance.http.server import WHIP_KEY, make_app
@@ -141,8 +142,9 @@ async def running(config: Config, startup: Startup | None = None) -> AsyncIterat
         cameras.append(Camera(camera_config, make_stream(camera_config.name), slot))
         streams.add_camera(cameras[-1].stream)
     stream, slot = cameras[0].stream, cameras[0].slot  # audio goes with the first camera
-    sessions = SessionRegistry()
-    publishers = SessionRegistry()
+    heap = HeapTrimmer()
+    sessions = SessionRegistry(heap)
+    publishers = SessionRegistry(heap)
     egress = EgressSet(config, streams)
     if not config.auth.tokens:
         logger.warning(

@@ -18,6 +18,7 @@ from collections.abc import Iterator
 from typing import Any, Protocol
 
 from appliance.core.errors import SessionNotFound
+from appliance.devices.memory import HeapTrimmer
 from appliance.http.prometheus import Histogram
 from appliance.rtc import close_quietly
 from appliance.rtc.diagnose import Failure, why_failed
@@ -86,6 +87,7 @@ class Session:
             if state == "connected" and self.connected_at is None:
                 self.connected_at = time.monotonic()
                 logger.info("%s %s: connected (%s)", self.role, self.id[:8], self.peer)
+                registry.heap.soon()  # what its set-up freed goes back to the system
             elif state == "failed":
                 # Asked now: closing the connection resets what ICE and DTLS got to.
                 failure = why_failed(self.pc, connected=self.connected_at is not None)
@@ -150,8 +152,10 @@ class Session:
 class SessionRegistry:
     """All live sessions of one role, by id. The only place sessions are added or removed."""
 
-    def __init__(self) -> None:
+    def __init__(self, heap: HeapTrimmer | None = None) -> None:
         self._sessions: dict[str, Session] = {}
+        # Trims the heap after sessions connect or close; the daemon's registries share one.
+        self.heap = heap if heap is not None else HeapTrimmer()
         self._closing: set[asyncio.Task[None]] = set()
         self.created: dict[str, int] = {}  # by stream
         self.retired: dict[str, dict[str, float]] = {}  # closed sessions' totals, by stream
@@ -276,6 +280,7 @@ class SessionRegistry:
                 }
             )
         await session._close(reason)
+        self.heap.soon()
         d = session.describe()
         self._observe(session, d)
         self._observed.discard(session.id)
@@ -306,3 +311,4 @@ class SessionRegistry:
         await asyncio.gather(*(self.close(s, reason) for s in self))
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        self.heap.close()
