@@ -5,13 +5,14 @@ from __future__ import annotations
 import asyncio
 import socket
 import statistics
+from typing import Any
 
 import aiohttp
 import pytest
 from aiohttp import web
 
 from appliance.devices import clock
-from tests.e2e.conftest import DaemonFactory, wait_ready
+from tests.e2e.conftest import DaemonFactory, wait_ready, wait_until
 from tests.e2e.peers import another_origin, chromium
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(180)]
@@ -155,3 +156,55 @@ async def test_protected_stream_asks_for_a_token_then_plays(daemon: DaemonFactor
         await second.goto(f"{d.url}/#token={token}")
         await wait_for(second, "window.viewer && window.viewer.framesPresented >= 5")
         assert "token" not in second.url
+
+
+async def test_dtls_let_go_after_the_handshake_still_closes_both_ways_with_chromium(
+    daemon: DaemonFactory,
+) -> None:
+    """Chromium's viewer proves its keys (its SRTCP), the daemon lets OpenSSL's DTLS connection go
+    (rtc/dtls.py), and the end of a session still travels by DTLS close_notify both ways: the
+    daemon's, sealed by RetiredDtls, ends Chromium's DTLS transport; Chromium's, read by it, ends
+    the daemon's session at once (not 30 s later, when ICE consent would have run out)."""
+    from appliance.rtc.dtls import RetiredDtls
+
+    script = """async (url) => {
+        const pc = new RTCPeerConnection({iceServers: []});
+        pc.addTransceiver("video", {direction: "recvonly"});
+        await pc.setLocalDescription(await pc.createOffer());
+        await new Promise((done) => {
+            if (pc.iceGatheringState === "complete") done();
+            pc.onicegatheringstatechange = () => pc.iceGatheringState === "complete" && done();
+        });
+        const r = await fetch(url, {method: "POST", body: pc.localDescription.sdp,
+                                    headers: {"Content-Type": "application/sdp"}});
+        await pc.setRemoteDescription({type: "answer", sdp: await r.text()});
+        window.pc = pc;
+        return r.headers.get("Location");
+    }"""
+    dtls_state = "() => window.pc.getReceivers()[0].transport.state"
+    async with daemon() as d, chromium() as browser:
+        await wait_ready(d)
+        page = await browser.new_page()
+        await page.goto(f"{d.url}/web/favicon.svg")  # the daemon's origin, and no player of its own
+        for closer in ("daemon", "chromium"):
+            location = await page.evaluate(script, f"{d.url}/cam/whep")
+            session_id = location.rstrip("/").rsplit("/", 1)[-1]
+            session = d.sessions.get(session_id)
+
+            async def retired(session: Any = session) -> bool:
+                dtls = session.pc.getTransceivers()[0].sender.transport
+                return isinstance(dtls._ssl, RetiredDtls)
+
+            await wait_until(retired, 15, "the daemon kept OpenSSL's DTLS connection")
+            assert await page.evaluate(dtls_state) == "connected"
+            if closer == "daemon":
+                await d.sessions.close(session, "closed by the test")
+                await wait_for(page, f"({dtls_state})() === 'closed'", timeout=5)
+            else:
+                await page.evaluate("() => window.pc.close()")
+
+                async def gone(session_id: str = session_id) -> bool:
+                    return session_id not in {s.id for s in d.sessions}
+
+                await wait_until(gone, 5, "the daemon did not see Chromium's close_notify")
+                assert session.closed_reason == "connection closed by the peer"
