@@ -17,8 +17,9 @@ Per case, over `--seconds` once every viewer receives video:
   (fast: measured around Stream.publish; aiortc: publish → the last viewer's marker packet in
   RTCDtlsTransport._send_rtp), p50 and p99; on the fast path also P-frames' p99 and keyframes' max;
 - the slowest viewer's received frame rate;
-- RSS, and its slope per viewer against the no-viewer run; for our daemon also what malloc holds
-  (glibc's mallinfo2, after a collection), which varies less from run to run than RSS.
+- RSS, and its slope per viewer between the first and the last case; for our daemon also what
+  malloc holds (glibc's mallinfo2, after a collection): C libraries' memory and Python's larger
+  objects, not Python's small objects (their arenas come from mmap, outside malloc).
 
 `--janus N,...`: the same workload (plain RTP, packetized as ours) and the same viewers through
 Debian's Janus, its streaming plugin on one event loop (tests/perf/janus_fanout.py): its CPU (all
@@ -83,8 +84,8 @@ class _MallInfo2(ctypes.Structure):
 
 def malloc_mb() -> float:
     """Bytes malloc holds for this process now (glibc's mallinfo2: in use, mmapped included),
-    in MB; what RSS shows less noisily (no pages freed late, no arena high-water marks). NaN
-    without glibc 2.33+."""
+    in MB: what C libraries (OpenSSL, libsrtp) and Python's objects over 512 bytes hold, not
+    Python's small objects (pymalloc's arenas are mmapped apart). NaN without glibc 2.33+."""
     try:
         mallinfo2 = ctypes.CDLL(None).mallinfo2
     except AttributeError:
