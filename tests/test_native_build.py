@@ -11,6 +11,7 @@ import subprocess
 import sys
 from pathlib import Path
 from types import ModuleType
+from typing import Any
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -105,3 +106,53 @@ def test_a_loop_built_from_another_header_is_refused_not_run(tmp_path: Path) -> 
     assert lib is None and why is not None and "another packetloop.h" in why
     current, why = native.load(native.library_path())
     assert current is not None and why is None
+
+
+def ctypes_of(ffi: Any, lib: Any) -> dict[str, Any]:
+    """What an FFI says of packetloop.h: the struct's size and fields, and the functions' types."""
+    struct = ffi.typeof("struct pl_viewer")
+    return {
+        "size": ffi.sizeof(struct),
+        "fields": [(name, field.type.cname, field.offset) for name, field in struct.fields],
+        "functions": {
+            name: ffi.typeof(getattr(lib, name)).cname
+            for name in ("pl_layout", "pl_send_all", "pl_report_all")
+        },
+        "types": sorted(ffi.list_types()[0]),
+    }
+
+
+def test_the_declarations_written_at_build_are_packetloop_h_and_serve_the_daemon(
+    tmp_path: Path,
+) -> None:
+    """cffi's out-of-line module the build hook writes (no C parser at the daemon's start-up)
+    declares exactly what packetloop.h does; the daemon uses it where it was built, and parses
+    the header itself where it was not."""
+    from cffi import FFI
+
+    from appliance.send import native
+
+    written = build_native().ffi_module(tmp_path / "_packetloop_ffi.py")
+    assert written is not None
+    spec = importlib.util.spec_from_file_location("written_ffi", written)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    parsed = FFI()
+    parsed.cdef((ROOT / "appliance/send/packetloop.h").read_text())
+    so = str(native.library_path())
+    assert ctypes_of(module.ffi, module.ffi.dlopen(so)) == ctypes_of(parsed, parsed.dlopen(so))
+    assert native.DECLARATIONS == "built"  # the editable install's build hook wrote it
+
+    program = """
+import sys
+sys.modules["appliance.send._packetloop_ffi"] = None  # as where it was not built
+from appliance.send import native
+print(native.DECLARATIONS, native.LIB is not None)
+"""
+    out = subprocess.run(
+        [sys.executable, "-c", program], env={**os.environ, "PYTHONPATH": str(ROOT)},
+        capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert out.returncode == 0, out.stderr
+    assert out.stdout.split() == ["parsed", "True"]

@@ -7,6 +7,10 @@ architecture serves CPython 3.10 and 3.11 alike. Where it is missing (a develope
 without a C compiler, a 32-bit Pi OS) or fails to load, `RtpSender` uses the Python path, which
 is the reference the C loop is tested against, and the daemon says so in one log line.
 
+The C declarations come from `_packetloop_ffi.py`, which the build hook writes from packetloop.h
+(cffi's out-of-line ABI mode: no C parser at start-up); in a source tree that was not built, or
+with a cffi that cannot read it, packetloop.h is parsed here instead.
+
 `APPLIANCE_PACKET_LOOP=python` chooses the Python path even where the C loop is there (benchmarks
 compare the two).
 
@@ -18,6 +22,7 @@ same libsrtp.
 from __future__ import annotations
 
 import asyncio
+import importlib
 import ipaddress
 import logging
 import os
@@ -28,7 +33,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from cffi import FFI
 from pylibsrtp import Session
 from pylibsrtp._binding import ffi as srtp_ffi
 from pylibsrtp._binding import lib as srtp_lib
@@ -39,10 +43,22 @@ from appliance.core.ring import PacketRing
 logger = logging.getLogger(__name__)
 
 # The struct and the function, as packetloop.c itself includes them.
-CDEF = Path(__file__).with_name("packetloop.h").read_text()
+HEADER = Path(__file__).with_name("packetloop.h")
 
-_ffi = FFI()
-_ffi.cdef(CDEF)
+
+def _declarations() -> tuple[Any, str]:
+    """(cffi's FFI of packetloop.h, where it came from: "built" or "parsed")."""
+    try:
+        return importlib.import_module("appliance.send._packetloop_ffi").ffi, "built"
+    except Exception:  # not built here (a source tree), or written by a cffi this one cannot read
+        from cffi import FFI
+
+        parsed = FFI()
+        parsed.cdef(HEADER.read_text())
+        return parsed, "parsed"
+
+
+_ffi, DECLARATIONS = _declarations()
 HEADER_MAX = len(_ffi.new("struct pl_viewer *").header)  # the longest RTP header it takes
 
 

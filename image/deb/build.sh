@@ -35,6 +35,11 @@ case "$ARCH" in amd64) machine=x86_64 ;; arm64) machine=aarch64 ;; esac
     echo "the wheel has no C packet loop for $machine: install its compiler (image/build_native.py)" >&2
     exit 1
 }
+# ... and its declarations, written by cffi at build time (else parsed at every start).
+"$PYTHON" -m zipfile -l "$WHEELS"/appliance-*.whl | grep "appliance/send/_packetloop_ffi.py" > /dev/null || {
+    echo "the wheel has no appliance/send/_packetloop_ffi.py (image/build_native.py)" >&2
+    exit 1
+}
 PYTHON=$PYTHON sh "$HERE/../wheels.sh" "$ARCH" "$WORK/wheels" 3.10 3.11
 mv "$WORK"/wheels/*.whl "$WHEELS/"
 
