@@ -14,10 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import ctypes
-import logging
 from collections.abc import Callable
-
-logger = logging.getLogger(__name__)
 
 TRIM_DELAY = 5.0  # s: after a join (its DTLS is let go at its first RTCP, about 1 s later)
 

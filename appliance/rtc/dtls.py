@@ -4,8 +4,9 @@ In WebRTC, DTLS carries the handshake that keys SRTP and, after it, nothing but 
 (media is SRTP beside it; a viewer has no data channel). Yet OpenSSL keeps a handshaken DTLS
 connection at about 80 KB (OpenSSL 4: record layers of both epochs, the handshake buffer kept
 for retransmissions, the session): half of what a viewer cost. `RetiredDtls` takes its place once
-the peer has proved it holds the keys too (rtc/internals.retire_dtls_after_handshake: its first
-authenticated SRTCP). It keeps the 60-odd bytes of record keys and does the one job left:
+the peer has proved it holds the keys too (rtc/internals.retire_dtls, at the peer's first SRTCP
+packet that authenticates). It keeps the record keys (about 4 KB with their two AEAD contexts,
+measured) and does the one job left:
 
 - a datagram from the peer: each DTLS record in it (RFC 6347 4.1) is opened with the peer's
   write key; an authenticated alert that is close_notify or fatal ends the connection
@@ -171,8 +172,9 @@ class RetiredDtls:
 
     # What aiortc's RTCDtlsTransport calls after its handshake.
 
-    def DTLSv1_get_timeout(self) -> None:  # (pyOpenSSL's name)
-        return None  # no flight is ever retransmitted: both ends hold their keys
+    def DTLSv1_get_timeout(self) -> None:
+        """None: no flight is ever retransmitted, both ends hold their keys."""
+        return None
 
     def bio_write(self, data: bytes) -> int:
         self._incoming = bytes(data)
