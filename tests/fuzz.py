@@ -13,6 +13,9 @@ million or more, coverage-guided with atheris, and reports the figures.
   (rtc.deliver_rtcp: NACK, PLI, FIR, receiver reports), which sends over real SRTP and UDP.
 - `datagram`: a UDP datagram from a stranger to an ICE socket (rtc.install's guard in front of
   aioice): nothing may reach the DTLS queue, and nothing may raise.
+- `dtls`: a datagram to a connection whose DTLS was let go after its handshake (rtc/dtls.py's
+  RetiredDtls, keyed from a real OpenSSL handshake): only "nothing for us" (SSL.WantReadError),
+  and the end of the connection (SSL.ZeroReturnError) only for the peer's genuine close_notify.
 - `rtsp`: what an RTSP client sends, as the server reads it (core/rtsp.py's MessageReader, the
   Transport header, the Digest header): only RtspError, with a status the server sends.
 - `config`, `firstboot`: a file as the daemon or the first boot reads it.
@@ -33,6 +36,7 @@ from aioice.candidate import Candidate
 from aioice.ice import Connection, StunProtocol
 from aiortc.rtp import RtcpPacket
 from aiortc.sdp import candidate_from_sdp
+from OpenSSL import SSL
 from pylibsrtp import Policy, Session
 
 from appliance import config, firstboot, rtc
@@ -40,8 +44,10 @@ from appliance.core import rtsp, sdp
 from appliance.core.errors import ConfigError, RequestError
 from appliance.core.packetizer import H264Packetizer
 from appliance.core.ring import PacketRing
+from appliance.rtc.dtls import RetiredDtls
 from appliance.send.sender import Negotiated, RtpSender
 from appliance.send.udp import UdpOutput
+from tests.certs import dtls_pair
 
 DATA = Path(__file__).parent / "data"
 SEEDS = {
@@ -57,6 +63,14 @@ SEEDS = {
         bytes.fromhex("81c90007") + bytes(4) + (0x11223344).to_bytes(4, "big") + bytes(20),
     ],
     "datagram": [b"", b"\x16\xfe\xfd" + bytes(20), b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)],
+    "dtls": [  # the shapes of what a peer sends after its handshake (epoch 1, AES-GCM)
+        b"\x15\xfe\xfd\x00\x01\x00\x00\x00\x00\x00\x01\x00\x1a" + bytes(26),  # an alert
+        b"\x17\xfe\xfd\x00\x01\x00\x00\x00\x00\x00\x02\x00\x20"
+        + bytes(32)  # data, then
+        + b"\x15\xfe\xfd\x00\x01\x00\x00\x00\x00\x00\x03\x00\x1a"
+        + bytes(26),  # an alert
+        b"\x16\xfe\xfd\x00\x00\x00\x00\x00\x00\x00\x05\x00\x0c" + bytes(12),  # handshake
+    ],
     "rtsp": [
         b"SETUP rtsp://10.0.0.2:8554/cam/video RTSP/1.0\r\nCSeq: 3\r\nAuthorization: Digest "
         b'username="nvr", realm="appliance", nonce="ab", uri="rtsp://10.0.0.2:8554/cam", '
@@ -214,6 +228,40 @@ class _DatagramTarget:
             raise AssertionError(f"a stranger's datagram reached DTLS: {queue.get_nowait()!r}")
 
 
+class _DtlsTarget:
+    """A RetiredDtls keyed from a real OpenSSL handshake, as the daemon's side (the DTLS client,
+    as when it answers), and the peer's genuine close_notify."""
+
+    def __init__(self) -> None:
+        ours, peer = dtls_pair("ECDHE-ECDSA-AES128-GCM-SHA256")
+        retired = RetiredDtls.retire(ours, server=False, peer_key=None)
+        assert retired is not None
+        self.retired = retired
+        peer.shutdown()
+        self.genuine = peer.bio_read(65536)
+        retired.bio_write(self.genuine)  # the keys are right: the genuine alert ends it
+        try:
+            retired.recv(1500)
+            raise AssertionError("the peer's close_notify did not end the connection")
+        except SSL.ZeroReturnError:
+            retired.closed_by_peer = False
+
+    def __call__(self, data: bytes) -> None:
+        self.retired.bio_write(data)
+        try:
+            self.retired.recv(1500)
+        except SSL.WantReadError:
+            return
+        except SSL.ZeroReturnError:
+            if self.genuine not in data:
+                raise AssertionError(
+                    f"a datagram without the peer's close_notify closed: {data!r}"
+                ) from None
+            self.retired.closed_by_peer = False
+            return
+        raise AssertionError("recv returned data: nothing after the handshake is for us")
+
+
 def _file_target(
     read: Callable[[Path], object], allowed: type[Exception]
 ) -> Callable[[bytes], None]:
@@ -243,6 +291,7 @@ def targets() -> dict[str, Callable[[bytes], None]]:
         "rtsp": rtsp_stream,
         "rtcp": _RtcpTarget(),
         "datagram": _DatagramTarget(),
+        "dtls": _DtlsTarget(),
         "config": _file_target(lambda p: config.load(p, env={}), ConfigError),
         "firstboot": _file_target(_firstboot, firstboot.FirstBootError),
     }

@@ -4,57 +4,15 @@ the records RetiredDtls reads and writes are what OpenSSL writes and reads."""
 
 from __future__ import annotations
 
-import datetime
 import os
 
 import pytest
 from OpenSSL import SSL
 
 from appliance.rtc.dtls import RetiredDtls, prf_sha256, records
-from tests.certs import self_signed
+from tests.certs import dtls_pair
 
 AEAD_SUITES = ["ECDHE-ECDSA-AES128-GCM-SHA256", "ECDHE-ECDSA-CHACHA20-POLY1305"]
-
-
-def context(suite: str) -> SSL.Context:
-    key, certificate = self_signed("dtls test", datetime.timedelta(days=1))
-    ctx = SSL.Context(SSL.DTLS_METHOD)
-    ctx.use_certificate(certificate)
-    ctx.use_privatekey(key)
-    ctx.set_cipher_list(suite.encode())
-    ctx.set_verify(SSL.VERIFY_PEER | SSL.VERIFY_FAIL_IF_NO_PEER_CERT, lambda *args: True)
-    ctx.set_tlsext_use_srtp(b"SRTP_AEAD_AES_128_GCM:SRTP_AES128_CM_SHA1_80")
-    return ctx
-
-
-def pump(source: SSL.Connection, sink: SSL.Connection) -> None:
-    while True:
-        try:
-            datagram = source.bio_read(65536)
-        except SSL.WantReadError:
-            return
-        sink.bio_write(datagram)
-
-
-def handshaken(suite: str) -> tuple[SSL.Connection, SSL.Connection]:
-    """(client, server), their DTLS 1.2 handshake done in memory."""
-    client, server = SSL.Connection(context(suite)), SSL.Connection(context(suite))
-    client.set_connect_state()
-    server.set_accept_state()
-    for _ in range(10):
-        for end, other in ((client, server), (server, client)):
-            try:
-                end.do_handshake()
-            except SSL.WantReadError:
-                pass
-            pump(end, other)
-    assert (
-        client.get_state_string()
-        == server.get_state_string()
-        == b"SSL negotiation finished successfully"
-    )
-    assert client.get_cipher_name() == suite and client.get_protocol_version_name() == "DTLSv1.2"
-    return client, server
 
 
 def retired(ssl: SSL.Connection, server: bool) -> RetiredDtls:
@@ -83,7 +41,7 @@ def test_prf_matches_the_tls_1_2_test_vector() -> None:
 @pytest.mark.parametrize("suite", AEAD_SUITES)
 @pytest.mark.parametrize("role", ["server", "client"])
 def test_the_peers_close_notify_ends_it_and_ours_ends_the_peers(suite: str, role: str) -> None:
-    client, server = handshaken(suite)
+    client, server = dtls_pair(suite)
     ours, peer = (server, client) if role == "server" else (client, server)
 
     # The peer closes: its close_notify, sealed by OpenSSL, is read as the end.
@@ -94,7 +52,7 @@ def test_the_peers_close_notify_ends_it_and_ours_ends_the_peers(suite: str, role
     assert mine.closed_by_peer
 
     # We close: OpenSSL reads our close_notify as the end (a fresh pair: the first one is closed).
-    client, server = handshaken(suite)
+    client, server = dtls_pair(suite)
     ours, peer = (server, client) if role == "server" else (client, server)
     mine = retired(ours, server=role == "server")
     assert mine.shutdown()
@@ -110,7 +68,7 @@ def test_the_peers_close_notify_ends_it_and_ours_ends_the_peers(suite: str, role
 
 @pytest.mark.parametrize("suite", AEAD_SUITES)
 def test_nothing_but_the_peers_authenticated_alert_ends_it(suite: str) -> None:
-    client, server = handshaken(suite)
+    client, server = dtls_pair(suite)
     mine = retired(server, server=True)
     client.send(b"application data")  # a data channel's bytes: not ours to read, dropped
     application = client.bio_read(65536)
@@ -137,7 +95,7 @@ def test_nothing_but_the_peers_authenticated_alert_ends_it(suite: str) -> None:
 
 
 def test_a_datagram_of_several_records_is_read_to_its_alert() -> None:
-    client, server = handshaken(AEAD_SUITES[0])
+    client, server = dtls_pair(AEAD_SUITES[0])
     mine = retired(server, server=True)
     client.send(b"first")
     first = client.bio_read(65536)
@@ -149,6 +107,6 @@ def test_a_datagram_of_several_records_is_read_to_its_alert() -> None:
 
 
 def test_other_suites_keep_openssls_connection() -> None:
-    client, server = handshaken("ECDHE-ECDSA-AES128-SHA")
+    client, server = dtls_pair("ECDHE-ECDSA-AES128-SHA")
     assert RetiredDtls.retire(server, server=True, peer_key=None) is None
     assert RetiredDtls.retire(client, server=False, peer_key=None) is None
