@@ -1,12 +1,12 @@
 """A DTLS 1.2 connection after its handshake, without OpenSSL's connection object.
 
 In WebRTC, DTLS carries the handshake that keys SRTP and, after it, nothing but the closing alert
-(media is SRTP beside it; a viewer has no data channel). Yet OpenSSL keeps a handshaken DTLS
-connection at about 80 KB (OpenSSL 4: record layers of both epochs, the handshake buffer kept
-for retransmissions, the session): half of what a viewer cost. `RetiredDtls` takes its place once
-the peer has proved it holds the keys too (rtc/internals.retire_dtls, at the peer's first SRTCP
-packet that authenticates). It keeps the record keys (about 4 KB with their two AEAD contexts,
-measured) and does the one job left:
+(media is SRTP beside it; a viewer has no data channel). Yet a handshaken DTLS connection of
+OpenSSL's holds about 80 KB (measured in the daemon, with the OpenSSL 4 that cryptography's
+wheel carries, its buffers released while idle): half of what a viewer cost. `RetiredDtls` takes
+its place once the peer has proved it holds the keys too (rtc/internals.retire_dtls, at the
+peer's first SRTCP packet that authenticates). It keeps the record keys (about 4 KB with their
+two AEAD contexts, measured) and does the one job left:
 
 - a datagram from the peer: each DTLS record in it (RFC 6347 4.1) is opened with the peer's
   write key; an authenticated alert that is close_notify or fatal ends the connection
