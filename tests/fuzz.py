@@ -9,8 +9,9 @@ million or more, coverage-guided with atheris, and reports the figures.
 - `offer`: an SDP offer through our checks and codec choice (sdp.py, rtc.choose_h264_format).
 - `trickle`: a PATCH body (application/trickle-ice-sdpfrag) through SdpFrag and our candidate
   checks, then aiortc's candidate parser as rtc.add_candidates calls it.
-- `rtcp`: a decrypted RTCP datagram through aiortc's parser into a real fast-path sender
-  (rtc.deliver_rtcp: NACK, PLI, FIR, receiver reports), which sends over real SRTP and UDP.
+- `rtcp`: a decrypted RTCP datagram through our parser (core/rtp.read_feedback: only ValueError)
+  into a real fast-path sender (rtc.deliver_feedback: NACK, PLI, FIR, receiver reports), which
+  sends over real SRTP and UDP.
 - `datagram`: a UDP datagram from a stranger to an ICE socket (rtc.install's guard in front of
   aioice): nothing may reach the DTLS queue, and nothing may raise.
 - `dtls`: a datagram to a connection whose DTLS was let go after its handshake (rtc/dtls.py's
@@ -34,13 +35,12 @@ from typing import Any
 
 from aioice.candidate import Candidate
 from aioice.ice import Connection, StunProtocol
-from aiortc.rtp import RtcpPacket
 from aiortc.sdp import candidate_from_sdp
 from OpenSSL import SSL
 from pylibsrtp import Policy, Session
 
 from appliance import config, firstboot, rtc
-from appliance.core import rtsp, sdp
+from appliance.core import rtp, rtsp, sdp
 from appliance.core.errors import ConfigError, RequestError
 from appliance.core.packetizer import H264Packetizer
 from appliance.core.ring import PacketRing
@@ -61,6 +61,7 @@ SEEDS = {
         bytes.fromhex("81cd0003") + bytes(4) + (0x11223344).to_bytes(4, "big") + bytes(4),
         bytes.fromhex("81ce0002") + bytes(4) + (0x11223344).to_bytes(4, "big"),
         bytes.fromhex("81c90007") + bytes(4) + (0x11223344).to_bytes(4, "big") + bytes(20),
+        bytes.fromhex("84ce0004") + bytes(8) + (0x11223344).to_bytes(4, "big") + bytes(4),  # FIR
     ],
     "datagram": [b"", b"\x16\xfe\xfd" + bytes(20), b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)],
     "dtls": [  # the shapes of what a peer sends after its handshake (epoch 1, AES-GCM)
@@ -183,11 +184,11 @@ class _RtcpTarget:
 
     def __call__(self, data: bytes) -> None:
         try:
-            packets = RtcpPacket.parse(data)
+            items = rtp.read_feedback(data)
         except ValueError:
             return
-        for packet in packets:
-            rtc.deliver_rtcp(self.sender, packet)
+        for item in items:
+            rtc.deliver_feedback(self.sender, item)
         try:
             while self.sink.recv(65536):
                 pass

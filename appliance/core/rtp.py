@@ -1,8 +1,10 @@
-"""RTP and RTCP wire formats for the send path: headers written in place, reports built small.
+"""RTP and RTCP wire formats for the send path: headers written in place, reports built small,
+and what a receiver's RTCP asks of us read (read_feedback).
 
-Core module: bytes in, bytes out, standard library only. References: RFC 3550 (RTP, RTCP SR/SDES/BYE),
-RFC 8285 (one-byte header extensions), RFC 4588 (RTX), and the extensions libwebrtc reads:
-abs-send-time, playout-delay and abs-capture-time (webrtc.org/experiments/rtp-hdrext).
+Core module: bytes in, bytes out, standard library only. References: RFC 3550 (RTP, RTCP SR/RR/
+SDES/BYE), RFC 4585 (NACK, PLI), RFC 5104 (FIR), RFC 8285 (one-byte header extensions), RFC 4588
+(RTX), and the extensions libwebrtc reads: abs-send-time, playout-delay and abs-capture-time
+(webrtc.org/experiments/rtp-hdrext).
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from __future__ import annotations
 import struct
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 RTP_VERSION = 2
 RTP_HEADER_SIZE = 12
@@ -173,3 +176,91 @@ def sdes_cname(ssrc: int, cname: str) -> bytes:
 def bye(ssrc: int) -> bytes:
     """An RTCP BYE for one source (RFC 3550 section 6.6)."""
     return struct.pack("!BBHI", 0x81, RTCP_BYE, 1, ssrc)
+
+
+# --- RTCP from a receiver ------------------------------------------------------------------------
+
+RTCP_RR = 201
+RTCP_RTPFB = 205  # transport-layer feedback (RFC 4585 6.2); FMT 1 is the Generic NACK
+RTCP_PSFB = 206  # payload-specific feedback (RFC 4585 6.3): FMT 1 PLI; FMT 4 FIR (RFC 5104)
+RTPFB_NACK = 1
+PSFB_PLI = 1
+PSFB_FIR = 4
+
+# What read_feedback yields, first in each tuple; the second is always the SSRC it is about.
+REPORT = 0  # (REPORT, ssrc, fraction_lost 0-255, packets_lost (signed), jitter, lsr, dlsr)
+NACK = 1  # (NACK, media_ssrc, [lost sequence numbers])
+PLI = 2  # (PLI, media_ssrc)
+FIR = 3  # (FIR, ssrc): one per FCI entry (RFC 5104 4.3.1: the header's media SSRC is unused)
+
+_HEADER = struct.Struct("!BBH")
+_BLOCK = struct.Struct("!IB3sIIII")  # a report block (RFC 3550 6.4.1)
+_TWO_U32 = struct.Struct("!II")
+_SEQ_PAIR = struct.Struct("!HH")
+
+
+def read_feedback(data: bytes) -> list[tuple[Any, ...]]:
+    """What a receiver tells a sender in one (compound) RTCP packet, already SRTCP-unprotected:
+    every report block of its RRs and SRs, Generic NACKs, PLIs and FIRs, in order. Everything
+    else (SDES, BYE, APP, REMB, transport-wide feedback, other FMTs) is skipped by its length.
+    Raises ValueError for the whole packet when any part of it is malformed (a wrong version,
+    a length past the end, invalid padding, a report or feedback of impossible length), as
+    aiortc's parser did, so that a half-read packet never acts."""
+    out: list[tuple[Any, ...]] = []
+    pos, size = 0, len(data)
+    while pos < size:
+        if size - pos < 4:
+            raise ValueError("RTCP: header truncated")
+        first, kind, words = _HEADER.unpack_from(data, pos)
+        if first >> 6 != 2:
+            raise ValueError("RTCP: version is not 2")
+        start, end = pos + 4, pos + 4 + 4 * words
+        if end > size:
+            raise ValueError("RTCP: length past the end")
+        pos = end
+        if first & 0x20:  # padding: its count is the last byte
+            pad = data[end - 1] if end > start else 0
+            if not pad or pad > end - start:
+                raise ValueError("RTCP: invalid padding")
+            end -= pad
+        count = first & 0x1F
+        length = end - start
+        if kind == RTCP_RR or kind == RTCP_SR:
+            at = start + (4 if kind == RTCP_RR else 24)
+            if length != at - start + 24 * count:
+                raise ValueError("RTCP: report length does not match its count")
+            for _ in range(count):
+                ssrc, fraction, lost, _high, jitter, lsr, dlsr = _BLOCK.unpack_from(data, at)
+                packets_lost = int.from_bytes(lost, "big", signed=True)
+                out.append((REPORT, ssrc, fraction, packets_lost, jitter, lsr, dlsr))
+                at += 24
+        elif kind == RTCP_RTPFB or kind == RTCP_PSFB:
+            if length < 8 or (kind == RTCP_RTPFB and length % 4):
+                raise ValueError("RTCP: feedback length is invalid")
+            media = _TWO_U32.unpack_from(data, start)[1]
+            if kind == RTCP_RTPFB:
+                if count == RTPFB_NACK:
+                    out.append((NACK, media, _nacked(data, start + 8, end)))
+            elif count == PSFB_PLI:
+                out.append((PLI, media))
+            elif count == PSFB_FIR:
+                if (length - 8) % 8:
+                    raise ValueError("RTCP: FIR length is invalid")
+                for at in range(start + 8, end, 8):
+                    out.append((FIR, _U32.unpack_from(data, at)[0]))
+    return out
+
+
+def _nacked(data: bytes, start: int, end: int) -> list[int]:
+    """Generic NACK FCIs (RFC 4585 6.2.1): each a PID and a bitmask of the 16 that follow it."""
+    lost: list[int] = []
+    for at in range(start, end, 4):
+        pid, mask = _SEQ_PAIR.unpack_from(data, at)
+        lost.append(pid)
+        bit = 1
+        while mask:
+            if mask & 1:
+                lost.append((pid + bit) & 0xFFFF)
+            mask >>= 1
+            bit += 1
+    return lost

@@ -12,7 +12,7 @@ from aiohttp import web
 from appliance import __version__
 from appliance.http.prometheus import Exposition
 from appliance.http.status import STATUS_KEY
-from appliance.rtc.internals import STRAY
+from appliance.rtc.internals import FEEDBACK, STRAY
 
 logger = logging.getLogger(__name__)
 
@@ -62,6 +62,14 @@ async def metrics_handler(request: web.Request) -> web.Response:
         "appliance_ice_stray_datagrams_total", "counter",
         "Datagrams to ICE ports dropped: empty, or not STUN and from no validated peer.",
         [(None, STRAY.total)],
+    )  # fmt: skip
+    e.family(
+        "appliance_rtcp_dropped_total", "counter",
+        "Viewers' RTCP dropped: SRTCP that did not authenticate (or a replay), RTCP that did not parse.",
+        [
+            ({"reason": "unauthenticated"}, FEEDBACK.unauthenticated.total),
+            ({"reason": "malformed"}, FEEDBACK.malformed.total),
+        ],
     )  # fmt: skip
     if st.headroom is not None:
         h = st.headroom.headroom

@@ -50,6 +50,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 import aioice.ice
+import pylibsrtp
 from aioice import stun
 from aioice.ice import CandidatePair, Connection, StunProtocol
 from aiortc import RTCCertificate, RTCRtpReceiver, RTCRtpSender
@@ -83,8 +84,9 @@ class TakenOver(Protocol):
     def start(self, parameters: Any, ssrc: int, rtx_ssrc: int, srtp: Any, output: Output) -> None:
         """DTLS is up: send from now on."""
 
-    def rtcp(self, packet: Any) -> None:
-        """An RTCP packet aiortc parsed and SRTCP authenticated, for this sender's SSRC."""
+    def feedback(self, item: tuple[Any, ...]) -> None:
+        """What the peer's RTCP (SRTCP-authenticated) said about this sender's SSRC: one item of
+        core/rtp.read_feedback (a report block, a NACK, a PLI or a FIR)."""
 
     def report(self) -> bytes | None:
         """A sender report to send now, or None."""
@@ -115,6 +117,7 @@ def take_over(sender: RTCRtpSender, track: TakenOver) -> None:
 
     async def run_rtp(codec: Any) -> None:
         started_rtp.set()
+        feedback = None
         try:
             dtls = sender.transport
             track.start(
@@ -124,12 +127,16 @@ def take_over(sender: RTCRtpSender, track: TakenOver) -> None:
                 dtls._tx_srtp,
                 nominated_output(dtls),
             )
+            feedback = FeedbackReader.of(dtls)
+            feedback.tracks[sender._ssrc] = track
             await asyncio.Event().wait()  # until stop() cancels us
         except asyncio.CancelledError:
             pass
         except Exception as e:  # no sender, no media for this viewer: say why, once
             logger.error("viewer %s: cannot send %s: %s", track.name, track.kind, e)
         finally:
+            if feedback is not None:
+                feedback.tracks.pop(sender._ssrc, None)
             track.close()
             exited_rtp.set()
 
@@ -155,12 +162,92 @@ def take_over(sender: RTCRtpSender, track: TakenOver) -> None:
             exited_rtcp.set()
 
     async def handle_rtcp(packet: Any) -> None:
-        track.rtcp(packet)
+        """aiortc's routing, for RTCP that came before our track started: nothing to act on yet
+        (from then on the connection's FeedbackReader reads it, not aiortc)."""
 
     sender.send = send  # type: ignore[method-assign]
     sender._run_rtp = run_rtp  # type: ignore[method-assign]
     sender._run_rtcp = run_rtcp  # type: ignore[method-assign]
     sender._handle_rtcp_packet = handle_rtcp  # type: ignore[method-assign]
+
+
+class FeedbackReader:
+    """The RTCP a connection's peer sends to the senders we took over, read where it arrives:
+    in the ICE socket's datagram callback (install()'s guard), SRTCP unprotected with the
+    session aiortc keyed (`RTCDtlsTransport._rx_srtp`), parsed by core/rtp.read_feedback and
+    handed to the track of the SSRC it is about (`tracks`). aiortc's way cost a viewer about
+    50 µs of Python per report: a failed STUN parse, a queue, a task's wake-up, its parser and
+    router, a coroutine per packet. For a TURN-relayed pair, whose datagrams come through
+    aioice's TURN client, aiortc unprotects and `_handle_rtcp_data` hands the result here
+    (`read`). RTCP for no taken-over SSRC (a peer's SR or BYE for its own sources, REMB, APP)
+    is dropped, as it was: a viewer's receivers are sendonly transceivers' and get no media.
+    Private: `RTCDtlsTransport._rx_srtp`, `_ssl`, its `__rx_bytes`/`__rx_packets` (getStats),
+    `RTCIceTransport._connection`."""
+
+    __slots__ = ("dtls", "tracks", "__weakref__")
+
+    def __init__(self, dtls: RTCDtlsTransport) -> None:
+        self.dtls = dtls
+        self.tracks: dict[int, TakenOver] = {}
+
+    @classmethod
+    def of(cls, dtls: RTCDtlsTransport) -> FeedbackReader:
+        """The reader of `dtls`'s connection, made and attached on first use."""
+        reader: FeedbackReader | None = getattr(dtls, "_appliance_feedback", None)
+        if reader is None:
+            reader = cls(dtls)
+            dtls._appliance_feedback = reader  # type: ignore[attr-defined]
+            dtls.transport._connection._appliance_feedback = reader  # type: ignore[attr-defined]
+        return reader
+
+    def datagram(self, data: bytes) -> bool:
+        """SRTCP as it came off the socket; False when its keys are not there yet (aiortc's
+        path then drops it, as it always did)."""
+        dtls = self.dtls
+        srtp = dtls._rx_srtp
+        if srtp is None:
+            return False
+        try:
+            plain = srtp.unprotect_rtcp(data)
+        except pylibsrtp.Error:
+            FEEDBACK.unauthenticated.add()
+            return True
+        dtls._RTCDtlsTransport__rx_bytes += len(data)  # type: ignore[attr-defined]
+        dtls._RTCDtlsTransport__rx_packets += 1  # type: ignore[attr-defined]
+        self.read(plain)
+        return True
+
+    def read(self, plain: bytes) -> None:
+        """Unprotected RTCP: the first one retires OpenSSL's DTLS (the peer holds its keys), then
+        each item goes to its track."""
+        dtls = self.dtls
+        if type(dtls._ssl) is SSL.Connection and dtls not in _KEPT:
+            retire_dtls(dtls)
+        FEEDBACK.packets += 1
+        try:
+            items = rtp.read_feedback(plain)
+        except ValueError:
+            FEEDBACK.malformed.add()
+            return
+        tracks = self.tracks
+        for item in items:
+            track = tracks.get(item[1])
+            if track is not None:
+                track.feedback(item)
+
+
+class FeedbackCounts:
+    """RTCP read by FeedbackReaders, process-wide: `packets` (authenticated), and, each logged at
+    most once a second, what was dropped: SRTCP that did not authenticate or was a replay
+    (`unauthenticated`), RTCP that did not parse (`malformed`)."""
+
+    def __init__(self) -> None:
+        self.packets = 0
+        self.unauthenticated = DropReporter(logger, "viewers' SRTCP that did not authenticate")
+        self.malformed = DropReporter(logger, "viewers' RTCP that did not parse")
+
+
+FEEDBACK = FeedbackCounts()
 
 
 def aim_keyframe_requests(sender: RTCRtpSender, callback: Callable[[], None]) -> None:
@@ -568,6 +655,15 @@ def _guard_datagrams() -> None:
             except _MALFORMED:
                 STRAY.reporter.add()
                 return
+        elif (
+            isinstance(data, bytes)
+            and len(data) > 1
+            and 127 < data[0] < 192
+            and 191 < data[1] < 209
+        ):  # SRTCP, by aiortc's own test (RFC 5761 4)
+            feedback = getattr(connection, "_appliance_feedback", None)
+            if feedback is not None and feedback.datagram(data):
+                return
         try:
             received(self, data, addr)
         except _MALFORMED:  # aioice's STUN parser raises struct.error on a short attribute
@@ -598,6 +694,10 @@ def _retire_dtls_when_confirmed() -> None:
         return
 
     async def handle_rtcp_data(self: RTCDtlsTransport, data: bytes) -> None:
+        feedback = getattr(self, "_appliance_feedback", None)
+        if feedback is not None:  # a taken-over sender's (a TURN relay's path)
+            feedback.read(data)
+            return
         ssl = self._ssl
         if type(ssl) is SSL.Connection and self not in _KEPT:
             retire_dtls(self)

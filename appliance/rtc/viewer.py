@@ -19,15 +19,6 @@ from typing import Any
 
 import av
 from aiortc.mediastreams import MediaStreamError, MediaStreamTrack
-from aiortc.rtp import (
-    RTCP_PSFB_FIR,
-    RTCP_PSFB_PLI,
-    RTCP_RTPFB_NACK,
-    RtcpPsfbPacket,
-    RtcpRrPacket,
-    RtcpRtpfbPacket,
-    RtcpSrPacket,
-)
 
 from appliance.core import rtp
 from appliance.core.audio import AudioTrack
@@ -129,23 +120,16 @@ def negotiated(parameters: Any, ssrc: int, rtx_ssrc: int, lip_sync: bool = False
     )
 
 
-def deliver_rtcp(ours: RtpSender, packet: Any) -> None:
-    """One RTCP packet aiortc parsed (and SRTCP authenticated) for our sender's SSRC, routed to
-    it: receiver reports, NACK, PLI and FIR."""
-    if isinstance(packet, (RtcpRrPacket, RtcpSrPacket)):
-        for report in packet.reports:
-            if report.ssrc == ours.ssrc:
-                ours.on_receiver_report(
-                    report.fraction_lost,
-                    report.packets_lost,
-                    report.jitter,
-                    report.lsr,
-                    report.dlsr,
-                )
-    elif isinstance(packet, RtcpRtpfbPacket) and packet.fmt == RTCP_RTPFB_NACK:
-        ours.on_nack(packet.lost)
-    elif isinstance(packet, RtcpPsfbPacket) and packet.fmt in (RTCP_PSFB_PLI, RTCP_PSFB_FIR):
-        ours.on_keyframe_request(fir=packet.fmt == RTCP_PSFB_FIR)
+def deliver_feedback(ours: RtpSender, item: tuple[Any, ...]) -> None:
+    """One item of a viewer's RTCP about our sender's SSRC (core/rtp.read_feedback, after SRTCP
+    authenticated it): a receiver report block, a NACK, a PLI or a FIR."""
+    kind = item[0]
+    if kind == rtp.REPORT:
+        ours.on_receiver_report(item[2], item[3], item[4], item[5], item[6])
+    elif kind == rtp.NACK:
+        ours.on_nack(item[2])
+    elif kind == rtp.PLI or kind == rtp.FIR:
+        ours.on_keyframe_request(fir=kind == rtp.FIR)
 
 
 class FastTrack:
@@ -184,9 +168,9 @@ class FastTrack:
         if self._join is not None:
             self._join(sender)
 
-    def rtcp(self, packet: Any) -> None:
+    def feedback(self, item: tuple[Any, ...]) -> None:
         if self.sender is not None:
-            deliver_rtcp(self.sender, packet)
+            deliver_feedback(self.sender, item)
 
     def report(self) -> bytes | None:
         return self.sender.sender_report() if self.sender is not None else None

@@ -1,10 +1,31 @@
-"""Our RTP headers and RTCP reports, read back by aiortc's parsers (an independent implementation)."""
+"""Our RTP headers and RTCP reports, read back by aiortc's parsers (an independent implementation);
+a receiver's RTCP as aiortc writes it, read by ours, and ours against aiortc's on mutated input."""
 
 from __future__ import annotations
 
+import random
+import struct
+from typing import Any
+
 import pytest
 from aiortc.rtcrtpparameters import RTCRtpHeaderExtensionParameters, RTCRtpParameters
-from aiortc.rtp import HeaderExtensionsMap, RtcpPacket, RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_APP,
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    HeaderExtensionsMap,
+    RtcpByePacket,
+    RtcpPacket,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtcpSdesPacket,
+    RtcpSenderInfo,
+    RtcpSourceInfo,
+    RtcpSrPacket,
+    RtpPacket,
+)
 
 from appliance.core import rtp
 
@@ -96,3 +117,132 @@ def test_rtcp_reports_parse_in_aiortc() -> None:
     assert (info.packet_count, info.octet_count) == (17, 9)
     assert sdes.chunks[0].items == [(1, b"viewer-cname")]
     assert bye.sources == [0x1234]
+
+
+def block(ssrc: int, lost: int = 0) -> RtcpReceiverInfo:
+    return RtcpReceiverInfo(
+        ssrc=ssrc, fraction_lost=lost & 0xFF, packets_lost=lost, highest_sequence=70000,
+        jitter=33, lsr=0xABCD_0123, dlsr=98304,
+    )  # fmt: skip
+
+
+def fir(ssrcs: list[int]) -> bytes:
+    """A FIR (RFC 5104 4.3.1): the header's media SSRC is 0, each FCI entry names one."""
+    fci = b"".join(struct.pack("!IB3x", s, 5) for s in ssrcs)
+    return struct.pack("!BBHII", 0x84, 206, 2 + 2 * len(ssrcs), 1, 0) + fci
+
+
+def compound() -> bytes:
+    """What a browser's compound RTCP may hold, written by aiortc's serializers."""
+    sender_info = RtcpSenderInfo(
+        ntp_timestamp=1 << 40, rtp_timestamp=9, packet_count=3, octet_count=4
+    )
+    return b"".join(
+        [
+            bytes(RtcpRrPacket(ssrc=1, reports=[block(0xAA, -5), block(0xBB, 2**23 - 1)])),
+            bytes(RtcpSdesPacket(chunks=[RtcpSourceInfo(ssrc=1, items=[(1, b"cname")])])),
+            bytes(RtcpSrPacket(ssrc=1, sender_info=sender_info, reports=[block(0xCC, -(2**23))])),
+            bytes(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=0xAA, lost=[65535])),
+            bytes(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=0xAA, lost=[10, 12, 26])),
+            bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=0xBB)),
+            bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_APP, ssrc=1, media_ssrc=0, fci=b"REMB" + bytes(8))),
+            fir([0xAA, 0xCC]),
+            bytes(RtcpByePacket(sources=[1])),
+        ]
+    )
+
+
+def test_feedback_reads_what_aiortc_writes() -> None:
+    items = rtp.read_feedback(compound())
+    report = (33, 0xABCD_0123, 98304)
+    assert items == [
+        (rtp.REPORT, 0xAA, 0xFB, -5, *report),
+        (rtp.REPORT, 0xBB, 0xFF, 2**23 - 1, *report),
+        (rtp.REPORT, 0xCC, 0x00, -(2**23), *report),
+        (rtp.NACK, 0xAA, [65535]),
+        (rtp.NACK, 0xAA, [10, 12, 26]),
+        (rtp.PLI, 0xBB),
+        (rtp.FIR, 0xAA),
+        (rtp.FIR, 0xCC),
+    ]
+
+
+def test_feedback_nack_bitmask_wraps_and_padding_is_skipped() -> None:
+    # PID 65534 with the bits for +1 and +3 (65535 and 1: the sequence number wraps).
+    nack = struct.pack("!BBHIIHH", 0xA1, 205, 4, 1, 0xAA, 65534, 0b101) + b"\x00\x00\x00\x04"
+    assert rtp.read_feedback(nack) == [(rtp.NACK, 0xAA, [65534, 65535, 1])]
+
+
+@pytest.mark.parametrize(
+    ("data", "why"),
+    [
+        (b"\x81\xc9\x00", "header truncated"),
+        (b"\x41\xc9\x00\x07" + bytes(28), "version"),
+        (b"\x81\xc9\x00\x08" + bytes(28), "past the end"),
+        (b"\x82\xc9\x00\x07" + bytes(28), "count"),  # two blocks announced, one there
+        (b"\xa1\xc9\x00\x07" + bytes(28), "padding"),  # padding bit, a zero count
+        (b"\x81\xcd\x00\x01" + bytes(4), "feedback length"),
+        (b"\x84\xce\x00\x03" + bytes(12), "FIR length"),
+        (bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=2)) + b"\x80", "truncated"),
+    ],
+)
+def test_feedback_refuses_a_malformed_packet_whole(data: bytes, why: str) -> None:
+    with pytest.raises(ValueError, match=why):
+        rtp.read_feedback(data)
+
+
+def aiortc_items(data: bytes) -> list[tuple[Any, ...]] | None:
+    """What aiortc's parser made of `data`, as read_feedback's items; None where it refused."""
+    try:
+        packets = RtcpPacket.parse(data)
+    except ValueError:
+        return None
+    items: list[tuple[Any, ...]] = []
+    for p in packets:
+        if isinstance(p, (RtcpRrPacket, RtcpSrPacket)):
+            for r in p.reports:
+                items.append(
+                    (rtp.REPORT, r.ssrc, r.fraction_lost, r.packets_lost, r.jitter, r.lsr, r.dlsr)
+                )
+        elif isinstance(p, RtcpRtpfbPacket) and p.fmt == rtp.RTPFB_NACK:
+            items.append((rtp.NACK, p.media_ssrc, [seq & 0xFFFF for seq in p.lost]))
+        elif isinstance(p, RtcpPsfbPacket) and p.fmt == rtp.PSFB_PLI:
+            items.append((rtp.PLI, p.media_ssrc))
+        elif isinstance(p, RtcpPsfbPacket) and p.fmt == rtp.PSFB_FIR:
+            if len(p.fci) % 8:
+                return None  # aiortc does not read a FIR's FCI; ours refuses a ragged one
+            items.extend((rtp.FIR, s) for (s,) in struct.iter_unpack("!I4x", p.fci))
+    return items
+
+
+def test_feedback_agrees_with_aiortc_on_mutated_packets() -> None:
+    """20,000 mutations of a real compound packet (bytes flipped, cut, repeated, spliced): where
+    aiortc's parser accepts one, ours reads the same items; ours refuses (ValueError, nothing
+    else) only what aiortc refused too, or a FIR whose FCI is not whole entries."""
+    rng = random.Random(5104)
+    seed = compound()
+    agreed = refused = 0
+    for _ in range(20_000):
+        data = bytearray(seed)
+        for _ in range(rng.randint(1, 4)):
+            op = rng.randrange(4)
+            at = rng.randrange(len(data)) if data else 0
+            if op == 0 and data:
+                data[at] = rng.randrange(256)
+            elif op == 1:
+                del data[at : at + rng.randint(1, 8)]
+            elif op == 2:
+                data[at:at] = data[at : at + rng.randint(1, 8)]
+            else:
+                data = data[: rng.randrange(len(data) + 1)] + seed[rng.randrange(len(seed)) :]
+        theirs = aiortc_items(bytes(data))
+        try:
+            ours = rtp.read_feedback(bytes(data))
+        except ValueError:
+            assert theirs is None, bytes(data).hex()  # never stricter than aiortc, but on FIR
+            refused += 1
+            continue
+        if theirs is not None:
+            assert ours == theirs, bytes(data).hex()
+            agreed += 1
+    assert agreed > 1000 and refused > 1000, (agreed, refused)  # both sides were exercised

@@ -22,10 +22,19 @@ from aiortc import (
 )
 from aiortc.codecs import CODECS
 from aiortc.rtcdtlstransport import SRTP_AES128_CM_SHA1_80, generate_certificate
-from aiortc.rtp import RTCP_PSFB_PLI, RtcpPsfbPacket, RtcpRrPacket, RtpPacket
+from aiortc.rtp import (
+    RTCP_PSFB_PLI,
+    RTCP_RTPFB_NACK,
+    RtcpPsfbPacket,
+    RtcpReceiverInfo,
+    RtcpRrPacket,
+    RtcpRtpfbPacket,
+    RtpPacket,
+)
 from cryptography.hazmat.primitives.asymmetric import ec
 from OpenSSL import SSL
 
+from appliance.core import rtp
 from appliance.rtc import internals
 from appliance.rtc.diagnose import explain
 from appliance.rtc.dtls import RetiredDtls
@@ -54,7 +63,7 @@ class Recorder:
 
     def __init__(self) -> None:
         self.started: asyncio.Future[tuple[Any, ...]] = asyncio.get_running_loop().create_future()
-        self.rtcp_packets: list[Any] = []
+        self.feedback_items: list[tuple[Any, ...]] = []
         self.reports = 0
         self.closed = False
         self.output: Output | None = None
@@ -68,8 +77,8 @@ class Recorder:
         self.output = output
         self.started.set_result((parameters, ssrc, rtx_ssrc, srtp, output))
 
-    def rtcp(self, packet: Any) -> None:
-        self.rtcp_packets.append(packet)
+    def feedback(self, item: tuple[Any, ...]) -> None:
+        self.feedback_items.append(item)
 
     def report(self) -> bytes | None:
         self.reports += 1
@@ -123,16 +132,90 @@ async def test_take_over_hands_the_keyed_srtp_session_and_the_nominated_path() -
             if s.type == "inbound-rtp"
         ]  # fmt: skip
         assert inbound and inbound[0].packetsReceived >= 1
-        # The viewer's RTCP (receiver reports) reaches the track; our loop asks for reports.
+        # The viewer's RTCP (receiver reports about our SSRC) reaches the track, read at the
+        # socket (FeedbackReader); our loop asks for reports.
         for _ in range(60):
-            if recorder.rtcp_packets and recorder.reports:
+            if recorder.feedback_items and recorder.reports:
                 break
             await asyncio.sleep(0.1)
-        assert recorder.rtcp_packets and recorder.reports
+        assert recorder.reports
+        assert recorder.feedback_items and all(
+            item[0] == rtp.REPORT and item[1] == ssrc for item in recorder.feedback_items
+        ), recorder.feedback_items
     finally:
         await viewer.close()
         await asyncio.wait_for(server.close(), 10)  # stop() waits on the events we set
     assert recorder.closed
+
+
+async def test_a_peers_rtcp_is_read_at_the_socket_and_forged_srtcp_acts_on_nothing() -> None:
+    """What an aiortc peer's SRTCP asks of our taken-over sender reaches the track in order,
+    read in the ICE socket's callback (FeedbackReader): a report block, a NACK, a PLI and a FIR
+    (whose SSRC is in its FCI, RFC 5104); items about other SSRCs go nowhere. The same packet
+    with one byte changed on the wire does not authenticate: dropped, counted, nothing acts."""
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    recorder = Recorder()
+    try:
+        viewer.addTransceiver("video", direction="recvonly")
+        transceiver = server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        internals.take_over(transceiver.sender, recorder)
+        await connect(viewer, server)
+        _parameters, ssrc, _rtx, _srtp, _output = await asyncio.wait_for(recorder.started, 10)
+        await wait_state(viewer, "connected")
+        block = RtcpReceiverInfo(
+            ssrc=ssrc, fraction_lost=12, packets_lost=-3, highest_sequence=9, jitter=77,
+            lsr=0x1234_5678, dlsr=65536,
+        )  # fmt: skip
+        other = RtcpReceiverInfo(
+            ssrc=ssrc ^ 1, fraction_lost=0, packets_lost=0, highest_sequence=0, jitter=0,
+            lsr=0, dlsr=0,
+        )  # fmt: skip
+        fir = struct.pack("!BBHII", 0x84, 206, 4, 1, 0) + struct.pack("!IB3x", ssrc, 7)
+        compound = (
+            bytes(RtcpRrPacket(ssrc=1, reports=[other, block]))
+            + bytes(RtcpRtpfbPacket(fmt=RTCP_RTPFB_NACK, ssrc=1, media_ssrc=ssrc, lost=[5, 7]))
+            + bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=ssrc))
+            + bytes(RtcpPsfbPacket(fmt=RTCP_PSFB_PLI, ssrc=1, media_ssrc=ssrc ^ 1))
+            + fir
+        )
+        before = internals.FEEDBACK.packets
+        recorder.feedback_items.clear()
+        await dtls_of(viewer)._send_rtp(compound)
+        expected = [
+            (rtp.REPORT, ssrc, 12, -3, 77, 0x1234_5678, 65536),
+            (rtp.NACK, ssrc, [5, 7]),
+            (rtp.PLI, ssrc),
+            (rtp.FIR, ssrc),
+        ]
+        for _ in range(100):
+            if expected[-1] in recorder.feedback_items:
+                break
+            await asyncio.sleep(0.02)
+        # (The viewer's aiortc sends RTCP of its own too: its reports, a PLI when it cannot decode.)
+        items = recorder.feedback_items
+        assert expected[0] in items, items
+        start = items.index(expected[0])
+        assert items[start : start + 4] == expected, items
+        assert internals.FEEDBACK.packets > before
+        # Its last byte changed on the wire: SRTCP refuses it; nothing reaches the track.
+        forged = bytearray(dtls_of(viewer)._tx_srtp.protect_rtcp(compound))
+        forged[-1] ^= 1
+        refused = internals.FEEDBACK.unauthenticated.total
+        recorder.feedback_items.clear()
+        await dtls_of(viewer).transport._connection.sendto(bytes(forged), 1)
+        for _ in range(100):
+            if internals.FEEDBACK.unauthenticated.total > refused:
+                break
+            await asyncio.sleep(0.02)
+        assert internals.FEEDBACK.unauthenticated.total == refused + 1
+        assert expected[0] not in recorder.feedback_items and (rtp.FIR, ssrc) not in (
+            recorder.feedback_items
+        )
+        assert server.connectionState == "connected"
+    finally:
+        await viewer.close()
+        await asyncio.wait_for(server.close(), 10)
 
 
 async def test_aim_keyframe_requests_receives_pli_and_fir() -> None:
