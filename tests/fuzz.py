@@ -17,6 +17,9 @@ million or more, coverage-guided with atheris, and reports the figures.
 - `dtls`: a datagram to a connection whose DTLS was let go after its handshake (rtc/dtls.py's
   RetiredDtls, keyed from a real OpenSSL handshake): only "nothing for us" (SSL.WantReadError),
   and the end of the connection (SSL.ZeroReturnError) only for the peer's genuine close_notify.
+- `check`: an ICE check on a nominated pair, as rtc.install's guard answers it by rote
+  (core/stun.check_to_answer): it never raises, and what it accepts aioice's parser reads as a
+  Binding request with our USERNAME and the same transaction.
 - `rtsp`: what an RTSP client sends, as the server reads it (core/rtsp.py's MessageReader, the
   Transport header, the Digest header): only RtspError, with a status the server sends.
 - `config`, `firstboot`: a file as the daemon or the first boot reads it.
@@ -33,6 +36,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from aioice import stun
 from aioice.candidate import Candidate
 from aioice.ice import Connection, StunProtocol
 from aiortc.sdp import candidate_from_sdp
@@ -41,6 +45,7 @@ from pylibsrtp import Policy, Session
 
 from appliance import config, firstboot, rtc
 from appliance.core import rtp, rtsp, sdp
+from appliance.core import stun as core_stun
 from appliance.core.errors import ConfigError, RequestError
 from appliance.core.packetizer import H264Packetizer
 from appliance.core.ring import PacketRing
@@ -50,6 +55,21 @@ from appliance.send.udp import UdpOutput
 from tests.certs import dtls_pair
 
 DATA = Path(__file__).parent / "data"
+_CHECK_KEY = b"fuzz-password-0123456789"
+_CHECK_USERNAME = "ours:theirs"
+
+
+def _signed_check(use_candidate: bool) -> bytes:
+    message = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
+    message.attributes["USERNAME"] = _CHECK_USERNAME
+    message.attributes["PRIORITY"] = 1853824767
+    message.attributes["ICE-CONTROLLING"] = 0x0123_4567_89AB_CDEF
+    if use_candidate:
+        message.attributes["USE-CANDIDATE"] = None
+    message.add_message_integrity(_CHECK_KEY)
+    return bytes(message)
+
+
 SEEDS = {
     "offer": [(DATA / "chromium-recvonly-offer.sdp").read_bytes()],
     "trickle": [
@@ -63,6 +83,7 @@ SEEDS = {
         bytes.fromhex("81c90007") + bytes(4) + (0x11223344).to_bytes(4, "big") + bytes(20),
         bytes.fromhex("84ce0004") + bytes(8) + (0x11223344).to_bytes(4, "big") + bytes(4),  # FIR
     ],
+    "check": [_signed_check(False), _signed_check(True)],
     "datagram": [b"", b"\x16\xfe\xfd" + bytes(20), b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)],
     "dtls": [  # the shapes of what a peer sends after its handshake (epoch 1, AES-GCM)
         b"\x15\xfe\xfd\x00\x01\x00\x00\x00\x00\x00\x01\x00\x1a" + bytes(26),  # an alert
@@ -141,6 +162,16 @@ def trickle(data: bytes) -> None:
                 candidate_from_sdp(line.split(":", 1)[1])
             except (AssertionError, ValueError, IndexError):
                 pass
+
+
+def ice_check(data: bytes) -> None:
+    username = _CHECK_USERNAME.encode()
+    transaction = core_stun.check_to_answer(data, username, _CHECK_KEY, controlling=False)
+    if transaction is not None:
+        message = stun.parse_message(data)
+        assert message.message_class == stun.Class.REQUEST
+        assert message.transaction_id == transaction
+        assert message.attributes["USERNAME"] == _CHECK_USERNAME
 
 
 def rtsp_stream(data: bytes) -> None:
@@ -290,6 +321,7 @@ def targets() -> dict[str, Callable[[bytes], None]]:
         "offer": offer,
         "trickle": trickle,
         "rtsp": rtsp_stream,
+        "check": ice_check,
         "rtcp": _RtcpTarget(),
         "datagram": _DatagramTarget(),
         "dtls": _DtlsTarget(),

@@ -13,6 +13,7 @@ from importlib.metadata import version
 from typing import Any
 
 import pytest
+from aioice import stun
 from aiortc import (
     RTCCertificate,
     RTCConfiguration,
@@ -212,6 +213,47 @@ async def test_a_peers_rtcp_is_read_at_the_socket_and_forged_srtcp_acts_on_nothi
         assert expected[0] not in recorder.feedback_items and (rtp.FIR, ssrc) not in (
             recorder.feedback_items
         )
+        assert server.connectionState == "connected"
+    finally:
+        await viewer.close()
+        await asyncio.wait_for(server.close(), 10)
+
+
+async def test_the_peers_ice_checks_on_the_nominated_pair_are_answered_and_checked_by_it() -> None:
+    """Once ICE nominated a pair, the peer's checks on it (keepalives, consent) are answered by
+    core/stun.py in the socket's callback: the peer's own aioice sends a real check and accepts
+    the answer (it verifies the MESSAGE-INTEGRITY with our password). A check with another
+    USERNAME still goes to aioice, which refuses it."""
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        viewer.addTransceiver("video", direction="recvonly")
+        server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        await connect(viewer, server)
+        await wait_state(server, "connected")
+        await wait_state(viewer, "connected")
+        ice = dtls_of(viewer).transport._connection  # the viewer's aioice: ICE controlling
+        pair = ice._nominated[1]
+        for nominate in (False, True):
+            before = internals.CHECKS_ANSWERED
+            response, _addr = await pair.protocol.request(
+                ice.build_request(pair, nominate=nominate),
+                pair.remote_addr,
+                integrity_key=ice.remote_password.encode(),
+                retransmissions=0,
+            )
+            assert response.message_class == stun.Class.RESPONSE
+            local = pair.local_candidate  # where the viewer sent from: what we saw
+            assert response.attributes["XOR-MAPPED-ADDRESS"] == (local.host, local.port)
+            assert internals.CHECKS_ANSWERED == before + 1
+        before = internals.CHECKS_ANSWERED
+        stranger = ice.build_request(pair, nominate=False)
+        stranger.attributes["USERNAME"] = "not-ours:theirs"
+        stranger.add_message_integrity(ice.remote_password.encode())
+        # Refused unsigned, as RFC 8489 9.1.3 says: 401 (aioice 0.10: 400).
+        with pytest.raises(stun.TransactionFailed, match="40[01]"):
+            await pair.protocol.request(stranger, pair.remote_addr, retransmissions=0)
+        assert internals.CHECKS_ANSWERED == before
         assert server.connectionState == "connected"
     finally:
         await viewer.close()
