@@ -7,8 +7,10 @@ this file again on the oldest aiortc and aioice the pins allow.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import datetime
 import struct
+from collections.abc import AsyncIterator
 from importlib.metadata import version
 from typing import Any
 
@@ -108,6 +110,24 @@ async def wait_state(pc: RTCPeerConnection, state: str, timeout: float = 10.0) -
             return
         await asyncio.sleep(0.05)
     assert pc.connectionState == state, f"{pc.connectionState}, not {state}, after {timeout} s"
+
+
+@contextlib.asynccontextmanager
+async def connected_pair() -> AsyncIterator[tuple[RTCPeerConnection, RTCPeerConnection]]:
+    """A recvonly viewer and a sendonly server (aiortc's own sender), both connected; closed
+    on the way out."""
+    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
+    try:
+        viewer.addTransceiver("video", direction="recvonly")
+        server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
+        await connect(viewer, server)
+        await wait_state(server, "connected")
+        await wait_state(viewer, "connected")
+        yield viewer, server
+    finally:
+        await viewer.close()
+        await asyncio.wait_for(server.close(), 10)
 
 
 async def test_take_over_hands_the_keyed_srtp_session_and_the_nominated_path() -> None:
@@ -224,14 +244,7 @@ async def test_the_peers_ice_checks_on_the_nominated_pair_are_answered_and_check
     core/stun.py in the socket's callback: the peer's own aioice sends a real check and accepts
     the answer (it verifies the MESSAGE-INTEGRITY with our password). A check with another
     USERNAME still goes to aioice, which refuses it."""
-    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        viewer.addTransceiver("video", direction="recvonly")
-        server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
-        await connect(viewer, server)
-        await wait_state(server, "connected")
-        await wait_state(viewer, "connected")
+    async with connected_pair() as (viewer, server):
         ice = dtls_of(viewer).transport._connection  # the viewer's aioice: ICE controlling
         pair = ice._nominated[1]
         for nominate in (False, True):
@@ -255,9 +268,6 @@ async def test_the_peers_ice_checks_on_the_nominated_pair_are_answered_and_check
             await pair.protocol.request(stranger, pair.remote_addr, retransmissions=0)
         assert internals.CHECKS_ANSWERED == before
         assert server.connectionState == "connected"
-    finally:
-        await viewer.close()
-        await asyncio.wait_for(server.close(), 10)
 
 
 async def test_aim_keyframe_requests_receives_pli_and_fir() -> None:
@@ -491,14 +501,7 @@ async def test_dtls_is_let_go_at_the_first_authenticated_srtcp_and_the_close_sti
     a close on either end still reaches the other at once, by close_notify: ours sealed by
     RetiredDtls and read by the peer's OpenSSL, the peer's read by RetiredDtls."""
     internals.install()
-    viewer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    server = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        viewer.addTransceiver("video", direction="recvonly")
-        server.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
-        await connect(viewer, server)
-        await wait_state(server, "connected")
-        await wait_state(viewer, "connected")
+    async with connected_pair() as (viewer, server):
         assert type(dtls_of(server)._ssl) is SSL.Connection  # nothing from the peer yet
         await send_receiver_report(viewer)
         await wait_retired(server)
@@ -515,9 +518,6 @@ async def test_dtls_is_let_go_at_the_first_authenticated_srtcp_and_the_close_sti
         else:
             await viewer.close()
             await wait_state(server, "closed", timeout=5)
-    finally:
-        await viewer.close()
-        await server.close()
 
 
 async def test_dtls_that_carries_a_data_channel_stays_openssls() -> None:
