@@ -91,12 +91,11 @@ def check_to_answer(data: bytes, username: bytes, key: bytes, controlling: bool)
 def binding_success(transaction_id: bytes, address: bytes, port: int, key: bytes) -> bytes:
     """A Binding success response: XOR-MAPPED-ADDRESS (`address`: 4 bytes IPv4 or 16 IPv6, as
     socket.inet_pton packs it), MESSAGE-INTEGRITY with `key`, FINGERPRINT."""
-    pad = _U32.pack(COOKIE) + transaction_id
-    family = 1 if len(address) == 4 else 2
     n = len(address)
+    pad = _U32.pack(COOKIE) + transaction_id  # what the address is XORed with (RFC 8489 14.2)
     xored = (int.from_bytes(address, "big") ^ int.from_bytes(pad[:n], "big")).to_bytes(n, "big")
-    mapped = struct.pack("!HHBBH", XOR_MAPPED_ADDRESS, 4 + len(address), 0, family, port ^ 0x2112)
-    mapped += xored
+    family = 1 if n == 4 else 2
+    mapped = struct.pack("!HHBBH", XOR_MAPPED_ADDRESS, 4 + n, 0, family, port ^ 0x2112) + xored
     head = _HEADER.pack(BINDING_SUCCESS, len(mapped) + 24, COOKIE, transaction_id)
     signed = head + mapped
     integrity = _ATTRIBUTE.pack(MESSAGE_INTEGRITY, 20) + hmac.digest(key, signed, "sha1")

@@ -684,8 +684,8 @@ def _guard_datagrams() -> None:
 
 def _answer_check(connection: Any, protocol: StunProtocol, data: bytes, addr: Any) -> bool:
     """Answer the peer's ICE check on the pair ICE nominated (its keepalive or consent check:
-    every 2.5 s from a browser) with core/stun.py, which takes a few µs where aioice's general
-    STUN path took about 100 µs of Python; False, and aioice answers it as before, for
+    every 2.5 s from a browser) with core/stun.py, which takes about 20 µs where aioice's
+    general STUN path took about 100; False, and aioice answers it as before, for
     anything else: another pair, a connection closing, or a check core/stun does not answer by
     rote (a wrong credential, a role conflict, an attribute it does not know). On the
     nominated pair aioice's own handling (`check_incoming`) would change nothing. Private:
