@@ -450,7 +450,7 @@ async def main() -> None:
             flush=True,
         )
         ramp = []
-        ns = [int(x) for x in counts.split(",") if x]
+        ns = [int(x) for x in counts.split(",") if x and int(x) > 0]  # 0: the base, always run
         for n in ns:
             profile = args.profile if path == "fast" and n == max(ns) else None
             max_load = args.max_load if path == "fast" else None
