@@ -18,8 +18,9 @@ million or more, coverage-guided with atheris, and reports the figures.
   RetiredDtls, keyed from a real OpenSSL handshake): only "nothing for us" (SSL.WantReadError),
   and the end of the connection (SSL.ZeroReturnError) only for the peer's genuine close_notify.
 - `check`: an ICE check on a nominated pair, as rtc.install's guard answers it by rote
-  (core/stun.check_to_answer): it never raises, and what it accepts aioice's parser reads as a
-  Binding request with our USERNAME and the same transaction.
+  (core/stun.check_to_answer), and the same bytes as the answer to one of our consent checks
+  (core/stun.answer_is_authentic): neither raises, and what check_to_answer accepts aioice's
+  parser reads as a Binding request with our USERNAME and the same transaction.
 - `rtsp`: what an RTSP client sends, as the server reads it (core/rtsp.py's MessageReader, the
   Transport header, the Digest header): only RtspError, with a status the server sends.
 - `config`, `firstboot`: a file as the daemon or the first boot reads it.
@@ -165,6 +166,7 @@ def trickle(data: bytes) -> None:
 
 
 def ice_check(data: bytes) -> None:
+    core_stun.answer_is_authentic(data, data[8:20], _CHECK_KEY)  # as if it answered ours
     username = _CHECK_USERNAME.encode()
     transaction = core_stun.check_to_answer(data, username, _CHECK_KEY, controlling=False)
     if transaction is not None:

@@ -127,3 +127,50 @@ def test_it_accepts_only_what_aioice_accepts_on_mutated_checks() -> None:
         assert message.attributes["USERNAME"] == USERNAME.decode()
         assert "ICE-CONTROLLED" not in message.attributes
     assert accepted > 0
+
+
+@pytest.mark.parametrize("controlling", [True, False])
+def test_our_consent_check_is_aioices_byte_for_byte(controlling: bool) -> None:
+    """What aioice's Connection.build_request(pair, nominate=False) and its signing write."""
+    transaction = os.urandom(12)
+    theirs = stun.Message(
+        message_method=stun.Method.BINDING,
+        message_class=stun.Class.REQUEST,
+        transaction_id=transaction,
+    )
+    theirs.attributes["USERNAME"] = "theirs:ours"
+    theirs.attributes["PRIORITY"] = 1853824767
+    theirs.attributes["ICE-CONTROLLING" if controlling else "ICE-CONTROLLED"] = 2**64 - 3
+    theirs.add_message_integrity(KEY)
+    ours = core_stun.binding_request(
+        transaction, b"theirs:ours", 1853824767, controlling, 2**64 - 3, KEY
+    )
+    assert ours == bytes(theirs)
+
+
+def test_an_answer_counts_only_when_it_is_ours_and_signed() -> None:
+    transaction = os.urandom(12)
+    answer = core_stun.binding_success(
+        transaction, socket.inet_pton(socket.AF_INET, "10.0.0.9"), 9, KEY
+    )
+    assert core_stun.answer_is_authentic(answer, transaction, KEY)
+    assert not core_stun.answer_is_authentic(answer, os.urandom(12), KEY)  # another check's
+    assert not core_stun.answer_is_authentic(answer, transaction, b"another-key")
+    tampered = bytearray(answer)
+    tampered[27] ^= 1  # the mapped address
+    assert not core_stun.answer_is_authentic(bytes(tampered), transaction, KEY)
+    error = stun.Message(
+        message_method=stun.Method.BINDING,
+        message_class=stun.Class.ERROR,
+        transaction_id=transaction,
+    )
+    error.attributes["ERROR-CODE"] = (487, "Role Conflict")
+    error.add_message_integrity(KEY)
+    assert not core_stun.answer_is_authentic(bytes(error), transaction, KEY)  # not a success
+    unsigned = stun.Message(
+        message_method=stun.Method.BINDING,
+        message_class=stun.Class.RESPONSE,
+        transaction_id=transaction,
+    )
+    unsigned.attributes["XOR-MAPPED-ADDRESS"] = ("10.0.0.9", 9)
+    assert not core_stun.answer_is_authentic(bytes(unsigned), transaction, KEY)

@@ -208,3 +208,29 @@ async def test_dtls_let_go_after_the_handshake_still_closes_both_ways_with_chrom
 
                 await wait_until(gone, 5, "the daemon did not see Chromium's close_notify")
                 assert session.closed_reason == "connection closed by the peer"
+
+
+async def test_chromium_answers_our_consent_checks_and_its_checks_are_answered(
+    daemon: DaemonFactory, http
+) -> None:
+    """ICE on a connection that is up, with an independent ICE agent: Chromium answers the
+    daemon's consent checks (written, and their answers read, by core/stun.py; RFC 7675, every
+    4 to 6 s), and its own checks on the nominated pair are answered there too. The viewer keeps
+    playing throughout."""
+    from appliance.rtc import internals
+
+    async with daemon() as d, chromium() as browser:
+        await wait_ready(d)
+        page = await browser.new_page()
+        await page.goto(f"{d.url}/")
+        await wait_for(page, "window.viewer && window.viewer.framesPresented >= 10")
+        consent, checks = internals.CONSENT.answered, internals.CHECKS_ANSWERED
+
+        async def both_answered() -> bool:
+            return internals.CONSENT.answered > consent and internals.CHECKS_ANSWERED > checks
+
+        await wait_until(both_answered, 15, "no consent check answered by Chromium, or none of its")
+        frames = (await viewer_state(page))["framesPresented"]
+        await wait_for(page, f"window.viewer.framesPresented > {frames + 30}")
+        assert (await viewer_state(page))["state"] == "connected"
+        assert len(await viewers(http, d.url)) == 1

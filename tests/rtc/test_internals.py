@@ -14,6 +14,7 @@ from collections.abc import AsyncIterator
 from importlib.metadata import version
 from typing import Any
 
+import aioice.ice
 import pytest
 from aioice import stun
 from aiortc import (
@@ -268,6 +269,32 @@ async def test_the_peers_ice_checks_on_the_nominated_pair_are_answered_and_check
             await pair.protocol.request(stranger, pair.remote_addr, retransmissions=0)
         assert internals.CHECKS_ANSWERED == before
         assert server.connectionState == "connected"
+
+
+async def test_consent_checks_keep_a_connection_and_a_silent_peer_is_let_go(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """install()'s consent freshness (RFC 7675): our checks, written and their answers read by
+    core/stun.py, are answered and keep the connection; once the peer's socket stops reading,
+    CONSENT_FAILURES checks in a row go unanswered and the connection closes, as aioice's own
+    would (here every 0.1 s and after 3, instead of 5 s and 6)."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 0.1)
+    monkeypatch.setattr(aioice.ice, "CONSENT_FAILURES", 3)
+    async with connected_pair() as (viewer, server):
+        checks, answered = internals.CONSENT.checks, internals.CONSENT.answered
+        await asyncio.sleep(1.5)
+        assert internals.CONSENT.checks - checks >= 10  # both ends check, about every 0.1 s
+        assert internals.CONSENT.answered - answered >= internals.CONSENT.checks - checks - 2
+        assert server.connectionState == "connected"
+        assert viewer.connectionState == "connected"
+        silent = dtls_of(viewer).transport._connection._nominated[1].protocol.transport
+        silent.pause_reading()
+        for _ in range(100):  # 3 checks × (0.1 s + 0.5 s unanswered): about 2 s
+            if server.connectionState in ("failed", "closed"):
+                break
+            await asyncio.sleep(0.05)
+        assert server.connectionState in ("failed", "closed"), server.connectionState
+        silent.resume_reading()
 
 
 async def test_aim_keyframe_requests_receives_pli_and_fir() -> None:
