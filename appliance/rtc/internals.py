@@ -728,8 +728,8 @@ async def _query_consent(self: Connection) -> None:
     each nominated pair every 4 to 6 s, answered within RETRY_RTO or a failure, the
     connection closed after CONSENT_FAILURES in a row), with each check written and its
     answer read by core/stun.py (`_check_consent`) instead of aioice's Message and Transaction:
-    every connection runs this every 5 s, and aioice's way cost about 150 µs of Python a check
-    (building and signing a Message twice over, a Transaction, parsing and checking the answer).
+    every connection runs this every 5 s, and writing, signing and reading a check took aioice
+    about 65 µs of Python (its Transaction's future and timer besides), core/stun.py about 12.
     A pair that is not a plain UDP socket's (a TURN relay) is checked aioice's way. Private:
     `Connection._nominated`, `_tie_breaker`, `_query_consent_task` (cleared before close(), as
     aioice does, which would otherwise cancel this very task)."""
