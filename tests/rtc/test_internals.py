@@ -240,11 +240,14 @@ async def test_a_peers_rtcp_is_read_at_the_socket_and_forged_srtcp_acts_on_nothi
         await asyncio.wait_for(server.close(), 10)
 
 
-async def test_the_peers_ice_checks_on_the_nominated_pair_are_answered_and_checked_by_it() -> None:
+async def test_the_peers_ice_checks_on_the_nominated_pair_are_answered_and_checked_by_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
     """Once ICE nominated a pair, the peer's checks on it (keepalives, consent) are answered by
     core/stun.py in the socket's callback: the peer's own aioice sends a real check and accepts
     the answer (it verifies the MESSAGE-INTEGRITY with our password). A check with another
     USERNAME still goes to aioice, which refuses it."""
+    monkeypatch.setattr(aioice.ice, "CONSENT_INTERVAL", 3600)  # only the test's checks count
     async with connected_pair() as (viewer, server):
         ice = dtls_of(viewer).transport._connection  # the viewer's aioice: ICE controlling
         pair = ice._nominated[1]
