@@ -225,9 +225,7 @@ class FeedbackReader:
     def read(self, plain: bytes) -> None:
         """Unprotected RTCP: the first one retires OpenSSL's DTLS (the peer holds its keys), then
         each item goes to its track."""
-        dtls = self.dtls
-        if type(dtls._ssl) is SSL.Connection and dtls not in _KEPT:
-            retire_dtls(dtls)
+        _retire_once_confirmed(self.dtls)
         FEEDBACK.packets += 1
         try:
             items = rtp.read_feedback(plain)
@@ -844,9 +842,7 @@ def _retire_dtls_when_confirmed() -> None:
         if feedback is not None:  # a taken-over sender's (a TURN relay's path)
             feedback.read(data)
             return
-        ssl = self._ssl
-        if type(ssl) is SSL.Connection and self not in _KEPT:
-            retire_dtls(self)
+        _retire_once_confirmed(self)
         await original(self, data)
 
     handle_rtcp_data.retires = True  # type: ignore[attr-defined]
@@ -855,6 +851,13 @@ def _retire_dtls_when_confirmed() -> None:
 
 # Transports whose DTLS stays OpenSSL's: a data channel, or a suite RetiredDtls does not seal.
 _KEPT: weakref.WeakSet[RTCDtlsTransport] = weakref.WeakSet()
+
+
+def _retire_once_confirmed(dtls: RTCDtlsTransport) -> None:
+    """An SRTCP packet from the peer authenticated: retire `dtls`'s OpenSSL connection, unless it
+    was retired already or is kept. The type test keeps every later packet's cost at one check."""
+    if type(dtls._ssl) is SSL.Connection and dtls not in _KEPT:
+        retire_dtls(dtls)
 
 
 def retire_dtls(dtls: RTCDtlsTransport) -> bool:
