@@ -54,23 +54,9 @@ from appliance.rtc.dtls import RetiredDtls
 from appliance.send.sender import Negotiated, RtpSender
 from appliance.send.udp import UdpOutput
 from tests.certs import dtls_pair
+from tests.core.test_stun import KEY, USERNAME, check
 
 DATA = Path(__file__).parent / "data"
-_CHECK_KEY = b"fuzz-password-0123456789"
-_CHECK_USERNAME = "ours:theirs"
-
-
-def _signed_check(use_candidate: bool) -> bytes:
-    message = stun.Message(message_method=stun.Method.BINDING, message_class=stun.Class.REQUEST)
-    message.attributes["USERNAME"] = _CHECK_USERNAME
-    message.attributes["PRIORITY"] = 1853824767
-    message.attributes["ICE-CONTROLLING"] = 0x0123_4567_89AB_CDEF
-    if use_candidate:
-        message.attributes["USE-CANDIDATE"] = None
-    message.add_message_integrity(_CHECK_KEY)
-    return bytes(message)
-
-
 SEEDS = {
     "offer": [(DATA / "chromium-recvonly-offer.sdp").read_bytes()],
     "trickle": [
@@ -84,7 +70,7 @@ SEEDS = {
         bytes.fromhex("81c90007") + bytes(4) + (0x11223344).to_bytes(4, "big") + bytes(20),
         bytes.fromhex("84ce0004") + bytes(8) + (0x11223344).to_bytes(4, "big") + bytes(4),  # FIR
     ],
-    "check": [_signed_check(False), _signed_check(True)],
+    "check": [check(), check(extra={"USE-CANDIDATE": None})],
     "datagram": [b"", b"\x16\xfe\xfd" + bytes(20), b"\x00\x01\x00\x00\x21\x12\xa4\x42" + bytes(12)],
     "dtls": [  # the shapes of what a peer sends after its handshake (epoch 1, AES-GCM)
         b"\x15\xfe\xfd\x00\x01\x00\x00\x00\x00\x00\x01\x00\x1a" + bytes(26),  # an alert
@@ -166,14 +152,13 @@ def trickle(data: bytes) -> None:
 
 
 def ice_check(data: bytes) -> None:
-    core_stun.answer_is_authentic(data, data[8:20], _CHECK_KEY)  # as if it answered ours
-    username = _CHECK_USERNAME.encode()
-    transaction = core_stun.check_to_answer(data, username, _CHECK_KEY, controlling=False)
+    core_stun.answer_is_authentic(data, data[8:20], KEY)  # as if it answered ours
+    transaction = core_stun.check_to_answer(data, USERNAME, KEY, controlling=False)
     if transaction is not None:
         message = stun.parse_message(data)
         assert message.message_class == stun.Class.REQUEST
         assert message.transaction_id == transaction
-        assert message.attributes["USERNAME"] == _CHECK_USERNAME
+        assert message.attributes["USERNAME"] == USERNAME.decode()
 
 
 def rtsp_stream(data: bytes) -> None:
