@@ -6,23 +6,15 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from aiortc import RTCConfiguration, RTCPeerConnection
 
 from appliance.rtc import close_quietly
-from appliance.rtc.viewer import EncodedVideoTrack
-from tests.rtc.test_internals import connect, wait_state
+from tests.rtc.test_internals import connected_pair
 
 pytestmark = [pytest.mark.e2e]
 
 
 async def test_a_cancelled_close_does_not_break_aiortcs_own() -> None:
-    peer = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    ours = RTCPeerConnection(RTCConfiguration(iceServers=[]))
-    try:
-        peer.addTransceiver("video", direction="recvonly")
-        ours.addTransceiver(EncodedVideoTrack(None), direction="sendonly")
-        await connect(peer, ours)
-        await wait_state(ours, "connected")
+    async with connected_pair() as (peer, ours):
         await peer.close()  # DTLS close_notify: aiortc starts closing `ours` by itself
         for _ in range(100):
             own = ours._RTCPeerConnection__closeTask  # type: ignore[attr-defined]
@@ -36,6 +28,3 @@ async def test_a_cancelled_close_does_not_break_aiortcs_own() -> None:
         await asyncio.gather(closer, return_exceptions=True)
         await asyncio.wait_for(own, 10)  # raised InvalidStateError when the wait was not shielded
         assert ours.connectionState == "closed"
-    finally:
-        await peer.close()
-        await ours.close()
